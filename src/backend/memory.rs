@@ -1,0 +1,413 @@
+//! In-process L1 backends.
+//!
+//! - [`TtlBackend`] (`ttl`, the default): `quick_cache`, a sharded concurrent
+//!   cache (≈ 20 ns per hit), bounded by entry count. `quick_cache` has no TTL,
+//!   so each entry carries its expiry time, checked on read against a coarse
+//!   monotonic clock; an expired entry reads as a miss and is removed.
+//! - [`LruBackend`] (`lru`): `moka` with its strict LRU eviction policy,
+//!   bounded by entry count, without expiry (as the original's `LRUCache`).
+//!
+//! Both hold `T` as given (the two-level cache gives `Arc<V>`), so a read
+//! clones an `Arc`, never the value.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::CacheBackend;
+use crate::clock::now_ms;
+use crate::config::L1Config;
+use crate::error::Result;
+use crate::stats::{Counter, L1Stats};
+
+#[derive(Clone)]
+struct Entry<T> {
+    value: T,
+    expires_at_ms: u64,
+}
+
+/// `ttl` backend: bounded size, per-entry expiry.
+pub struct TtlBackend<T> {
+    cache: quick_cache::sync::Cache<String, Entry<T>>,
+    maxsize: usize,
+    ttl: Duration,
+    hits: Counter,
+    misses: Counter,
+}
+
+impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
+    /// A backend holding up to `config.maxsize` entries for `config.ttl` each.
+    pub fn new(config: &L1Config) -> Self {
+        Self {
+            cache: quick_cache::sync::Cache::new(config.maxsize),
+            maxsize: config.maxsize,
+            ttl: config.ttl,
+            hits: Counter::default(),
+            misses: Counter::default(),
+        }
+    }
+
+    /// An entry never outlives the configured L1 TTL, even when the caller asks
+    /// for a longer one (that TTL is meant for L2).
+    fn expiry(&self, ttl: Option<Duration>) -> u64 {
+        let ttl = ttl.map_or(self.ttl, |t| t.min(self.ttl));
+        now_ms().saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    /// The live entry under `key`, without touching the hit counters.
+    fn live(&self, key: &str) -> Option<Entry<T>> {
+        let entry = self.cache.get(key)?;
+        if entry.expires_at_ms > now_ms() {
+            Some(entry)
+        } else {
+            // Remove only the expired entry we saw, not a fresh one set meanwhile.
+            self.cache.remove_if(key, |e| e.expires_at_ms <= now_ms());
+            None
+        }
+    }
+
+    /// Synchronous get (what the async method does).
+    #[inline]
+    pub fn get_sync(&self, key: &str) -> Option<T> {
+        match self.live(key) {
+            Some(e) => {
+                self.hits.incr();
+                Some(e.value)
+            }
+            None => {
+                self.misses.incr();
+                None
+            }
+        }
+    }
+
+    fn stats(&self) -> L1Stats {
+        L1Stats {
+            backend: "ttl",
+            size: self.cache.len() as u64,
+            maxsize: self.maxsize as u64,
+            ttl: Some(self.ttl.as_secs_f64()),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            hit_rate: 0.0,
+            usage_percent: 0.0,
+        }
+        .compute_rates()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
+    type Value = T;
+    type Stats = L1Stats;
+
+    async fn get(&self, key: &str) -> Result<Option<T>> {
+        Ok(self.get_sync(key))
+    }
+
+    async fn set(&self, key: &str, value: T, ttl: Option<Duration>) -> Result<()> {
+        let expires_at_ms = self.expiry(ttl);
+        self.cache.insert(key.to_string(), Entry { value, expires_at_ms });
+        Ok(())
+    }
+
+    async fn set_if_not_exist(&self, key: &str, value: T, ttl: Option<Duration>) -> Result<bool> {
+        use quick_cache::sync::{EntryAction, EntryResult};
+        let entry = Entry {
+            value,
+            expires_at_ms: self.expiry(ttl),
+        };
+        // Decided under the shard lock: two racing callers cannot both win.
+        let result = self.cache.entry(key, None, |_, e| {
+            if e.expires_at_ms > now_ms() {
+                EntryAction::Retain(())
+            } else {
+                EntryAction::ReplaceWithGuard
+            }
+        });
+        Ok(match result {
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard.insert(entry).is_ok(),
+            _ => false,
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .cache
+            .remove(key)
+            .is_some_and(|(_, e)| e.expires_at_ms > now_ms()))
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        let n = self.cache.len() as u64;
+        self.cache.clear();
+        Ok(n)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.live(key).is_some())
+    }
+
+    async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
+        Ok(self
+            .live(key)
+            .map(|e| Duration::from_millis(e.expires_at_ms.saturating_sub(now_ms()))))
+    }
+
+    async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
+        let now = now_ms();
+        Ok(self
+            .cache
+            .iter()
+            .filter(|(k, e)| e.expires_at_ms > now && prefix.is_none_or(|p| k.starts_with(p)))
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    async fn get_size(&self) -> Result<u64> {
+        Ok(self.cache.len() as u64)
+    }
+
+    async fn get_stats(&self) -> Result<L1Stats> {
+        Ok(self.stats())
+    }
+
+    fn describe(&self) -> L1Stats {
+        self.stats()
+    }
+}
+
+/// `lru` backend: bounded size, least-recently-used evicted first, no expiry.
+pub struct LruBackend<T> {
+    cache: moka::sync::Cache<String, T>,
+    maxsize: usize,
+    hits: Counter,
+    misses: Counter,
+}
+
+impl<T: Clone + Send + Sync + 'static> LruBackend<T> {
+    /// A backend holding up to `config.maxsize` entries (`config.ttl` is not used).
+    pub fn new(config: &L1Config) -> Self {
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(config.maxsize as u64)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+            maxsize: config.maxsize,
+            hits: Counter::default(),
+            misses: Counter::default(),
+        }
+    }
+
+    /// Synchronous get (what the async method does).
+    #[inline]
+    pub fn get_sync(&self, key: &str) -> Option<T> {
+        let v = self.cache.get(key);
+        if v.is_some() {
+            self.hits.incr()
+        } else {
+            self.misses.incr()
+        }
+        v
+    }
+
+    fn settle(&self) {
+        // moka applies evictions in batches; settle them before counting.
+        self.cache.run_pending_tasks();
+    }
+
+    fn stats(&self) -> L1Stats {
+        self.settle();
+        L1Stats {
+            backend: "lru",
+            size: self.cache.entry_count(),
+            maxsize: self.maxsize as u64,
+            ttl: None,
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            hit_rate: 0.0,
+            usage_percent: 0.0,
+        }
+        .compute_rates()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
+    type Value = T;
+    type Stats = L1Stats;
+
+    async fn get(&self, key: &str) -> Result<Option<T>> {
+        Ok(self.get_sync(key))
+    }
+
+    async fn set(&self, key: &str, value: T, _ttl: Option<Duration>) -> Result<()> {
+        self.cache.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    async fn set_if_not_exist(&self, key: &str, value: T, _ttl: Option<Duration>) -> Result<bool> {
+        Ok(self.cache.entry_by_ref(key).or_insert(value).is_fresh())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self.cache.remove(key).is_some())
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        self.settle();
+        let n = self.cache.entry_count();
+        self.cache.invalidate_all();
+        self.settle();
+        Ok(n)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.cache.contains_key(key))
+    }
+
+    async fn get_ttl(&self, _key: &str) -> Result<Option<Duration>> {
+        Ok(None)
+    }
+
+    async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
+        Ok(self
+            .cache
+            .iter()
+            .filter(|(k, _)| prefix.is_none_or(|p| k.starts_with(p)))
+            .map(|(k, _)| Arc::unwrap_or_clone(k))
+            .collect())
+    }
+
+    async fn get_size(&self) -> Result<u64> {
+        self.settle();
+        Ok(self.cache.entry_count())
+    }
+
+    async fn get_stats(&self) -> Result<L1Stats> {
+        Ok(self.stats())
+    }
+
+    fn describe(&self) -> L1Stats {
+        self.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::L1BackendKind;
+
+    fn config(backend: L1BackendKind, maxsize: usize, ttl_ms: u64) -> L1Config {
+        L1Config {
+            backend,
+            maxsize,
+            ttl: Duration::from_millis(ttl_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn ttl_entries_expire_and_report_real_remaining_ttl() {
+        let b = TtlBackend::<Arc<String>>::new(&config(L1BackendKind::Ttl, 100, 60_000));
+        b.set("k", Arc::new("v".into()), None).await.unwrap();
+        let t1 = b.get_ttl("k").await.unwrap().unwrap();
+        assert!(t1 <= Duration::from_secs(60) && t1 > Duration::from_secs(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t2 = b.get_ttl("k").await.unwrap().unwrap();
+        assert!(t2 < t1, "remaining TTL must decrease: {t1:?} then {t2:?}");
+
+        b.set("short", Arc::new("x".into()), Some(Duration::from_millis(30)))
+            .await
+            .unwrap();
+        assert!(b.exists("short").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(b.get("short").await.unwrap(), None);
+        assert!(!b.exists("short").await.unwrap());
+        assert_eq!(b.get_ttl("short").await.unwrap(), None);
+        assert_eq!(b.list_keys(None).await.unwrap(), vec!["k".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn ttl_hit_returns_the_same_allocation() {
+        let b = TtlBackend::<Arc<Vec<u8>>>::new(&config(L1BackendKind::Ttl, 10, 60_000));
+        let big = Arc::new(vec![7u8; 10 << 20]);
+        b.set("big", big.clone(), None).await.unwrap();
+        let got = b.get("big").await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&big, &got), "an L1 hit must not copy the value");
+    }
+
+    #[tokio::test]
+    async fn ttl_is_bounded_and_counts() {
+        let b = TtlBackend::<Arc<u32>>::new(&config(L1BackendKind::Ttl, 50, 60_000));
+        for i in 0..500 {
+            b.set(&format!("k{i}"), Arc::new(i), None).await.unwrap();
+        }
+        assert!(b.get_size().await.unwrap() <= 50);
+        b.get("k499").await.unwrap();
+        b.get("absent").await.unwrap();
+        let s = b.get_stats().await.unwrap();
+        assert_eq!((s.misses, s.maxsize, s.backend), (1, 50, "ttl"));
+        assert_eq!(s.hits + s.misses, 2);
+    }
+
+    #[tokio::test]
+    async fn ttl_set_if_not_exist_and_delete() {
+        let b = TtlBackend::<Arc<u32>>::new(&config(L1BackendKind::Ttl, 10, 60_000));
+        assert!(b.set_if_not_exist("k", Arc::new(1), None).await.unwrap());
+        assert!(!b.set_if_not_exist("k", Arc::new(2), None).await.unwrap());
+        assert_eq!(*b.get("k").await.unwrap().unwrap(), 1);
+        b.set("e", Arc::new(1), Some(Duration::from_millis(10)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            b.set_if_not_exist("e", Arc::new(3), None).await.unwrap(),
+            "expired counts as absent"
+        );
+        assert!(b.delete("k").await.unwrap());
+        assert!(!b.delete("k").await.unwrap());
+        assert_eq!(b.clear().await.unwrap(), 1);
+        assert_eq!(b.get_size().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn ttl_set_if_not_exist_race_has_one_winner() {
+        let b = Arc::new(TtlBackend::<Arc<u32>>::new(&config(
+            L1BackendKind::Ttl,
+            100,
+            60_000,
+        )));
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.set_if_not_exist("race", Arc::new(i), None).await.unwrap() })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            wins += t.await.unwrap() as u32;
+        }
+        assert_eq!(wins, 1);
+    }
+
+    #[tokio::test]
+    async fn lru_evicts_least_recently_used() {
+        let b = LruBackend::<Arc<u32>>::new(&config(L1BackendKind::Lru, 3, 0));
+        for k in ["a", "b", "c"] {
+            b.set(k, Arc::new(0), None).await.unwrap();
+        }
+        b.settle();
+        // Touch a and c: b becomes the least recently used.
+        assert!(b.get("a").await.unwrap().is_some());
+        assert!(b.get("c").await.unwrap().is_some());
+        b.settle();
+        b.set("d", Arc::new(0), None).await.unwrap();
+        b.settle();
+        let mut keys = b.list_keys(None).await.unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["a", "c", "d"]);
+        assert_eq!(b.get_ttl("a").await.unwrap(), None, "lru entries have no expiry");
+        assert!(b.set_if_not_exist("e", Arc::new(1), None).await.unwrap());
+        assert!(!b.set_if_not_exist("e", Arc::new(2), None).await.unwrap());
+        let s = b.get_stats().await.unwrap();
+        assert_eq!((s.backend, s.maxsize, s.size), ("lru", 3, 3));
+        assert_eq!(b.list_keys(Some("d")).await.unwrap(), vec!["d"]);
+    }
+}

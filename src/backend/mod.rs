@@ -1,0 +1,74 @@
+//! The [`CacheBackend`] trait and the built-in backends.
+//!
+//! A backend is one level of the cache. L1 backends ([`memory`]) hold typed
+//! values (`Arc<V>`, so a hit never deep-copies); L2 backends ([`redis`]) hold
+//! encoded bytes. The two-level logic ([`crate::two_level`]) composes one of
+//! each and never looks inside them. See `BACKEND_GUIDE.md` for adding one.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Result;
+
+#[cfg(feature = "l1")]
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+/// One level of a cache. Keys are the caller's keys, without any namespace:
+/// a backend that shares a server with others adds its own prefix.
+///
+/// `ttl: None` means the backend's configured default. Every method reports
+/// failures as [`Error`](crate::Error) values; a backend never panics on bad
+/// data, and a networked backend bounds every call by its operation timeout.
+pub trait CacheBackend: Send + Sync + 'static {
+    /// What the backend stores: `Arc<V>` in memory, `Vec<u8>` on a server.
+    type Value: Clone + Send + Sync + 'static;
+    /// The backend's statistics.
+    type Stats: Serialize + Clone + Send + Sync + 'static;
+
+    /// The value under `key`, if present and not expired.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Self::Value>>> + Send;
+
+    /// Stores `value` under `key`, replacing any previous value.
+    fn set(
+        &self,
+        key: &str,
+        value: Self::Value,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stores `value` only if `key` is absent, atomically; `true` if stored.
+    fn set_if_not_exist(
+        &self,
+        key: &str,
+        value: Self::Value,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Removes `key`; `true` if it was present.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Removes every key of this backend's namespace; returns how many.
+    fn clear(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Whether `key` is present and not expired.
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Remaining time to live of `key`; `None` when absent or without expiry.
+    fn get_ttl(&self, key: &str) -> impl Future<Output = Result<Option<Duration>>> + Send;
+
+    /// Keys (without namespace) that start with `prefix` literally, or all keys.
+    fn list_keys(&self, prefix: Option<&str>) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Number of entries.
+    fn get_size(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Statistics, possibly asking the server (bounded by the operation timeout).
+    fn get_stats(&self) -> impl Future<Output = Result<Self::Stats>> + Send;
+
+    /// Statistics known without any I/O (used while L2 is skipped).
+    fn describe(&self) -> Self::Stats;
+}

@@ -1,0 +1,402 @@
+//! L2 on Redis or Valkey, through the `redis` crate.
+//!
+//! One [`RedisConnection`] per service: a lazily connecting, auto-reconnecting,
+//! multiplexed `ConnectionManager` that every cache shares. It is created
+//! without touching the network, so a dead Redis at start-up costs nothing;
+//! the first L2 call connects, and after a failure the manager reconnects in
+//! the background. Every call is bounded by the operation timeout
+//! (`CACHE_REDIS_SOCKET_TIMEOUT`), connection set-up included.
+//!
+//! One command per operation: `GET`, `SET … PX`, `SET … NX PX`, `UNLINK`,
+//! `EXISTS`, `PTTL`; `SCAN` (never `KEYS`) with `UNLINK` for `clear`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError};
+
+use crate::backend::CacheBackend;
+use crate::config::{keys, redact_url, L2BackendKind, L2Config, RedisConfig};
+use crate::error::{config_err, ConnectionErrorKind as Kind, Error, Result};
+use crate::stats::L2Stats;
+
+/// Checks that a `CACHE_REDIS_URL` is one the client accepts (no secret in the error).
+pub(crate) fn check_url(url: &str) -> Result<()> {
+    url.into_connection_info().map(|_| ()).map_err(|e| {
+        config_err(
+            keys::REDIS_URL,
+            &redact_url(url),
+            format!("a valid Redis URL ({})", e.kind_name()),
+        )
+    })
+}
+
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for RedisError {
+    fn kind_name(&self) -> String {
+        self.category().to_string()
+    }
+}
+
+/// The service's shared L2 connection. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisConnection {
+    manager: ConnectionManager,
+    op_timeout: Duration,
+    endpoint: String,
+    db: i64,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("endpoint", &self.endpoint)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+impl RedisConnection {
+    /// Builds the connection without connecting (must run inside a Tokio runtime).
+    pub fn new(config: &RedisConfig) -> Result<Self> {
+        let info = match &config.url {
+            Some(url) => {
+                check_url(url.expose())?;
+                url.expose().into_connection_info().expect("checked above")
+            }
+            None => {
+                let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
+                    .into_connection_info()
+                    .map_err(|_| config_err(keys::REDIS_HOST, &config.host, "a valid host name"))?;
+                let mut redis = info.redis_settings().clone().set_db(config.db);
+                if let Some(user) = &config.username {
+                    redis = redis.set_username(user);
+                }
+                if let Some(pw) = &config.password {
+                    redis = redis.set_password(pw.expose());
+                }
+                info.set_redis_settings(redis)
+            }
+        };
+        let db = info.redis_settings().db();
+        let client = redis::Client::open(info).map_err(|e| {
+            config_err(
+                keys::REDIS_URL,
+                &config.endpoint(),
+                format!("a usable Redis address ({})", e.category()),
+            )
+        })?;
+        // No retries inside the manager: a refused connection fails at once, and
+        // the next call allowed by the breaker is what tries again.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(config.connect_timeout.min(config.socket_timeout)))
+            .set_response_timeout(Some(config.socket_timeout));
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| Error::connection(Kind::Io, e.to_string()))?;
+        Ok(Self {
+            manager,
+            op_timeout: config.socket_timeout,
+            endpoint: config.endpoint(),
+            db,
+        })
+    }
+
+    /// `host:port/db` (or the redacted URL).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The bound on one operation.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// Runs one command, bounded by the operation timeout.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let mut conn = self.manager.clone();
+        let run = async {
+            match cmd.query_async::<T>(&mut conn).await {
+                // A refusal is reported before the command is sent. It may be the
+                // stale result of an earlier attempt (the manager has just started
+                // a fresh one), so one retry is safe and finds a recovered server.
+                Err(e) if e.is_connection_refusal() => cmd.query_async::<T>(&mut conn).await,
+                r => r,
+            }
+        };
+        match tokio::time::timeout(self.op_timeout, run).await {
+            Ok(r) => r.map_err(map_err),
+            Err(_) => Err(Error::connection(
+                Kind::Timeout,
+                format!("no answer within {:?} from {}", self.op_timeout, self.endpoint),
+            )),
+        }
+    }
+
+    /// `PING`: round-trip time, bounded by the operation timeout.
+    pub async fn ping(&self) -> Result<Duration> {
+        let t = std::time::Instant::now();
+        self.query::<String>(&redis::cmd("PING")).await?;
+        Ok(t.elapsed())
+    }
+
+    /// Selected `INFO` fields: server identity, clients, memory, keyspace hits/misses.
+    pub async fn info(&self) -> Result<BTreeMap<String, String>> {
+        const FIELDS: &[&str] = &[
+            "redis_version",
+            "valkey_version",
+            "uptime_in_seconds",
+            "connected_clients",
+            "used_memory",
+            "used_memory_human",
+            "maxmemory_policy",
+            "keyspace_hits",
+            "keyspace_misses",
+            "evicted_keys",
+            "expired_keys",
+            "total_commands_processed",
+        ];
+        let text: String = self.query(&redis::cmd("INFO")).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| FIELDS.contains(k))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect())
+    }
+
+    /// Every key matching `pattern`, by `SCAN` (each round trip bounded).
+    pub async fn scan(&self, pattern: &str, mut each: impl FnMut(Vec<String>) -> Option<Cmd>) -> Result<()> {
+        let mut cursor: u64 = 0;
+        loop {
+            let mut c = redis::cmd("SCAN");
+            c.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let (next, batch): (u64, Vec<String>) = self.query(&c).await?;
+            if !batch.is_empty() {
+                if let Some(follow_up) = each(batch) {
+                    self.query::<redis::Value>(&follow_up).await?;
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Maps a client error to our kinds. Data problems (a key of another type)
+/// are serialization errors: they must not count against the breaker.
+fn map_err(e: RedisError) -> Error {
+    use redis::{ErrorKind as K, ServerErrorKind as S};
+    if e.is_timeout() {
+        return Error::connection(Kind::Timeout, e.to_string());
+    }
+    if e.is_connection_refusal() {
+        return Error::connection(Kind::Refused, e.to_string());
+    }
+    if e.code() == Some("WRONGTYPE") {
+        return Error::Serialization("the key holds a value that is not a string".into());
+    }
+    let kind = match e.kind() {
+        K::AuthenticationFailed | K::Server(S::NoPerm) => Kind::Auth,
+        _ if e.code().is_some_and(|c| c == "NOAUTH" || c == "WRONGPASS") => Kind::Auth,
+        K::UnexpectedReturnType => return Error::Serialization(e.to_string()),
+        K::Server(_) | K::Extension => Kind::Server,
+        _ => Kind::Io,
+    };
+    Error::connection(kind, e.to_string())
+}
+
+/// Escapes the glob characters of `SCAN MATCH`, so that caller text is matched literally.
+pub(crate) fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `redis` / `valkey` L2 backend of one cache: keys are `"{prefix}:{key}"`.
+pub struct RedisBackend {
+    conn: RedisConnection,
+    kind: L2BackendKind,
+    namespace: String,
+    prefix: String,
+    ttl: Duration,
+    serializer: String,
+}
+
+impl RedisBackend {
+    /// A backend for one cache's namespace on the shared connection.
+    pub fn new(conn: RedisConnection, config: &L2Config, serializer: &str) -> Self {
+        Self {
+            conn,
+            kind: config.backend,
+            namespace: format!("{}:", config.key_prefix),
+            prefix: config.key_prefix.clone(),
+            ttl: config.ttl,
+            serializer: serializer.to_string(),
+        }
+    }
+
+    /// The full Redis key of `key`.
+    pub fn redis_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.namespace.len() + key.len());
+        k.push_str(&self.namespace);
+        k.push_str(key);
+        k
+    }
+
+    /// The shared connection.
+    pub fn connection(&self) -> &RedisConnection {
+        &self.conn
+    }
+
+    fn px(&self, ttl: Option<Duration>) -> u64 {
+        ttl.unwrap_or(self.ttl).as_millis().clamp(1, i64::MAX as u128) as u64
+    }
+
+    fn pattern(&self, prefix: Option<&str>) -> String {
+        format!(
+            "{}{}*",
+            escape_glob(&self.namespace),
+            escape_glob(prefix.unwrap_or(""))
+        )
+    }
+
+    fn strip(&self, keys: Vec<String>) -> impl Iterator<Item = String> + '_ {
+        keys.into_iter()
+            .filter_map(|k| k.strip_prefix(&self.namespace).map(str::to_string))
+    }
+}
+
+impl CacheBackend for RedisBackend {
+    type Value = Vec<u8>;
+    type Stats = L2Stats;
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.conn.query(redis::cmd("GET").arg(self.redis_key(key))).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        let mut c = redis::cmd("SET");
+        c.arg(self.redis_key(key)).arg(value).arg("PX").arg(self.px(ttl));
+        self.conn.query::<()>(&c).await
+    }
+
+    async fn set_if_not_exist(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<bool> {
+        let mut c = redis::cmd("SET");
+        c.arg(self.redis_key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.px(ttl));
+        Ok(self.conn.query::<Option<String>>(&c).await?.is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query::<u64>(redis::cmd("UNLINK").arg(self.redis_key(key)))
+            .await?
+            > 0)
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        let mut removed = 0u64;
+        self.conn
+            .scan(&self.pattern(None), |batch| {
+                removed += batch.len() as u64;
+                let mut c = redis::cmd("UNLINK");
+                c.arg(batch);
+                Some(c)
+            })
+            .await?;
+        Ok(removed)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query::<u64>(redis::cmd("EXISTS").arg(self.redis_key(key)))
+            .await?
+            > 0)
+    }
+
+    async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
+        let ms: i64 = self
+            .conn
+            .query(redis::cmd("PTTL").arg(self.redis_key(key)))
+            .await?;
+        Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
+    }
+
+    async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        self.conn
+            .scan(&self.pattern(prefix), |batch| {
+                keys.extend(self.strip(batch));
+                None
+            })
+            .await?;
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn get_size(&self) -> Result<u64> {
+        Ok(self.list_keys(None).await?.len() as u64)
+    }
+
+    async fn get_stats(&self) -> Result<L2Stats> {
+        let (size, server) = tokio::join!(self.get_size(), self.conn.info());
+        let mut s = self.describe();
+        s.available = size.is_ok() || server.is_ok();
+        s.size = size.ok();
+        s.server = server.unwrap_or_default();
+        if s.available {
+            Ok(s)
+        } else {
+            Err(Error::connection(Kind::Io, "stats unavailable"))
+        }
+    }
+
+    fn describe(&self) -> L2Stats {
+        L2Stats {
+            backend: self.kind.name(),
+            endpoint: self.conn.endpoint.clone(),
+            db: self.conn.db,
+            key_prefix: self.prefix.clone(),
+            ttl: self.ttl.as_secs_f64(),
+            serializer: self.serializer.clone(),
+            available: false,
+            size: None,
+            server: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(escape_glob("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
+        assert_eq!(escape_glob("users"), "users");
+    }
+
+    #[test]
+    fn bad_url_error_hides_the_password() {
+        let e = check_url("redis://u:hunter2@[bad").unwrap_err().to_string();
+        assert!(e.contains("CACHE_REDIS_URL") && !e.contains("hunter2"), "{e}");
+    }
+}

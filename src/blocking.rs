@@ -1,0 +1,153 @@
+//! The same API for programs without async: every method blocks the calling
+//! thread until done (bounded, like the async one, by the operation timeout).
+//!
+//! The service owns a small Tokio runtime (one worker thread) that drives the
+//! L2 connection. Do not call these methods from inside an async runtime (use
+//! the async API there); Tokio panics if asked to block inside one.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use resilient_cache::{blocking, CacheFactoryConfig, CacheOptions};
+//!
+//! let service = blocking::CacheService::new(CacheFactoryConfig::from_env()?)?;
+//! let users = service.create_cache::<String>(CacheOptions::new("users").l2_ttl(Duration::from_secs(60)))?;
+//! users.set("42", "Ada".to_string());
+//! assert_eq!(users.get("42").as_deref().map(String::as_str), Some("Ada"));
+//! # Ok::<(), resilient_cache::Error>(())
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::breaker::CircuitState;
+use crate::config::{CacheFactoryConfig, CacheOptions};
+use crate::error::{Error, Result};
+use crate::stats::{CacheStats, ServiceStats};
+use crate::two_level::{CacheValue, ClearReport};
+
+/// Blocking [`crate::CacheService`].
+#[derive(Clone, Debug)]
+pub struct CacheService {
+    inner: crate::CacheService,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl CacheService {
+    /// Validates `config` and starts the service; fails only on invalid configuration.
+    pub fn new(config: CacheFactoryConfig) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("resilient-cache")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                Error::connection(
+                    crate::error::ConnectionErrorKind::Io,
+                    format!("cannot start runtime: {e}"),
+                )
+            })?;
+        let inner = rt.block_on(crate::CacheService::new(config))?;
+        Ok(Self {
+            inner,
+            rt: Arc::new(rt),
+        })
+    }
+
+    /// [`CacheService::new`] with [`CacheFactoryConfig::from_env`].
+    pub fn from_env() -> Result<Self> {
+        Self::new(CacheFactoryConfig::from_env()?)
+    }
+
+    /// A typed cache for one namespace.
+    pub fn create_cache<V: CacheValue>(&self, options: CacheOptions) -> Result<Cache<V>> {
+        let _guard = self.rt.enter();
+        Ok(Cache {
+            inner: self.inner.create_cache(options)?,
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Round-trip time to L2.
+    pub fn ping(&self) -> Result<Duration> {
+        self.rt.block_on(self.inner.ping())
+    }
+
+    /// Stats of every live cache.
+    pub fn get_stats(&self) -> ServiceStats {
+        self.rt.block_on(self.inner.get_stats())
+    }
+
+    /// The async service behind this one.
+    pub fn as_async(&self) -> &crate::CacheService {
+        &self.inner
+    }
+}
+
+/// Blocking [`crate::Cache`]. Cheap to clone, `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct Cache<V> {
+    inner: crate::Cache<V>,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl<V: CacheValue> Cache<V> {
+    /// See [`crate::TwoLevelCache::get`].
+    pub fn get(&self, key: &str) -> Option<Arc<V>> {
+        self.rt.block_on(self.inner.get(key))
+    }
+
+    /// See [`crate::TwoLevelCache::set`].
+    pub fn set(&self, key: &str, value: V) {
+        self.rt.block_on(self.inner.set(key, value))
+    }
+
+    /// See [`crate::TwoLevelCache::set_with_ttl`].
+    pub fn set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) {
+        self.rt.block_on(self.inner.set_with_ttl(key, value, ttl))
+    }
+
+    /// See [`crate::TwoLevelCache::set_if_not_exist`].
+    pub fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
+        self.rt.block_on(self.inner.set_if_not_exist(key, value, ttl))
+    }
+
+    /// See [`crate::TwoLevelCache::delete`].
+    pub fn delete(&self, key: &str) -> bool {
+        self.rt.block_on(self.inner.delete(key))
+    }
+
+    /// See [`crate::TwoLevelCache::clear`].
+    pub fn clear(&self) -> ClearReport {
+        self.rt.block_on(self.inner.clear())
+    }
+
+    /// See [`crate::TwoLevelCache::is_on_cache`].
+    pub fn is_on_cache(&self, key: &str) -> bool {
+        self.rt.block_on(self.inner.is_on_cache(key))
+    }
+
+    /// See [`crate::TwoLevelCache::get_ttl`].
+    pub fn get_ttl(&self, key: &str) -> Option<Duration> {
+        self.rt.block_on(self.inner.get_ttl(key))
+    }
+
+    /// See [`crate::TwoLevelCache::list_keys`].
+    pub fn list_keys(&self, prefix: Option<&str>) -> Vec<String> {
+        self.rt.block_on(self.inner.list_keys(prefix))
+    }
+
+    /// See [`crate::TwoLevelCache::get_stats`].
+    pub fn get_stats(&self) -> CacheStats {
+        self.rt.block_on(self.inner.get_stats())
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> CircuitState {
+        self.inner.breaker_state()
+    }
+
+    /// The async cache behind this one.
+    pub fn as_async(&self) -> &crate::Cache<V> {
+        &self.inner
+    }
+}

@@ -1,0 +1,428 @@
+//! The circuit breaker that guards L2.
+//!
+//! CLOSED: calls go through; `threshold` consecutive failures open it.
+//! OPEN: calls are refused at once (no network call, no wait) until `timeout`
+//! has passed. HALF_OPEN: exactly **one** caller gets a probe [`Permit`]; its
+//! success closes the breaker, its failure re-opens it and restarts the
+//! timeout. Everyone else keeps being refused while the probe is in flight.
+//!
+//! Every field is an atomic: the breaker sits on every L2 call, so it takes no
+//! lock, and a CLOSED breaker with no failures writes nothing on success (no
+//! cache-line ping-pong between cores).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::{now_ms, unix_now};
+use crate::config::CircuitBreakerConfig;
+
+/// The breaker's state, named as in the original package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// L2 is used.
+    Closed,
+    /// L2 is skipped.
+    Open,
+    /// One probe is allowed through.
+    HalfOpen,
+}
+
+impl CircuitState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            OPEN => Self::Open,
+            HALF_OPEN => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+
+    /// `closed`, `open` or `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// A lock-free circuit breaker.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    enabled: bool,
+    threshold: u32,
+    timeout_ms: u64,
+    state: AtomicU8,
+    failures: AtomicU32,
+    opened_at_ms: AtomicU64,
+    probe_in_flight: AtomicBool,
+    // Unix time in ms, 0 = never. Written only when the second changes.
+    last_failure_unix_ms: AtomicU64,
+    last_success_unix_ms: AtomicU64,
+    transitions: AtomicU64,
+}
+
+/// Breaker figures for stats.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CircuitBreakerStats {
+    /// Whether the breaker is active.
+    pub enabled: bool,
+    /// `closed`, `open` or `half_open`.
+    pub state: CircuitState,
+    /// Consecutive failures counted so far.
+    pub failure_count: u32,
+    /// Failures that open it.
+    pub threshold: u32,
+    /// Seconds it stays open.
+    pub timeout: f64,
+    /// Unix time of the last failure, if any.
+    pub last_failure_time: Option<f64>,
+    /// Unix time of the last success, if any.
+    pub last_success_time: Option<f64>,
+    /// How many state changes happened.
+    pub transitions: u64,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(config: CircuitBreakerConfig) -> Self {
+        Self {
+            enabled: config.enabled,
+            threshold: config.threshold.max(1),
+            timeout_ms: config.timeout.as_millis().max(1) as u64,
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            opened_at_ms: AtomicU64::new(0),
+            probe_in_flight: AtomicBool::new(false),
+            last_failure_unix_ms: AtomicU64::new(0),
+            last_success_unix_ms: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
+        }
+    }
+
+    /// The current state (a disabled breaker is always closed). An OPEN
+    /// breaker whose timeout has passed reports `half_open`.
+    pub fn state(&self) -> CircuitState {
+        if !self.enabled {
+            return CircuitState::Closed;
+        }
+        let s = self.state.load(Acquire);
+        if s == OPEN && self.timeout_elapsed() {
+            return CircuitState::HalfOpen;
+        }
+        CircuitState::from_u8(s)
+    }
+
+    /// `true` when L2 would be skipped right now: open and not yet due for a probe.
+    pub fn is_open(&self) -> bool {
+        self.state() == CircuitState::Open
+    }
+
+    fn timeout_elapsed(&self) -> bool {
+        now_ms().saturating_sub(self.opened_at_ms.load(Acquire)) >= self.timeout_ms
+    }
+
+    /// Asks to call L2. `None` means skip it. The permit must be resolved with
+    /// [`Permit::success`] or [`Permit::failure`]; dropping it unresolved (a
+    /// cancelled call, a call that proved nothing) gives the probe slot back.
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        if !self.enabled {
+            return Some(Permit {
+                breaker: self,
+                probe: false,
+                done: false,
+            });
+        }
+        match self.state.load(Acquire) {
+            CLOSED => Some(Permit {
+                breaker: self,
+                probe: false,
+                done: false,
+            }),
+            OPEN => {
+                if !self.timeout_elapsed() {
+                    return None;
+                }
+                if self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, AcqRel, Acquire)
+                    .is_ok()
+                {
+                    self.transition(CircuitState::Open, CircuitState::HalfOpen);
+                }
+                self.try_probe()
+            }
+            _ => self.try_probe(),
+        }
+    }
+
+    fn try_probe(&self) -> Option<Permit<'_>> {
+        if self.state.load(Acquire) != HALF_OPEN {
+            return None;
+        }
+        self.probe_in_flight
+            .compare_exchange(false, true, AcqRel, Acquire)
+            .ok()
+            .map(|_| Permit {
+                breaker: self,
+                probe: true,
+                done: false,
+            })
+    }
+
+    /// Records an L2 success outside of a permit.
+    pub fn record_success(&self) {
+        self.on_success(false);
+    }
+
+    /// Records an L2 failure outside of a permit.
+    pub fn record_failure(&self) {
+        self.on_failure(false);
+    }
+
+    fn on_success(&self, probe: bool) {
+        stamp(&self.last_success_unix_ms);
+        if !self.enabled {
+            return;
+        }
+        if self.failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+        }
+        if probe {
+            self.state.store(CLOSED, Release);
+            self.probe_in_flight.store(false, Release);
+            self.transition(CircuitState::HalfOpen, CircuitState::Closed);
+        }
+    }
+
+    fn on_failure(&self, probe: bool) {
+        stamp(&self.last_failure_unix_ms);
+        if !self.enabled {
+            return;
+        }
+        let n = self.failures.fetch_add(1, AcqRel).saturating_add(1);
+        if probe {
+            self.opened_at_ms.store(now_ms(), Release);
+            self.state.store(OPEN, Release);
+            self.probe_in_flight.store(false, Release);
+            self.transition(CircuitState::HalfOpen, CircuitState::Open);
+        } else if n >= self.threshold && self.state.load(Acquire) == CLOSED {
+            // The timeout starts before the state flips, so nobody sees OPEN with
+            // an old start time; late failures of calls begun before it opened
+            // find it not CLOSED and change nothing.
+            self.opened_at_ms.store(now_ms(), Release);
+            if self.state.compare_exchange(CLOSED, OPEN, AcqRel, Acquire).is_ok() {
+                self.transition(CircuitState::Closed, CircuitState::Open);
+            }
+        }
+    }
+
+    fn transition(&self, from: CircuitState, to: CircuitState) {
+        self.transitions.fetch_add(1, Relaxed);
+        match to {
+            CircuitState::Open => tracing::warn!(
+                from = from.as_str(),
+                to = "open",
+                "circuit breaker opened: L2 skipped"
+            ),
+            CircuitState::Closed => tracing::info!(
+                from = from.as_str(),
+                to = "closed",
+                "circuit breaker closed: L2 back"
+            ),
+            CircuitState::HalfOpen => tracing::info!(
+                from = from.as_str(),
+                to = "half_open",
+                "circuit breaker half-open: probing L2"
+            ),
+        }
+    }
+
+    /// Back to CLOSED with no failures (the original's `reset`).
+    pub fn reset(&self) {
+        self.failures.store(0, Release);
+        self.state.store(CLOSED, Release);
+        self.probe_in_flight.store(false, Release);
+    }
+
+    /// Number of consecutive failures counted.
+    pub fn failure_count(&self) -> u32 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Figures for stats.
+    pub fn get_stats(&self) -> CircuitBreakerStats {
+        let t = |a: &AtomicU64| match a.load(Relaxed) {
+            0 => None,
+            ms => Some(ms as f64 / 1000.0),
+        };
+        CircuitBreakerStats {
+            enabled: self.enabled,
+            state: self.state(),
+            failure_count: self.failure_count(),
+            threshold: self.threshold,
+            timeout: Duration::from_millis(self.timeout_ms).as_secs_f64(),
+            last_failure_time: t(&self.last_failure_unix_ms),
+            last_success_time: t(&self.last_success_unix_ms),
+            transitions: self.transitions.load(Relaxed),
+        }
+    }
+}
+
+/// Writes the current unix time (ms) unless it is the same second already: a
+/// hot L2 path then writes this shared word about once a second, not per call.
+fn stamp(slot: &AtomicU64) {
+    let now = (unix_now() * 1000.0) as u64;
+    if slot.load(Relaxed) / 1000 != now / 1000 {
+        slot.store(now, Relaxed);
+    }
+}
+
+/// Permission to make one L2 call.
+#[must_use = "resolve the permit with success() or failure()"]
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Permit<'_> {
+    /// L2 answered (a miss is an answer too).
+    pub fn success(mut self) {
+        self.done = true;
+        self.breaker.on_success(self.probe);
+    }
+
+    /// L2 failed to answer (connection error or timeout).
+    pub fn failure(mut self) {
+        self.done = true;
+        self.breaker.on_failure(self.probe);
+    }
+
+    /// Whether this is the single HALF_OPEN probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.done {
+            self.breaker.probe_in_flight.store(false, Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32, timeout_ms: u64) -> CircuitBreaker {
+        CircuitBreaker::new(CircuitBreakerConfig {
+            enabled: true,
+            threshold,
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+
+    #[test]
+    fn opens_after_threshold_consecutive_failures() {
+        let b = breaker(3, 60_000);
+        b.try_acquire().unwrap().failure();
+        b.try_acquire().unwrap().failure();
+        b.try_acquire().unwrap().success(); // resets
+        assert_eq!(b.failure_count(), 0);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure();
+        }
+        assert_eq!(b.state(), CircuitState::Open);
+        assert!(b.try_acquire().is_none());
+    }
+
+    #[test]
+    fn half_open_lets_exactly_one_probe_through() {
+        let b = breaker(1, 20);
+        b.try_acquire().unwrap().failure();
+        assert!(b.try_acquire().is_none());
+        std::thread::sleep(Duration::from_millis(40));
+        let probe = b.try_acquire().expect("probe");
+        assert!(probe.is_probe());
+        assert!(b.try_acquire().is_none(), "second caller must be refused");
+        probe.failure();
+        assert_eq!(b.state(), CircuitState::Open);
+        assert!(b.try_acquire().is_none(), "failure restarts the timeout");
+        std::thread::sleep(Duration::from_millis(40));
+        b.try_acquire().unwrap().success();
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert!(b.try_acquire().is_some());
+        assert_eq!(b.get_stats().transitions, 5);
+    }
+
+    #[test]
+    fn one_probe_among_many_threads() {
+        let b = std::sync::Arc::new(breaker(1, 10));
+        b.try_acquire().unwrap().failure();
+        std::thread::sleep(Duration::from_millis(30));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let granted: usize = (0..8)
+            .map(|_| {
+                let (b, barrier) = (b.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    // Hold the permit (if any) so no one can get a second one.
+                    let p = b.try_acquire();
+                    let got = p.is_some() as usize;
+                    barrier.wait();
+                    std::mem::forget(p);
+                    got
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(granted, 1);
+    }
+
+    #[test]
+    fn dropped_probe_frees_the_slot() {
+        let b = breaker(1, 10);
+        b.try_acquire().unwrap().failure();
+        std::thread::sleep(Duration::from_millis(30));
+        drop(b.try_acquire().unwrap());
+        assert!(b.try_acquire().is_some());
+    }
+
+    #[test]
+    fn disabled_is_always_closed() {
+        let b = CircuitBreaker::new(CircuitBreakerConfig {
+            enabled: false,
+            threshold: 1,
+            timeout: Duration::from_secs(60),
+        });
+        for _ in 0..10 {
+            b.try_acquire().unwrap().failure();
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert!(b.try_acquire().is_some());
+    }
+
+    #[test]
+    fn reset_closes() {
+        let b = breaker(1, 60_000);
+        b.record_failure();
+        assert!(b.is_open());
+        b.reset();
+        assert_eq!(b.state(), CircuitState::Closed);
+        let s = b.get_stats();
+        assert!(s.last_failure_time.is_some() && s.enabled && s.threshold == 1);
+    }
+}

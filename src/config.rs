@@ -1,0 +1,940 @@
+//! Configuration: the service-wide [`CacheFactoryConfig`] (the `CACHE_*` keys)
+//! and the per-cache [`CacheOptions`].
+//!
+//! Every value is checked when it is read; an invalid one is an
+//! [`Error::Configuration`](crate::Error::Configuration) that names the key, the
+//! value given and what is allowed. Values that name a choice are trimmed and
+//! lower-cased.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{config_err, Error, Result};
+use crate::serializer::{self, CacheSerializer, Serializer};
+
+/// Configuration key names, as constants so that typos are compile errors.
+pub mod keys {
+    /// Redis host name or address.
+    pub const REDIS_HOST: &str = "CACHE_REDIS_HOST";
+    /// Redis TCP port.
+    pub const REDIS_PORT: &str = "CACHE_REDIS_PORT";
+    /// Redis database number.
+    pub const REDIS_DB: &str = "CACHE_REDIS_DB";
+    /// Redis password (never printed).
+    pub const REDIS_PASSWORD: &str = "CACHE_REDIS_PASSWORD";
+    /// Redis 6 ACL user name.
+    pub const REDIS_USERNAME: &str = "CACHE_REDIS_USERNAME";
+    /// `redis://` or `rediss://` URL; overrides host, port, db, user and password.
+    pub const REDIS_URL: &str = "CACHE_REDIS_URL";
+    /// Connection set-up bound, in seconds.
+    pub const REDIS_CONNECT_TIMEOUT: &str = "CACHE_REDIS_CONNECT_TIMEOUT";
+    /// Bound on one L2 operation, in seconds.
+    pub const REDIS_SOCKET_TIMEOUT: &str = "CACHE_REDIS_SOCKET_TIMEOUT";
+    /// Whether the circuit breaker guards L2.
+    pub const CIRCUIT_BREAKER_ENABLED: &str = "CACHE_CIRCUIT_BREAKER_ENABLED";
+    /// Consecutive failures that open the breaker.
+    pub const CIRCUIT_BREAKER_THRESHOLD: &str = "CACHE_CIRCUIT_BREAKER_THRESHOLD";
+    /// Seconds the breaker stays open before a probe.
+    pub const CIRCUIT_BREAKER_TIMEOUT: &str = "CACHE_CIRCUIT_BREAKER_TIMEOUT";
+    /// Registered serializer name.
+    pub const SERIALIZER: &str = "CACHE_SERIALIZER";
+    /// L1 backend name.
+    pub const L1_BACKEND: &str = "CACHE_L1_BACKEND";
+    /// L2 backend name.
+    pub const L2_BACKEND: &str = "CACHE_L2_BACKEND";
+
+    /// Every key this crate reads.
+    pub const ALL: &[&str] = &[
+        REDIS_HOST,
+        REDIS_PORT,
+        REDIS_DB,
+        REDIS_PASSWORD,
+        REDIS_USERNAME,
+        REDIS_URL,
+        REDIS_CONNECT_TIMEOUT,
+        REDIS_SOCKET_TIMEOUT,
+        CIRCUIT_BREAKER_ENABLED,
+        CIRCUIT_BREAKER_THRESHOLD,
+        CIRCUIT_BREAKER_TIMEOUT,
+        SERIALIZER,
+        L1_BACKEND,
+        L2_BACKEND,
+    ];
+}
+
+/// A string that never shows itself in `Debug` or `Display` (passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for handing to the Redis client. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"***\")")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Which in-process backend L1 uses (`CACHE_L1_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L1BackendKind {
+    /// `ttl`: bounded size, every entry expires after the L1 TTL (the default).
+    #[default]
+    Ttl,
+    /// `lru`: bounded size, least-recently-used entries are evicted first; no expiry.
+    Lru,
+}
+
+/// Which server L2 talks to (`CACHE_L2_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L2BackendKind {
+    /// `redis`: Redis 6 or newer (the default).
+    #[default]
+    Redis,
+    /// `valkey`: Valkey, the protocol-compatible Redis fork.
+    Valkey,
+}
+
+macro_rules! named_choice {
+    ($ty:ty, $key:expr, $feature:expr, { $($name:literal => $variant:expr),+ $(,)? }) => {
+        impl $ty {
+            /// Every accepted name, lowercase.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// The stable, lowercase name.
+            pub fn name(self) -> &'static str {
+                match self { $(v if v == $variant => $name,)+ _ => unreachable!() }
+            }
+
+            /// The Cargo feature this backend needs.
+            pub fn feature(self) -> &'static str {
+                $feature
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($name => Ok($variant),)+
+                    _ => Err(config_err($key, s, format!("one of: {}", Self::NAMES.join(", ")))),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_choice!(L1BackendKind, keys::L1_BACKEND, "l1", { "ttl" => L1BackendKind::Ttl, "lru" => L1BackendKind::Lru });
+named_choice!(L2BackendKind, keys::L2_BACKEND, "redis", { "redis" => L2BackendKind::Redis, "valkey" => L2BackendKind::Valkey });
+
+impl L1BackendKind {
+    /// Whether this build has the backend compiled in.
+    pub fn is_available(self) -> bool {
+        cfg!(feature = "l1")
+    }
+}
+
+impl L2BackendKind {
+    /// Whether this build has the backend compiled in.
+    pub fn is_available(self) -> bool {
+        cfg!(feature = "redis")
+    }
+}
+
+/// How to reach Redis/Valkey.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `CACHE_REDIS_HOST` (default `localhost`).
+    pub host: String,
+    /// `CACHE_REDIS_PORT` (default 6379).
+    pub port: u16,
+    /// `CACHE_REDIS_DB` (default 0).
+    pub db: i64,
+    /// `CACHE_REDIS_PASSWORD` (default none).
+    pub password: Option<Secret>,
+    /// `CACHE_REDIS_USERNAME` (default none; Redis 6 ACL user).
+    pub username: Option<String>,
+    /// `CACHE_REDIS_URL`: when set, overrides host, port, db, username and password.
+    /// Its password is never printed: `Debug` shows the URL redacted.
+    pub url: Option<Secret>,
+    /// `CACHE_REDIS_CONNECT_TIMEOUT` (default 5 s).
+    pub connect_timeout: Duration,
+    /// `CACHE_REDIS_SOCKET_TIMEOUT` (default 5 s): the bound on one L2 operation.
+    pub socket_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 6379,
+            db: 0,
+            password: None,
+            username: None,
+            url: None,
+            connect_timeout: Duration::from_secs(5),
+            socket_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Where L2 lives, without any credential: `host:port/db`, or the URL with
+    /// its user info removed.
+    pub fn endpoint(&self) -> String {
+        match &self.url {
+            Some(url) => redact_url(url.expose()),
+            None => format!("{}:{}/{}", self.host, self.port, self.db),
+        }
+    }
+}
+
+/// Removes `user:password@` from a URL, for display.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitBreakerConfig {
+    /// `CACHE_CIRCUIT_BREAKER_ENABLED` (default true).
+    pub enabled: bool,
+    /// `CACHE_CIRCUIT_BREAKER_THRESHOLD` (default 5): consecutive failures that open it.
+    pub threshold: u32,
+    /// `CACHE_CIRCUIT_BREAKER_TIMEOUT` (default 60 s): how long it stays open.
+    pub timeout: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 5,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Service-wide configuration: every `CACHE_*` key of the public surface.
+///
+/// ```
+/// use resilient_cache::CacheFactoryConfig;
+///
+/// let config = CacheFactoryConfig::from_map([
+///     ("CACHE_REDIS_HOST", "redis.internal"),
+///     ("CACHE_REDIS_SOCKET_TIMEOUT", "0.25"),
+///     ("CACHE_L1_BACKEND", " LRU "),
+/// ])
+/// .unwrap();
+/// assert_eq!(config.redis.host, "redis.internal");
+/// assert_eq!(config.l1_backend.name(), "lru");
+///
+/// let err = CacheFactoryConfig::from_map([("CACHE_L1_BACKEND", "lfu")]).unwrap_err();
+/// assert!(err.to_string().contains("CACHE_L1_BACKEND=\"lfu\" is not one of: ttl, lru"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheFactoryConfig {
+    /// Where Redis is.
+    pub redis: RedisConfig,
+    /// Default breaker settings for every cache (a cache may override them).
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// `CACHE_SERIALIZER` (default `msgpack`): a registered serializer name.
+    pub serializer: String,
+    /// `CACHE_L1_BACKEND` (default `ttl`).
+    pub l1_backend: L1BackendKind,
+    /// `CACHE_L2_BACKEND` (default `redis`).
+    pub l2_backend: L2BackendKind,
+}
+
+impl Default for CacheFactoryConfig {
+    fn default() -> Self {
+        Self {
+            redis: RedisConfig::default(),
+            circuit_breaker: CircuitBreakerConfig::default(),
+            serializer: serializer::DEFAULT_SERIALIZER.to_string(),
+            l1_backend: L1BackendKind::default(),
+            l2_backend: L2BackendKind::default(),
+        }
+    }
+}
+
+impl CacheFactoryConfig {
+    /// Reads every `CACHE_*` key from the process environment; absent keys keep
+    /// their defaults. The result is validated.
+    pub fn from_env() -> Result<Self> {
+        Self::from_map(std::env::vars().filter(|(k, _)| k.starts_with("CACHE_")))
+    }
+
+    /// Reads the `CACHE_*` keys from any key/value source (a web framework's
+    /// settings, a parsed file, a `HashMap`); other keys are ignored, and an
+    /// unknown `CACHE_*` key is logged as a warning (it is probably a typo).
+    /// Empty values count as absent. The result is validated.
+    pub fn from_map<I, K, V>(entries: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut map = BTreeMap::new();
+        for (k, v) in entries {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            if keys::ALL.contains(&k) {
+                if !v.trim().is_empty() {
+                    map.insert(k.to_string(), v.to_string());
+                }
+            } else if k.starts_with("CACHE_") && !KNOWN_ELSEWHERE.contains(&k) {
+                tracing::warn!(key = k, "unknown configuration key ignored");
+            }
+        }
+        let mut c = Self::default();
+        let get = |k: &str| map.get(k).map(String::as_str);
+        if let Some(v) = get(keys::REDIS_HOST) {
+            c.redis.host = v.trim().to_string();
+        }
+        if let Some(v) = get(keys::REDIS_PORT) {
+            c.redis.port = parse_int(keys::REDIS_PORT, v, 1, 65535)? as u16;
+        }
+        if let Some(v) = get(keys::REDIS_DB) {
+            c.redis.db = parse_int(keys::REDIS_DB, v, 0, i64::MAX)?;
+        }
+        // Passwords are taken verbatim: trimming could change them.
+        c.redis.password = get(keys::REDIS_PASSWORD).map(Secret::new);
+        c.redis.username = get(keys::REDIS_USERNAME).map(|v| v.trim().to_string());
+        c.redis.url = get(keys::REDIS_URL).map(|v| Secret::new(v.trim()));
+        if let Some(v) = get(keys::REDIS_CONNECT_TIMEOUT) {
+            c.redis.connect_timeout = parse_seconds(keys::REDIS_CONNECT_TIMEOUT, v, 0.001)?;
+        }
+        if let Some(v) = get(keys::REDIS_SOCKET_TIMEOUT) {
+            c.redis.socket_timeout = parse_seconds(keys::REDIS_SOCKET_TIMEOUT, v, 0.001)?;
+        }
+        if let Some(v) = get(keys::CIRCUIT_BREAKER_ENABLED) {
+            c.circuit_breaker.enabled = parse_bool(keys::CIRCUIT_BREAKER_ENABLED, v)?;
+        }
+        if let Some(v) = get(keys::CIRCUIT_BREAKER_THRESHOLD) {
+            c.circuit_breaker.threshold =
+                parse_int(keys::CIRCUIT_BREAKER_THRESHOLD, v, 1, u32::MAX as i64)? as u32;
+        }
+        if let Some(v) = get(keys::CIRCUIT_BREAKER_TIMEOUT) {
+            c.circuit_breaker.timeout = parse_seconds(keys::CIRCUIT_BREAKER_TIMEOUT, v, 1.0)?;
+        }
+        if let Some(v) = get(keys::SERIALIZER) {
+            c.serializer = v.trim().to_ascii_lowercase();
+        }
+        if let Some(v) = get(keys::L1_BACKEND) {
+            c.l1_backend = v.parse()?;
+        }
+        if let Some(v) = get(keys::L2_BACKEND) {
+            c.l2_backend = v.parse()?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every field (including those set in code), the serializer name
+    /// against the registry, and that the chosen backends are compiled in.
+    pub fn validate(&self) -> Result<()> {
+        let r = &self.redis;
+        if r.host.trim().is_empty() {
+            return Err(config_err(keys::REDIS_HOST, &r.host, "a non-empty host name"));
+        }
+        if r.port == 0 {
+            return Err(config_err(keys::REDIS_PORT, "0", "an integer from 1 to 65535"));
+        }
+        if r.db < 0 {
+            return Err(config_err(keys::REDIS_DB, &r.db.to_string(), "an integer >= 0"));
+        }
+        check_duration(keys::REDIS_CONNECT_TIMEOUT, r.connect_timeout, 0.001)?;
+        check_duration(keys::REDIS_SOCKET_TIMEOUT, r.socket_timeout, 0.001)?;
+        if let Some(url) = &r.url {
+            let u = url.expose();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(config_err(
+                    keys::REDIS_URL,
+                    &redact_url(u),
+                    "a redis:// or rediss:// URL",
+                ));
+            }
+            #[cfg(feature = "redis")]
+            crate::backend::redis::check_url(u)?;
+        }
+        let cb = &self.circuit_breaker;
+        if cb.threshold == 0 {
+            return Err(config_err(
+                keys::CIRCUIT_BREAKER_THRESHOLD,
+                "0",
+                "an integer >= 1",
+            ));
+        }
+        check_duration(keys::CIRCUIT_BREAKER_TIMEOUT, cb.timeout, 1.0)?;
+        serializer::get_serializer(&self.serializer).map_err(|_| {
+            config_err(
+                keys::SERIALIZER,
+                &self.serializer,
+                format!(
+                    "a registered serializer: {}",
+                    serializer::list_serializers().join(", ")
+                ),
+            )
+        })?;
+        if !self.l1_backend.is_available() {
+            return Err(feature_err(
+                keys::L1_BACKEND,
+                self.l1_backend.name(),
+                self.l1_backend.feature(),
+            ));
+        }
+        if !self.l2_backend.is_available() {
+            return Err(feature_err(
+                keys::L2_BACKEND,
+                self.l2_backend.name(),
+                self.l2_backend.feature(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Keys that belong to features of later releases or to the CLI; not typos.
+const KNOWN_ELSEWHERE: &[&str] = &[];
+
+fn feature_err(key: &str, value: &str, feature: &str) -> Error {
+    config_err(
+        key,
+        value,
+        format!("available in this build: enable the Cargo feature `{feature}` of resilient-cache"),
+    )
+}
+
+fn parse_int(key: &str, raw: &str, min: i64, max: i64) -> Result<i64> {
+    let allowed = || {
+        if max == i64::MAX || max == u32::MAX as i64 {
+            format!("an integer >= {min}")
+        } else {
+            format!("an integer from {min} to {max}")
+        }
+    };
+    match raw.trim().parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(config_err(key, raw, allowed())),
+    }
+}
+
+fn parse_seconds(key: &str, raw: &str, min: f64) -> Result<Duration> {
+    match raw.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= min && s <= MAX_SECONDS => Ok(Duration::from_secs_f64(s)),
+        _ => Err(config_err(key, raw, seconds_allowed(min))),
+    }
+}
+
+fn check_duration(key: &str, d: Duration, min: f64) -> Result<()> {
+    let s = d.as_secs_f64();
+    if s >= min && s <= MAX_SECONDS {
+        Ok(())
+    } else {
+        Err(config_err(key, &format!("{s}"), seconds_allowed(min)))
+    }
+}
+
+/// One year: a longer timeout is a mistake, and it keeps arithmetic far from overflow.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+fn seconds_allowed(min: f64) -> String {
+    if min >= 1.0 {
+        format!("a number of seconds >= {min} (fractions allowed)")
+    } else {
+        "a number of seconds > 0 (fractions allowed, e.g. 0.25)".to_string()
+    }
+}
+
+fn parse_bool(key: &str, raw: &str) -> Result<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(config_err(key, raw, "one of: true, false, 1, 0, yes, no")),
+    }
+}
+
+/// Per-cache options: the namespace, TTLs, levels, serializer and breaker
+/// overrides (the original's `create_cache` arguments).
+///
+/// ```
+/// use std::time::Duration;
+/// use resilient_cache::CacheOptions;
+///
+/// let options = CacheOptions::new("users")
+///     .l2_ttl(Duration::from_secs(3600))
+///     .l1_maxsize(10_000)
+///     .l1_ttl(Duration::from_secs(30))
+///     .serializer("json");
+/// assert_eq!(options.key_prefix(), "users");
+/// ```
+#[derive(Clone)]
+pub struct CacheOptions {
+    pub(crate) key_prefix: String,
+    pub(crate) l2_ttl: Option<Duration>,
+    pub(crate) l2_enabled: bool,
+    pub(crate) l1_enabled: bool,
+    pub(crate) l1_maxsize: usize,
+    pub(crate) l1_ttl: Duration,
+    pub(crate) l1_backend: Option<L1BackendKind>,
+    pub(crate) serializer: Option<SerializerChoice>,
+    pub(crate) breaker_enabled: Option<bool>,
+    pub(crate) breaker_threshold: Option<u32>,
+    pub(crate) breaker_timeout: Option<Duration>,
+}
+
+#[derive(Clone)]
+pub(crate) enum SerializerChoice {
+    Named(String),
+    Instance(Serializer),
+}
+
+impl fmt::Debug for CacheOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheOptions")
+            .field("key_prefix", &self.key_prefix)
+            .field("l2_ttl", &self.l2_ttl)
+            .field("l2_enabled", &self.l2_enabled)
+            .field("l1_enabled", &self.l1_enabled)
+            .field("l1_maxsize", &self.l1_maxsize)
+            .field("l1_ttl", &self.l1_ttl)
+            .field("l1_backend", &self.l1_backend)
+            .field(
+                "serializer",
+                &self.serializer.as_ref().map(|s| match s {
+                    SerializerChoice::Named(n) => n.clone(),
+                    SerializerChoice::Instance(s) => s.name().to_string(),
+                }),
+            )
+            .field("breaker_enabled", &self.breaker_enabled)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_timeout", &self.breaker_timeout)
+            .finish()
+    }
+}
+
+impl CacheOptions {
+    /// Options for the cache whose L2 keys are `"{key_prefix}:{key}"`.
+    /// `l2_ttl` must be set before the cache is created unless L2 is disabled.
+    pub fn new(key_prefix: impl Into<String>) -> Self {
+        Self {
+            key_prefix: key_prefix.into(),
+            l2_ttl: None,
+            l2_enabled: true,
+            l1_enabled: true,
+            l1_maxsize: 1000,
+            l1_ttl: Duration::from_secs(60),
+            l1_backend: None,
+            serializer: None,
+            breaker_enabled: None,
+            breaker_threshold: None,
+            breaker_timeout: None,
+        }
+    }
+
+    /// The namespace.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// Time to live of entries in L2 (required, >= 1 s).
+    pub fn l2_ttl(mut self, ttl: Duration) -> Self {
+        self.l2_ttl = Some(ttl);
+        self
+    }
+
+    /// Turns L2 on or off for this cache (default on).
+    pub fn l2_enabled(mut self, enabled: bool) -> Self {
+        self.l2_enabled = enabled;
+        self
+    }
+
+    /// Turns L1 on or off for this cache (default on).
+    pub fn l1_enabled(mut self, enabled: bool) -> Self {
+        self.l1_enabled = enabled;
+        self
+    }
+
+    /// Maximum number of L1 entries (default 1000).
+    pub fn l1_maxsize(mut self, maxsize: usize) -> Self {
+        self.l1_maxsize = maxsize;
+        self
+    }
+
+    /// Time to live of entries in L1 (default 60 s; ignored by the `lru` backend).
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = ttl;
+        self
+    }
+
+    /// L1 backend of this cache, overriding `CACHE_L1_BACKEND`.
+    pub fn l1_backend(mut self, kind: L1BackendKind) -> Self {
+        self.l1_backend = Some(kind);
+        self
+    }
+
+    /// A registered serializer by name, overriding `CACHE_SERIALIZER`.
+    pub fn serializer(mut self, name: impl Into<String>) -> Self {
+        self.serializer = Some(SerializerChoice::Named(name.into()));
+        self
+    }
+
+    /// A serializer instance (registered or not).
+    pub fn serializer_instance(mut self, serializer: Arc<dyn CacheSerializer>) -> Self {
+        self.serializer = Some(SerializerChoice::Instance(Serializer::custom(serializer)));
+        self
+    }
+
+    /// Turns this cache's circuit breaker on or off.
+    pub fn circuit_breaker_enabled(mut self, enabled: bool) -> Self {
+        self.breaker_enabled = Some(enabled);
+        self
+    }
+
+    /// Consecutive L2 failures that open this cache's breaker (>= 1).
+    pub fn circuit_breaker_threshold(mut self, threshold: u32) -> Self {
+        self.breaker_threshold = Some(threshold);
+        self
+    }
+
+    /// How long this cache's breaker stays open before a probe (>= 1 s).
+    pub fn circuit_breaker_timeout(mut self, timeout: Duration) -> Self {
+        self.breaker_timeout = Some(timeout);
+        self
+    }
+
+    /// Resolves the options against the service defaults into the L1 and L2
+    /// configurations of one cache, checking every value.
+    pub(crate) fn resolve(&self, defaults: &CacheFactoryConfig) -> Result<ResolvedOptions> {
+        let prefix = &self.key_prefix;
+        if prefix.is_empty() {
+            return Err(config_err("l2_key_prefix", prefix, "a non-empty string"));
+        }
+        let breaker = CircuitBreakerConfig {
+            enabled: self.breaker_enabled.unwrap_or(defaults.circuit_breaker.enabled),
+            threshold: self
+                .breaker_threshold
+                .unwrap_or(defaults.circuit_breaker.threshold),
+            timeout: self.breaker_timeout.unwrap_or(defaults.circuit_breaker.timeout),
+        };
+        if breaker.threshold == 0 {
+            return Err(config_err("circuit_breaker_threshold", "0", "an integer >= 1"));
+        }
+        check_duration("circuit_breaker_timeout", breaker.timeout, 1.0)?;
+        let l1 = if self.l1_enabled {
+            if self.l1_maxsize == 0 {
+                return Err(config_err("l1_maxsize", "0", "an integer >= 1"));
+            }
+            let backend = self.l1_backend.unwrap_or(defaults.l1_backend);
+            if !backend.is_available() {
+                return Err(feature_err("l1_backend", backend.name(), backend.feature()));
+            }
+            check_duration("l1_ttl", self.l1_ttl, 0.001)?;
+            Some(L1Config {
+                backend,
+                maxsize: self.l1_maxsize,
+                ttl: self.l1_ttl,
+            })
+        } else {
+            None
+        };
+        let serializer = match &self.serializer {
+            None => serializer::get_serializer(&defaults.serializer)?,
+            Some(SerializerChoice::Named(n)) => serializer::get_serializer(n)?,
+            Some(SerializerChoice::Instance(s)) => s.clone(),
+        };
+        let l2 = if self.l2_enabled {
+            let ttl = self.l2_ttl.ok_or_else(|| {
+                config_err(
+                    "l2_ttl",
+                    "unset",
+                    "set: a TTL >= 1 s is required when L2 is enabled",
+                )
+            })?;
+            check_duration("l2_ttl", ttl, 1.0)?;
+            if let Some(l1) = &l1 {
+                if l1.backend == L1BackendKind::Ttl && l1.ttl > ttl {
+                    tracing::warn!(
+                        cache = %prefix,
+                        l1_ttl_s = l1.ttl.as_secs_f64(),
+                        l2_ttl_s = ttl.as_secs_f64(),
+                        "l1_ttl is longer than l2_ttl: L1 may serve values that L2 has already expired"
+                    );
+                }
+            }
+            Some(L2Config {
+                backend: defaults.l2_backend,
+                key_prefix: prefix.clone(),
+                ttl,
+            })
+        } else {
+            None
+        };
+        if l1.is_none() && l2.is_none() {
+            return Err(config_err(
+                "l1_enabled/l2_enabled",
+                "false/false",
+                "allowed: at least one level must be enabled",
+            ));
+        }
+        Ok(ResolvedOptions {
+            prefix: prefix.clone(),
+            l1,
+            l2,
+            serializer,
+            breaker,
+        })
+    }
+}
+
+/// The L1 settings of one cache (the original's `L1Config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct L1Config {
+    /// Which backend.
+    pub backend: L1BackendKind,
+    /// Maximum number of entries.
+    pub maxsize: usize,
+    /// Time to live (the `ttl` backend only).
+    pub ttl: Duration,
+}
+
+/// The L2 settings of one cache (the original's `L2Config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct L2Config {
+    /// Which server kind.
+    pub backend: L2BackendKind,
+    /// Namespace: keys are `"{key_prefix}:{key}"`.
+    pub key_prefix: String,
+    /// Default time to live.
+    pub ttl: Duration,
+}
+
+pub(crate) struct ResolvedOptions {
+    pub prefix: String,
+    pub l1: Option<L1Config>,
+    pub l2: Option<L2Config>,
+    pub serializer: Serializer,
+    pub breaker: CircuitBreakerConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(key: &str, value: &str) -> String {
+        CacheFactoryConfig::from_map([(key, value)])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = CacheFactoryConfig::from_map(Vec::<(String, String)>::new()).unwrap();
+        assert_eq!(c.redis.host, "localhost");
+        assert_eq!(c.redis.port, 6379);
+        assert_eq!(c.redis.db, 0);
+        assert_eq!(c.redis.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.redis.socket_timeout, Duration::from_secs(5));
+        assert!(c.circuit_breaker.enabled);
+        assert_eq!(c.circuit_breaker.threshold, 5);
+        assert_eq!(c.circuit_breaker.timeout, Duration::from_secs(60));
+        assert_eq!(c.serializer, "msgpack");
+        assert_eq!(c.l1_backend, L1BackendKind::Ttl);
+        assert_eq!(c.l2_backend, L2BackendKind::Redis);
+        assert_eq!(c, CacheFactoryConfig::default());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = CacheFactoryConfig::from_map([
+            ("CACHE_REDIS_HOST", " 10.1.2.3 "),
+            ("CACHE_REDIS_PORT", "6380"),
+            ("CACHE_REDIS_DB", "3"),
+            ("CACHE_REDIS_PASSWORD", " s3cret "),
+            ("CACHE_REDIS_USERNAME", "app"),
+            ("CACHE_REDIS_CONNECT_TIMEOUT", "0.25"),
+            ("CACHE_REDIS_SOCKET_TIMEOUT", "1.5"),
+            ("CACHE_CIRCUIT_BREAKER_ENABLED", "No"),
+            ("CACHE_CIRCUIT_BREAKER_THRESHOLD", "7"),
+            ("CACHE_CIRCUIT_BREAKER_TIMEOUT", "2.5"),
+            ("CACHE_SERIALIZER", " JSON "),
+            ("CACHE_L1_BACKEND", "LRU"),
+            ("CACHE_L2_BACKEND", "Valkey"),
+            ("OTHER_KEY", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.host, "10.1.2.3");
+        assert_eq!(c.redis.port, 6380);
+        assert_eq!(c.redis.db, 3);
+        assert_eq!(c.redis.password.as_ref().unwrap().expose(), " s3cret ");
+        assert_eq!(c.redis.username.as_deref(), Some("app"));
+        assert_eq!(c.redis.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis.socket_timeout, Duration::from_millis(1500));
+        assert!(!c.circuit_breaker.enabled);
+        assert_eq!(c.circuit_breaker.threshold, 7);
+        assert_eq!(c.circuit_breaker.timeout, Duration::from_millis(2500));
+        assert_eq!(c.serializer, "json");
+        assert_eq!(c.l1_backend, L1BackendKind::Lru);
+        assert_eq!(c.l2_backend, L2BackendKind::Valkey);
+    }
+
+    #[test]
+    fn booleans_accept_every_documented_spelling() {
+        for (raw, want) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("yes", true),
+            ("Yes", true),
+            ("false", false),
+            ("0", false),
+            ("no", false),
+            ("NO", false),
+        ] {
+            let c = CacheFactoryConfig::from_map([("CACHE_CIRCUIT_BREAKER_ENABLED", raw)]).unwrap();
+            assert_eq!(c.circuit_breaker.enabled, want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn every_invalid_value_names_key_value_and_allowed() {
+        let cases = [
+            ("CACHE_REDIS_PORT", "0", "an integer from 1 to 65535"),
+            ("CACHE_REDIS_PORT", "65536", "an integer from 1 to 65535"),
+            ("CACHE_REDIS_PORT", "http", "an integer from 1 to 65535"),
+            ("CACHE_REDIS_DB", "-1", "an integer >= 0"),
+            ("CACHE_REDIS_DB", "one", "an integer >= 0"),
+            ("CACHE_REDIS_CONNECT_TIMEOUT", "0", "seconds > 0"),
+            ("CACHE_REDIS_CONNECT_TIMEOUT", "-2", "seconds > 0"),
+            ("CACHE_REDIS_SOCKET_TIMEOUT", "soon", "seconds > 0"),
+            ("CACHE_REDIS_SOCKET_TIMEOUT", "NaN", "seconds > 0"),
+            ("CACHE_REDIS_SOCKET_TIMEOUT", "inf", "seconds > 0"),
+            (
+                "CACHE_CIRCUIT_BREAKER_ENABLED",
+                "maybe",
+                "one of: true, false, 1, 0, yes, no",
+            ),
+            ("CACHE_CIRCUIT_BREAKER_THRESHOLD", "0", "an integer >= 1"),
+            ("CACHE_CIRCUIT_BREAKER_THRESHOLD", "1.5", "an integer >= 1"),
+            ("CACHE_CIRCUIT_BREAKER_TIMEOUT", "0.5", "seconds >= 1"),
+            ("CACHE_SERIALIZER", "pickle", "a registered serializer: "),
+            ("CACHE_L1_BACKEND", "lfu", "one of: ttl, lru"),
+            ("CACHE_L2_BACKEND", "memcached", "one of: redis, valkey"),
+            ("CACHE_REDIS_URL", "http://example", "a redis:// or rediss:// URL"),
+        ];
+        for (key, value, allowed) in cases {
+            let msg = err(key, value);
+            assert!(
+                msg.contains(&format!("{key}={value:?} is not")) && msg.contains(allowed),
+                "{key}={value}: {msg}"
+            );
+        }
+        assert!(err("CACHE_SERIALIZER", "pickle").contains("json"));
+        assert!(err("CACHE_SERIALIZER", "pickle").contains("msgpack"));
+    }
+
+    #[test]
+    fn url_password_never_in_errors_or_debug() {
+        let msg = err("CACHE_REDIS_URL", "http://user:hunter2@host:1");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let c = CacheFactoryConfig::from_map([
+            ("CACHE_REDIS_URL", "redis://user:hunter2@host:1/2"),
+            ("CACHE_REDIS_PASSWORD", "hunter3"),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("hunter3"), "{dbg}");
+        assert_eq!(c.redis.endpoint(), "redis://***@host:1/2");
+    }
+
+    #[test]
+    fn empty_values_count_as_absent() {
+        let c = CacheFactoryConfig::from_map([("CACHE_REDIS_PORT", "  ")]).unwrap();
+        assert_eq!(c.redis.port, 6379);
+    }
+
+    #[test]
+    fn validate_checks_fields_set_in_code() {
+        let mut c = CacheFactoryConfig::default();
+        c.redis.socket_timeout = Duration::ZERO;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("CACHE_REDIS_SOCKET_TIMEOUT"));
+        let c = CacheFactoryConfig {
+            serializer: "nope".into(),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("CACHE_SERIALIZER=\"nope\""));
+        let mut c = CacheFactoryConfig::default();
+        c.redis.host = " ".into();
+        assert!(c.validate().unwrap_err().to_string().contains("CACHE_REDIS_HOST"));
+    }
+
+    #[test]
+    fn cache_options_are_checked() {
+        let d = CacheFactoryConfig::default();
+        let e = |o: CacheOptions| o.resolve(&d).err().expect("should fail").to_string();
+        assert!(e(CacheOptions::new("")).contains("l2_key_prefix"));
+        assert!(e(CacheOptions::new("u")).contains("l2_ttl"));
+        assert!(e(CacheOptions::new("u").l2_ttl(Duration::from_millis(500))).contains("l2_ttl"));
+        assert!(e(CacheOptions::new("u")
+            .l2_ttl(Duration::from_secs(5))
+            .l1_maxsize(0))
+        .contains("l1_maxsize"));
+        assert!(e(CacheOptions::new("u")
+            .l2_ttl(Duration::from_secs(5))
+            .circuit_breaker_threshold(0))
+        .contains("circuit_breaker_threshold"));
+        assert!(e(CacheOptions::new("u")
+            .l2_ttl(Duration::from_secs(5))
+            .serializer("pickle"))
+        .contains("pickle"));
+        assert!(e(CacheOptions::new("u").l1_enabled(false).l2_enabled(false)).contains("at least one level"));
+        let r = CacheOptions::new("u").l2_enabled(false).resolve(&d).unwrap();
+        assert!(r.l2.is_none() && r.l1.is_some());
+        let r = CacheOptions::new("u")
+            .l2_ttl(Duration::from_secs(9))
+            .resolve(&d)
+            .unwrap();
+        assert_eq!(r.l1.unwrap().maxsize, 1000);
+        assert_eq!(r.l2.unwrap().key_prefix, "u");
+        assert_eq!(r.serializer.name(), "msgpack");
+    }
+}

@@ -1,0 +1,150 @@
+//! The one error type of the crate.
+//!
+//! The kinds mirror the original package's exceptions (`CacheConfigurationError`,
+//! `CacheConnectionError`, `CacheSerializationError`, `CircuitBreakerOpenError`).
+//! Only configuration errors ever reach the caller of the everyday operations:
+//! connection and serialization problems are counted in the stats and turned
+//! into misses (see the crate docs).
+
+use std::fmt;
+
+/// Result type of the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `resilient-cache`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid (`CacheConfigurationError`).
+    #[error("invalid cache configuration: {0}")]
+    Configuration(#[from] ConfigError),
+    /// L2 could not be reached or did not answer in time (`CacheConnectionError`).
+    #[error("cache connection error: {0}")]
+    Connection(ConnectionError),
+    /// A value could not be encoded, or stored bytes could not be decoded
+    /// (`CacheSerializationError`).
+    #[error("cache serialization error: {0}")]
+    Serialization(String),
+    /// The circuit breaker is open, so L2 was not called (`CircuitBreakerOpenError`).
+    #[error("circuit breaker is open: L2 skipped")]
+    CircuitBreakerOpen,
+}
+
+impl Error {
+    /// `true` for errors that say L2 is unhealthy (and so count against the breaker).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Error::Connection(_))
+    }
+
+    /// `true` for data errors: bytes that cannot be decoded, values that cannot be encoded.
+    pub fn is_serialization(&self) -> bool {
+        matches!(self, Error::Serialization(_))
+    }
+}
+
+/// Why L2 could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ConnectionErrorKind {
+    /// The operation ran past its timeout (a frozen or overloaded server).
+    Timeout,
+    /// The server refused the connection (down, or wrong port).
+    Refused,
+    /// The connection broke, or another I/O failure.
+    Io,
+    /// Authentication failed (wrong password or user).
+    Auth,
+    /// The server answered with an error that says it cannot serve (loading, read-only, OOM…).
+    Server,
+}
+
+/// An L2 connectivity failure: its kind, and a message with no secret in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionError {
+    /// What went wrong.
+    pub kind: ConnectionErrorKind,
+    /// Details for logs.
+    pub message: String,
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl Error {
+    /// A connection error of `kind`.
+    pub fn connection(kind: ConnectionErrorKind, message: impl Into<String>) -> Self {
+        Error::Connection(ConnectionError {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+/// An invalid configuration value: which key, what was given, what is allowed.
+///
+/// Displays as `CACHE_L1_BACKEND="lfu" is not one of: ttl, lru`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    key: String,
+    value: String,
+    allowed: String,
+}
+
+impl ConfigError {
+    /// A new error for `key` whose `value` is not `allowed` (a phrase such as
+    /// `one of: ttl, lru` or `an integer from 1 to 65535`).
+    pub fn new(key: impl Into<String>, value: impl Into<String>, allowed: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+            allowed: allowed.into(),
+        }
+    }
+
+    /// The configuration key (or option name) at fault.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The value that was given (secrets are redacted before they get here).
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// What the key accepts.
+    pub fn allowed(&self) -> &str {
+        &self.allowed
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?} is not {}", self.key, self.value, self.allowed)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Shorthand used by the config parsers.
+pub(crate) fn config_err(key: &str, value: &str, allowed: impl Into<String>) -> Error {
+    Error::Configuration(ConfigError::new(key, value, allowed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_error_names_key_value_and_allowed() {
+        let e = config_err("CACHE_L1_BACKEND", "lfu", "one of: ttl, lru");
+        assert_eq!(
+            e.to_string(),
+            "invalid cache configuration: CACHE_L1_BACKEND=\"lfu\" is not one of: ttl, lru"
+        );
+        assert!(!e.is_connection());
+    }
+}

@@ -1,0 +1,201 @@
+//! [`CacheFactory`]: turns configuration into caches. This is the one place
+//! where backend names become backends (see `BACKEND_GUIDE.md`).
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::CacheBackend;
+use crate::config::{CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2Config};
+use crate::error::Result;
+use crate::serializer::Serializer;
+use crate::stats::{L1Stats, L2Stats};
+use crate::two_level::{CacheValue, TwoLevelCache};
+
+#[cfg(feature = "l1")]
+use crate::backend::memory::{LruBackend, TtlBackend};
+#[cfg(feature = "redis")]
+use crate::backend::redis::{RedisBackend, RedisConnection};
+
+/// The cache handle applications use: L1 and L2 chosen by configuration.
+pub type Cache<V> = TwoLevelCache<V, AnyL1<V>, AnyL2>;
+
+/// One of the built-in L1 backends, chosen at run time by `CACHE_L1_BACKEND`.
+#[non_exhaustive]
+pub enum AnyL1<V> {
+    /// `ttl`.
+    #[cfg(feature = "l1")]
+    Ttl(TtlBackend<Arc<V>>),
+    /// `lru`.
+    #[cfg(feature = "l1")]
+    Lru(LruBackend<Arc<V>>),
+    #[doc(hidden)]
+    _Never(Infallible, PhantomData<V>),
+}
+
+/// One of the built-in L2 backends, chosen at run time by `CACHE_L2_BACKEND`
+/// (`redis` and `valkey` share one implementation: the protocol is the same).
+#[non_exhaustive]
+pub enum AnyL2 {
+    /// `redis` or `valkey`.
+    #[cfg(feature = "redis")]
+    Redis(RedisBackend),
+    #[doc(hidden)]
+    _Never(Infallible),
+}
+
+/// Forwards every `CacheBackend` method to the variant's backend.
+macro_rules! forward {
+    ($self:ident, $b:ident => $call:expr, [$($variant:ident : $feature:literal),*]) => {
+        match $self {
+            $( #[cfg(feature = $feature)] Self::$variant($b) => $call, )*
+            Self::_Never(never, ..) => match *never {},
+        }
+    };
+}
+
+macro_rules! impl_forwarding_backend {
+    ($ty:ty, $value:ty, $stats:ty, [$($variant:ident : $feature:literal),*] $(, $g:ident)?) => {
+        impl$(<$g: CacheValue>)? CacheBackend for $ty {
+            type Value = $value;
+            type Stats = $stats;
+            async fn get(&self, key: &str) -> Result<Option<$value>> {
+                forward!(self, b => b.get(key).await, [$($variant : $feature),*])
+            }
+            async fn set(&self, key: &str, value: $value, ttl: Option<Duration>) -> Result<()> {
+                forward!(self, b => b.set(key, value, ttl).await, [$($variant : $feature),*])
+            }
+            async fn set_if_not_exist(&self, key: &str, value: $value, ttl: Option<Duration>) -> Result<bool> {
+                forward!(self, b => b.set_if_not_exist(key, value, ttl).await, [$($variant : $feature),*])
+            }
+            async fn delete(&self, key: &str) -> Result<bool> {
+                forward!(self, b => b.delete(key).await, [$($variant : $feature),*])
+            }
+            async fn clear(&self) -> Result<u64> {
+                forward!(self, b => b.clear().await, [$($variant : $feature),*])
+            }
+            async fn exists(&self, key: &str) -> Result<bool> {
+                forward!(self, b => b.exists(key).await, [$($variant : $feature),*])
+            }
+            async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
+                forward!(self, b => b.get_ttl(key).await, [$($variant : $feature),*])
+            }
+            async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
+                forward!(self, b => b.list_keys(prefix).await, [$($variant : $feature),*])
+            }
+            async fn get_size(&self) -> Result<u64> {
+                forward!(self, b => b.get_size().await, [$($variant : $feature),*])
+            }
+            async fn get_stats(&self) -> Result<$stats> {
+                forward!(self, b => b.get_stats().await, [$($variant : $feature),*])
+            }
+            fn describe(&self) -> $stats {
+                forward!(self, b => b.describe(), [$($variant : $feature),*])
+            }
+        }
+    };
+}
+
+impl_forwarding_backend!(AnyL1<V>, Arc<V>, L1Stats, [Ttl: "l1", Lru: "l1"], V);
+impl_forwarding_backend!(AnyL2, Vec<u8>, L2Stats, [Redis: "redis"]);
+
+/// Builds caches from a validated [`CacheFactoryConfig`]. Holds the service's
+/// one shared L2 connection.
+pub struct CacheFactory {
+    config: CacheFactoryConfig,
+    #[cfg(feature = "redis")]
+    connection: RedisConnection,
+}
+
+impl std::fmt::Debug for CacheFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheFactory")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl CacheFactory {
+    /// Validates `config` and prepares the L2 connection without connecting
+    /// (so a dead Redis is not an error). Must run inside a Tokio runtime.
+    pub fn new(config: CacheFactoryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            #[cfg(feature = "redis")]
+            connection: RedisConnection::new(&config.redis)?,
+            config,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CacheFactoryConfig {
+        &self.config
+    }
+
+    /// The shared L2 connection.
+    #[cfg(feature = "redis")]
+    pub fn connection(&self) -> &RedisConnection {
+        &self.connection
+    }
+
+    /// Builds a cache (the original's `create_cache`). Fails only on invalid options.
+    pub fn create_cache<V: CacheValue>(&self, options: &CacheOptions) -> Result<Cache<V>> {
+        let resolved = options.resolve(&self.config)?;
+        let l1 = resolved
+            .l1
+            .as_ref()
+            .map(|c| self.create_l1_backend::<V>(c))
+            .transpose()?;
+        let l2 = resolved
+            .l2
+            .as_ref()
+            .map(|c| self.create_l2_backend(c, &resolved.serializer))
+            .transpose()?;
+        Ok(TwoLevelCache::new(
+            resolved.prefix,
+            l1,
+            l2,
+            resolved.serializer,
+            resolved.breaker,
+        ))
+    }
+
+    /// The L1 backend named by `config.backend`.
+    fn create_l1_backend<V: CacheValue>(&self, config: &L1Config) -> Result<AnyL1<V>> {
+        match config.backend {
+            #[cfg(feature = "l1")]
+            L1BackendKind::Ttl => Ok(AnyL1::Ttl(TtlBackend::new(config))),
+            #[cfg(feature = "l1")]
+            L1BackendKind::Lru => Ok(AnyL1::Lru(LruBackend::new(config))),
+            #[allow(unreachable_patterns)]
+            other => Err(crate::error::config_err(
+                "l1_backend",
+                other.name(),
+                "compiled in: enable the Cargo feature `l1`",
+            )),
+        }
+    }
+
+    /// The L2 backend named by `config.backend`.
+    fn create_l2_backend(&self, config: &L2Config, serializer: &Serializer) -> Result<AnyL2> {
+        #[cfg(feature = "redis")]
+        {
+            // `redis` and `valkey` speak the same protocol; the name is kept for stats.
+            Ok(AnyL2::Redis(RedisBackend::new(
+                self.connection.clone(),
+                config,
+                serializer.name(),
+            )))
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = serializer;
+            Err(crate::error::config_err(
+                crate::config::keys::L2_BACKEND,
+                config.backend.name(),
+                "compiled in: enable the Cargo feature `redis` (or disable L2 for this cache)",
+            ))
+        }
+    }
+}

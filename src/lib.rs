@@ -1,0 +1,106 @@
+//! # resilient-cache
+//!
+//! A two-level cache for Rust services: **L1** is an in-process memory cache
+//! (tens of nanoseconds per hit), **L2** is Redis or Valkey, shared by every
+//! instance of a service. A **circuit breaker** guards L2, and every L2 failure
+//! degrades to L1 instead of reaching the application: *the application never
+//! fails, and never waits long, because the cache is sick.*
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use resilient_cache::{CacheFactoryConfig, CacheOptions, CacheService};
+//!
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! struct User { id: u64, name: String }
+//!
+//! # async fn demo() -> resilient_cache::Result<()> {
+//! let service = CacheService::new(CacheFactoryConfig::from_env()?).await?;
+//! let users = service.create_cache::<User>(
+//!     CacheOptions::new("users").l2_ttl(Duration::from_secs(3600)).l1_ttl(Duration::from_secs(30)),
+//! )?;
+//! users.set("42", User { id: 42, name: "Ada".into() }).await;
+//! if let Some(user) = users.get("42").await {
+//!     println!("{}", user.name); // `user` is an Arc<User>: no copy on a hit
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## How the two levels work together
+//!
+//! - **get**: L1 first. On an L1 miss, and unless the breaker is open, L2; an
+//!   L2 hit is *promoted* into L1. Misses, L2 failures and undecodable bytes
+//!   all read as `None`.
+//! - **set** is write-through: L2 (with the cache's L2 TTL, or a per-call TTL),
+//!   then L1. If L2 fails, L1 still holds the value.
+//! - **set_if_not_exist**: L2 decides, atomically (`SET NX PX`); L1 takes the
+//!   value only if L2 stored it. Without a usable L2, L1 alone decides.
+//! - **delete**: L2 first, then L1, which is always cleaned.
+//! - **clear**: this cache's namespace only (`"{prefix}:*"` in L2, by `SCAN`
+//!   and `UNLINK`, never `KEYS`), and the report says whether L2 was cleared.
+//!
+//! L2 keys are `"{key_prefix}:{key}"`, the layout of the original Python
+//! package: with the `json` serializer, both can share a namespace.
+//!
+//! ## The circuit breaker
+//!
+//! CLOSED: L2 is used. After `threshold` consecutive L2 failures (connection
+//! errors and timeouts — not bad data) it goes OPEN: L2 is skipped entirely, no
+//! network call, no waiting, so a dead Redis costs an L1-only cache's price.
+//! After `timeout`, HALF_OPEN: exactly one caller probes L2; success closes the
+//! breaker, failure re-opens it. The breaker is a handful of atomics: no lock
+//! on the hot path.
+//!
+//! Every L2 call is bounded by `CACHE_REDIS_SOCKET_TIMEOUT`, connection set-up
+//! included, and a refused connection fails at once. The service connects
+//! lazily and reconnects in the background, so starting with Redis down is
+//! fine: caches serve from L1 and use L2 as soon as it answers.
+//!
+//! ## Consistency model
+//!
+//! L2 is the shared truth; each process's L1 is a short-lived copy of it. A
+//! process always reads its own writes. Another process may read a value that
+//! was since changed or deleted elsewhere until its L1 entry expires: keep
+//! `l1_ttl` short (it defaults to 60 s, and should be shorter than `l2_ttl`).
+//! While L2 is unavailable each process works from its own L1 alone; writes
+//! made then are in that L1 only.
+//!
+//! ## Modules
+//!
+//! [`config`] (keys and options), [`error`], [`serializer`] (named formats),
+//! [`breaker`], [`backend`] (the [`CacheBackend`] trait; [`backend::memory`]
+//! and [`backend::redis`]), [`two_level`] (the composition), [`factory`],
+//! [`service`], [`stats`], and [`blocking`] (the same API without async).
+//!
+//! ## Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `l1` | yes | the `ttl` (quick_cache) and `lru` (moka) L1 backends |
+//! | `redis` | yes | the `redis` and `valkey` L2 backends (the `redis` crate) |
+//! | `full` | no | everything above |
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod blocking;
+pub mod breaker;
+mod clock;
+pub mod config;
+pub mod error;
+pub mod factory;
+pub mod serializer;
+pub mod service;
+pub mod stats;
+pub mod two_level;
+
+pub use backend::CacheBackend;
+pub use breaker::{CircuitBreaker, CircuitState};
+pub use config::{
+    CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2BackendKind, L2Config, Secret,
+};
+pub use error::{ConfigError, Error, Result};
+pub use factory::{Cache, CacheFactory};
+pub use serializer::{get_serializer, list_serializers, register_serializer, CacheSerializer, Serializer};
+pub use service::CacheService;
+pub use stats::{CacheStats, ServiceStats};
+pub use two_level::{ClearReport, L2ClearStatus, TwoLevelCache};

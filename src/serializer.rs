@@ -1,0 +1,322 @@
+//! Named value formats and their registry.
+//!
+//! Built in: `msgpack` (the default: compact, cross-language), `json` (plain
+//! UTF-8 JSON, no envelope, readable by the original package's `json`
+//! serializer) and `postcard` (the most compact; not self-describing, so only
+//! for Rust readers of the same type).
+//!
+//! A custom format implements [`CacheSerializer`] over the `serde_json::Value`
+//! data model and is either registered by name ([`register_serializer`]) or
+//! handed to one cache as an instance
+//! ([`CacheOptions::serializer_instance`](crate::CacheOptions::serializer_instance)).
+//! Built-in formats encode typed values directly, with no intermediate tree.
+//!
+//! Decoding never panics: bytes that are not valid for the format give
+//! [`Error::Serialization`]. All three built-in decoders bound their work by
+//! the input: length prefixes are checked against the bytes actually present
+//! before anything is allocated, and nesting depth is limited.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{config_err, Error, Result};
+
+/// The serializer used when `CACHE_SERIALIZER` is not set.
+pub const DEFAULT_SERIALIZER: &str = "msgpack";
+
+/// A custom value format.
+///
+/// It works on `serde_json::Value`, the data model every serde type maps to;
+/// the cache converts typed values to and from it.
+///
+/// ```
+/// use resilient_cache::serializer::{register_serializer, get_serializer, CacheSerializer};
+/// use resilient_cache::Error;
+///
+/// /// JSON with a one-byte version tag in front.
+/// struct TaggedJson;
+///
+/// impl CacheSerializer for TaggedJson {
+///     fn name(&self) -> &str { "tagged-json" }
+///     fn encode(&self, value: &serde_json::Value) -> Result<Vec<u8>, Error> {
+///         let mut out = vec![1u8];
+///         serde_json::to_writer(&mut out, value).map_err(|e| Error::Serialization(e.to_string()))?;
+///         Ok(out)
+///     }
+///     fn decode(&self, bytes: &[u8]) -> Result<serde_json::Value, Error> {
+///         match bytes.split_first() {
+///             Some((1, rest)) => serde_json::from_slice(rest).map_err(|e| Error::Serialization(e.to_string())),
+///             _ => Err(Error::Serialization("missing version tag".into())),
+///         }
+///     }
+/// }
+///
+/// register_serializer(std::sync::Arc::new(TaggedJson)).unwrap();
+/// let s = get_serializer("tagged-json").unwrap();
+/// let bytes = s.encode(&vec![1, 2, 3]).unwrap();
+/// assert_eq!(bytes[0], 1);
+/// assert_eq!(s.decode::<Vec<i32>>(&bytes).unwrap(), vec![1, 2, 3]);
+/// ```
+pub trait CacheSerializer: Send + Sync + 'static {
+    /// The registry name: lowercase and stable, it becomes configuration.
+    fn name(&self) -> &str;
+    /// Encodes a value.
+    fn encode(&self, value: &serde_json::Value) -> Result<Vec<u8>>;
+    /// Decodes bytes; invalid bytes are an `Err`, never a panic.
+    fn decode(&self, bytes: &[u8]) -> Result<serde_json::Value>;
+}
+
+/// A serializer handle: one of the built-in formats or a custom one. Cheap to clone.
+#[derive(Clone)]
+pub struct Serializer(Kind);
+
+#[derive(Clone)]
+enum Kind {
+    Json,
+    MessagePack,
+    Postcard,
+    Custom(Arc<dyn CacheSerializer>),
+}
+
+impl fmt::Debug for Serializer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Serializer({})", self.name())
+    }
+}
+
+impl Serializer {
+    /// Plain UTF-8 JSON.
+    pub fn json() -> Self {
+        Self(Kind::Json)
+    }
+
+    /// MessagePack with field names (maps), like Python's `msgpack` of a dict.
+    pub fn msgpack() -> Self {
+        Self(Kind::MessagePack)
+    }
+
+    /// Postcard: compact, positional, Rust-only.
+    pub fn postcard() -> Self {
+        Self(Kind::Postcard)
+    }
+
+    /// Wraps a custom format.
+    pub fn custom(inner: Arc<dyn CacheSerializer>) -> Self {
+        Self(Kind::Custom(inner))
+    }
+
+    /// The format's name.
+    pub fn name(&self) -> &str {
+        match &self.0 {
+            Kind::Json => "json",
+            Kind::MessagePack => "msgpack",
+            Kind::Postcard => "postcard",
+            Kind::Custom(c) => c.name(),
+        }
+    }
+
+    /// Encodes a typed value.
+    pub fn encode<V: Serialize + ?Sized>(&self, value: &V) -> Result<Vec<u8>> {
+        let r = match &self.0 {
+            Kind::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            Kind::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+            Kind::Postcard => postcard::to_stdvec(value).map_err(|e| e.to_string()),
+            Kind::Custom(c) => {
+                let tree = serde_json::to_value(value).map_err(|e| ser_err(c.name(), "encode", e))?;
+                return c.encode(&tree);
+            }
+        };
+        r.map_err(|e| ser_err(self.name(), "encode", e))
+    }
+
+    /// Decodes bytes into a typed value; invalid bytes are an error, never a panic.
+    pub fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V> {
+        let r = match &self.0 {
+            Kind::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Kind::MessagePack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                de.set_max_depth(MAX_DEPTH);
+                serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())
+            }
+            Kind::Postcard => match postcard::take_from_bytes(bytes) {
+                Ok((v, [])) => Ok(v),
+                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            Kind::Custom(c) => {
+                let tree = c.decode(bytes)?;
+                return serde_json::from_value(tree).map_err(|e| ser_err(c.name(), "decode", e));
+            }
+        };
+        r.map_err(|e| ser_err(self.name(), "decode", e))
+    }
+}
+
+/// Nesting limit for self-describing formats (serde_json's own limit is 128 too):
+/// deep enough for real data, shallow enough for any thread's stack.
+const MAX_DEPTH: usize = 128;
+
+fn ser_err(name: &str, what: &str, e: impl fmt::Display) -> Error {
+    Error::Serialization(format!("{name} {what}: {e}"))
+}
+
+static REGISTRY: LazyLock<RwLock<BTreeMap<String, Serializer>>> = LazyLock::new(|| {
+    let mut m = BTreeMap::new();
+    for s in [Serializer::json(), Serializer::msgpack(), Serializer::postcard()] {
+        m.insert(s.name().to_string(), s);
+    }
+    RwLock::new(m)
+});
+
+fn registry_read() -> std::sync::RwLockReadGuard<'static, BTreeMap<String, Serializer>> {
+    // A panic while holding the lock cannot leave the map half-written (inserts are atomic).
+    REGISTRY.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Registers a custom format under its [`CacheSerializer::name`] (trimmed,
+/// lowercase, non-empty). Re-registering a custom name replaces it; the
+/// built-in names cannot be replaced.
+pub fn register_serializer(serializer: Arc<dyn CacheSerializer>) -> Result<()> {
+    let name = serializer.name().trim().to_ascii_lowercase();
+    if name.is_empty() || name != serializer.name() {
+        return Err(config_err(
+            "serializer name",
+            serializer.name(),
+            "a non-empty, trimmed, lowercase name",
+        ));
+    }
+    if ["json", "msgpack", "postcard"].contains(&name.as_str()) {
+        return Err(config_err(
+            "serializer name",
+            &name,
+            "a name other than the built-ins json, msgpack, postcard",
+        ));
+    }
+    let mut m = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+    m.insert(name, Serializer::custom(serializer));
+    Ok(())
+}
+
+/// Looks up a format by name (trimmed, case-insensitive).
+pub fn get_serializer(name: &str) -> Result<Serializer> {
+    let key = name.trim().to_ascii_lowercase();
+    registry_read().get(&key).cloned().ok_or_else(|| {
+        config_err(
+            "serializer",
+            name,
+            format!("a registered serializer: {}", list_serializers().join(", ")),
+        )
+    })
+}
+
+/// Names of every registered format, sorted.
+pub fn list_serializers() -> Vec<String> {
+    registry_read().keys().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct User {
+        id: u64,
+        name: String,
+        tags: Vec<String>,
+    }
+
+    fn user() -> User {
+        User {
+            id: 7,
+            name: "Ada".into(),
+            tags: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn builtins_round_trip() {
+        for name in ["json", "msgpack", "postcard"] {
+            let s = get_serializer(name).unwrap();
+            let bytes = s.encode(&user()).unwrap();
+            assert_eq!(s.decode::<User>(&bytes).unwrap(), user(), "{name}");
+        }
+    }
+
+    #[test]
+    fn json_is_plain_json_without_envelope() {
+        let bytes = Serializer::json().encode(&user()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["name"], "Ada");
+        assert_eq!(v["id"], 7);
+    }
+
+    #[test]
+    fn msgpack_writes_field_names() {
+        let bytes = Serializer::msgpack().encode(&user()).unwrap();
+        assert!(bytes.windows(4).any(|w| w == b"name"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let garbage: &[&[u8]] = &[
+            b"",
+            b"\xff\xfe\xfd",
+            b"{not json",
+            // msgpack str32 claiming 4 GiB
+            b"\xdb\xff\xff\xff\xff",
+            // msgpack array32 claiming 4 G elements
+            b"\xdd\xff\xff\xff\xff",
+            // postcard varint length of ~2^63
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f",
+        ];
+        for name in ["json", "msgpack", "postcard"] {
+            let s = get_serializer(name).unwrap();
+            for g in garbage {
+                let r = s.decode::<User>(g);
+                assert!(matches!(r, Err(Error::Serialization(_))), "{name} {g:?}");
+                let r = s.decode::<Vec<String>>(g);
+                assert!(r.is_err(), "{name} vec {g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let deep = "[".repeat(100_000);
+        assert!(Serializer::json()
+            .decode::<serde_json::Value>(deep.as_bytes())
+            .is_err());
+        let deep = vec![0x91u8; 100_000]; // msgpack fixarray of one element, nested
+        assert!(Serializer::msgpack().decode::<serde_json::Value>(&deep).is_err());
+    }
+
+    #[test]
+    fn registry_lists_and_rejects() {
+        let names = list_serializers();
+        for n in ["json", "msgpack", "postcard"] {
+            assert!(names.contains(&n.to_string()));
+        }
+        assert_eq!(get_serializer(" JSON ").unwrap().name(), "json");
+        let e = get_serializer("pickle").unwrap_err().to_string();
+        assert!(e.contains("pickle") && e.contains("msgpack"), "{e}");
+
+        struct Bad;
+        impl CacheSerializer for Bad {
+            fn name(&self) -> &str {
+                "json"
+            }
+            fn encode(&self, _: &serde_json::Value) -> Result<Vec<u8>> {
+                Ok(vec![])
+            }
+            fn decode(&self, _: &[u8]) -> Result<serde_json::Value> {
+                Ok(serde_json::Value::Null)
+            }
+        }
+        assert!(register_serializer(Arc::new(Bad)).is_err());
+    }
+}
