@@ -2,7 +2,7 @@
 //! and the per-cache [`CacheOptions`].
 //!
 //! Every value is checked when it is read; an invalid one is an
-//! [`Error::Configuration`](crate::Error::Configuration) that names the key, the
+//! [`Error::Configuration`] that names the key, the
 //! value given and what is allowed. Values that name a choice are trimmed and
 //! lower-cased.
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::CacheBackend;
-use crate::config::{CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2Config};
+#[cfg(feature = "l1")]
+use crate::config::L1BackendKind;
+use crate::config::{CacheFactoryConfig, CacheOptions, L1Config, L2Config};
 use crate::error::Result;
 use crate::serializer::Serializer;
 use crate::stats::{L1Stats, L2Stats};
@@ -57,6 +59,8 @@ macro_rules! forward {
 
 macro_rules! impl_forwarding_backend {
     ($ty:ty, $value:ty, $stats:ty, [$($variant:ident : $feature:literal),*] $(, $g:ident)?) => {
+        // Arguments go unused when every variant is compiled out.
+        #[allow(unused_variables)]
         impl$(<$g: CacheValue>)? CacheBackend for $ty {
             type Value = $value;
             type Stats = $stats;

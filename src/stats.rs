@@ -30,7 +30,8 @@ pub struct L1Stats {
 }
 
 impl L1Stats {
-    pub(crate) fn compute_rates(mut self) -> Self {
+    /// Fills `hit_rate` and `usage_percent` from the counts (for backend authors).
+    pub fn compute_rates(mut self) -> Self {
         let total = self.hits + self.misses;
         self.hit_rate = if total == 0 {
             0.0

@@ -395,8 +395,8 @@ where
         keys.into_iter().collect()
     }
 
-    /// Figures for both levels, the breaker and the error counters. L2 is not
-    /// touched while the breaker is open.
+    /// Figures for both levels, the breaker and the error counters. L2 is
+    /// asked only while the breaker is closed (bounded by the operation timeout).
     pub async fn get_stats(&self) -> CacheStats<A::Stats, B::Stats> {
         let l1 = match &self.inner.l1 {
             Some(l1) => l1.get_stats().await.ok(),
@@ -404,7 +404,9 @@ where
         };
         let l2 = match &self.inner.l2 {
             None => None,
-            Some(l2) => Some(match self.inner.breaker.try_acquire() {
+            // Only a closed breaker lets stats reach L2: stats must not spend
+            // the single half-open probe meant for real traffic.
+            Some(l2) => Some(match self.inner.breaker.try_acquire().filter(|p| !p.is_probe()) {
                 Some(permit) => {
                     let r = l2.get_stats().await;
                     self.settle(permit, "stats", r).unwrap_or_else(|| l2.describe())

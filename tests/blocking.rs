@@ -1,0 +1,51 @@
+//! The blocking facade mirrors the async API, against a real redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::RedisServer;
+use resilient_cache::{blocking, CacheOptions, CircuitState};
+
+#[test]
+fn blocking_api_round_trip() {
+    let redis = RedisServer::start();
+    let service = blocking::CacheService::new(redis.config()).unwrap();
+    assert!(service.ping().is_ok());
+    let c = service
+        .create_cache::<Vec<String>>(CacheOptions::new("blk").l2_ttl(Duration::from_secs(60)))
+        .unwrap();
+    c.set("k", vec!["a".into()]);
+    assert_eq!(c.get("k").as_deref(), Some(&vec!["a".to_string()]));
+    assert!(redis.get_raw("blk:k").is_some());
+    assert!(c.is_on_cache("k"));
+    assert!(c.get_ttl("k").is_some());
+    assert!(!c.set_if_not_exist("k", vec![], None));
+    assert!(c.set_if_not_exist("n", vec![], Some(Duration::from_secs(5))));
+    assert_eq!(c.list_keys(None), vec!["k", "n"]);
+    assert!(c.delete("n"));
+    c.set_with_ttl("t", vec![], Some(Duration::from_secs(9)));
+    assert!(c.get_stats().l2.unwrap().available);
+    assert!(service.get_stats().caches.contains_key("blk"));
+    let report = c.clear();
+    assert!(report.l2_cleared);
+    assert_eq!(report.l2_items_removed, 2);
+    assert_eq!(c.breaker_state(), CircuitState::Closed);
+}
+
+#[test]
+fn blocking_api_without_redis_serves_from_l1() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let service = blocking::CacheService::new(redis.config()).unwrap();
+    let c = service
+        .create_cache::<u32>(
+            CacheOptions::new("blk")
+                .l2_ttl(Duration::from_secs(60))
+                .circuit_breaker_threshold(1),
+        )
+        .unwrap();
+    c.set("k", 1);
+    assert_eq!(c.get("k").as_deref(), Some(&1));
+    assert_eq!(c.breaker_state(), CircuitState::Open);
+}

@@ -1,0 +1,251 @@
+//! The breaker and degraded mode, driven by killing, freezing and restarting a
+//! real redis-server. No timing assertions: only states, counts and values.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, RedisServer};
+use resilient_cache::{CacheOptions, CacheService, CircuitState, L2ClearStatus};
+
+fn opts(prefix: &str, threshold: u32) -> CacheOptions {
+    CacheOptions::new(prefix)
+        .l2_ttl(Duration::from_secs(300))
+        .circuit_breaker_threshold(threshold)
+        .circuit_breaker_timeout(Duration::from_secs(1))
+}
+
+#[tokio::test]
+async fn breaker_closed_open_half_open_closed_with_a_real_server() {
+    let mut redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service.create_cache::<u32>(opts("cb", 3)).unwrap();
+    c.set("kept", 1).await;
+    assert_eq!(c.breaker_state(), CircuitState::Closed);
+
+    redis.kill();
+    for i in 0..3 {
+        // L1 misses go to L2, fail, and read as a miss: never an error.
+        assert_eq!(c.get(&format!("miss{i}")).await, None);
+    }
+    assert_eq!(c.breaker_state(), CircuitState::Open);
+    assert_eq!(c.get("kept").await.as_deref(), Some(&1), "L1 still serves");
+    c.set("during", 2).await;
+    assert_eq!(c.get("during").await.as_deref(), Some(&2), "writes land in L1");
+    let s = c.get_stats().await;
+    assert_eq!(s.circuit_breaker.failure_count, 3);
+    assert!(s.errors.l2_connection >= 3);
+    assert!(s.errors.l2_skipped >= 1, "open breaker skips L2");
+    assert!(s.circuit_breaker.last_failure_time.is_some());
+
+    redis.restart();
+    assert!(
+        eventually(Duration::from_secs(5), async || c.breaker_state()
+            == CircuitState::HalfOpen)
+        .await,
+        "breaker should become half-open after its timeout"
+    );
+    assert_eq!(c.get("absent").await, None); // the probe: L2 answers a miss
+    assert_eq!(c.breaker_state(), CircuitState::Closed);
+    c.set("after", 3).await;
+    assert!(
+        redis.get_raw("cb:after").is_some(),
+        "L2 used again after recovery"
+    );
+    assert_eq!(c.get_stats().await.circuit_breaker.transitions, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_lets_exactly_one_probe_reach_redis() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service
+        .create_cache::<u32>(opts("probe", 2).l1_enabled(false))
+        .unwrap();
+    c.get("connect").await;
+    redis.reset_stats();
+
+    // A frozen server keeps the connection open and queues what it is sent,
+    // so every GET that left this process is counted once it is thawed.
+    redis.freeze();
+    let (a, b) = tokio::join!(c.get("x"), c.get("y"));
+    assert_eq!((a, b), (None, None));
+    assert_eq!(c.breaker_state(), CircuitState::Open);
+    assert!(
+        eventually(Duration::from_secs(5), async || c.breaker_state()
+            == CircuitState::HalfOpen)
+        .await
+    );
+
+    let skipped_before = c.get_stats().await.errors.l2_skipped;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(&format!("k{i}")).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), None);
+    }
+    assert_eq!(
+        c.breaker_state(),
+        CircuitState::Open,
+        "the probe timed out: open again"
+    );
+    let s = c.get_stats().await;
+    assert_eq!(
+        s.errors.l2_skipped - skipped_before,
+        49,
+        "all but one caller skipped L2"
+    );
+
+    redis.thaw();
+    let calls = eventually(Duration::from_secs(5), async || {
+        redis.command_calls().get("get").copied() == Some(3)
+    })
+    .await;
+    assert!(
+        calls,
+        "2 failures + 1 probe reached Redis: {:?}",
+        redis.command_calls()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_with_many_callers_opens_the_breaker() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service.create_cache::<u32>(opts("frozen", 5)).unwrap();
+    c.set("hot", 7).await;
+    redis.freeze();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let miss = c.get(&format!("cold{i}")).await;
+                let hit = c.get("hot").await;
+                (miss, hit)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (miss, hit) = t.await.unwrap();
+        assert_eq!(miss, None);
+        assert_eq!(hit.as_deref(), Some(&7));
+    }
+    assert_eq!(c.breaker_state(), CircuitState::Open);
+    assert!(c.get_stats().await.errors.l2_timeout >= 5);
+    redis.thaw();
+}
+
+#[tokio::test]
+async fn starts_without_redis_and_picks_it_up_without_restart() {
+    let mut redis = RedisServer::start();
+    redis.kill(); // keep the port, no server
+    let service = CacheService::new(redis.config())
+        .await
+        .expect("a dead Redis is not a config error");
+    assert!(service.ping().await.is_err());
+    let c = service.create_cache::<u32>(opts("late", 5)).unwrap();
+    c.set("a", 1).await;
+    assert_eq!(c.get("a").await.as_deref(), Some(&1), "served from L1");
+    assert_eq!(c.get("b").await, None);
+    let report = c.clear().await;
+    assert!(!report.l2_cleared);
+    assert_eq!(report.l2_status, L2ClearStatus::Failed);
+    assert_eq!(
+        c.breaker_state(),
+        CircuitState::Closed,
+        "3 failures < threshold 5"
+    );
+
+    redis.restart();
+    c.set("c", 3).await;
+    assert!(
+        redis.get_raw("late:c").is_some(),
+        "the first write after Redis appears reaches L2"
+    );
+    assert!(service.ping().await.is_ok());
+
+    // A cache created during an outage that opened its breaker recovers too.
+    redis.kill();
+    let d = service.create_cache::<u32>(opts("during", 1)).unwrap();
+    d.set("x", 1).await;
+    assert_eq!(d.breaker_state(), CircuitState::Open);
+    redis.restart();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            d.set("y", 2).await;
+            redis.get_raw("during:y").is_some()
+        })
+        .await,
+        "uses L2 once Redis is back"
+    );
+    assert_eq!(d.breaker_state(), CircuitState::Closed);
+}
+
+#[tokio::test]
+async fn open_breaker_keeps_every_operation_off_redis() {
+    let mut redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service
+        .create_cache::<u32>(
+            CacheOptions::new("off")
+                .l2_ttl(Duration::from_secs(300))
+                .circuit_breaker_threshold(1)
+                .circuit_breaker_timeout(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    c.set("a", 1).await;
+    redis.kill();
+    assert_eq!(c.get("gone").await, None);
+    assert_eq!(c.breaker_state(), CircuitState::Open);
+
+    redis.restart();
+    redis.set_raw("off:survivor", b"x");
+    redis.reset_stats();
+
+    let stats = c.get_stats().await;
+    let l2 = stats.l2.unwrap();
+    assert!(!l2.available);
+    assert_eq!(l2.size, None);
+    assert_eq!(stats.circuit_breaker.state, CircuitState::Open);
+    let report = c.clear().await;
+    assert!(!report.l2_cleared);
+    assert_eq!(report.l2_status, L2ClearStatus::SkippedBreakerOpen);
+    assert_eq!(report.l1_items_removed, 1);
+    c.set("b", 2).await;
+    assert_eq!(c.get("x").await, None);
+    assert!(!c.delete("x").await);
+    assert!(!c.is_on_cache("y").await);
+    assert_eq!(c.get_ttl("y").await, None);
+    assert_eq!(c.list_keys(None).await, vec!["b"]);
+    assert!(
+        !c.set_if_not_exist("b", 3, None).await,
+        "L1-only rule while L2 is unavailable"
+    );
+    assert!(c.set_if_not_exist("n", 3, None).await);
+
+    let calls = redis.command_calls();
+    let ours: u64 = calls
+        .iter()
+        .filter(|(n, _)| !n.starts_with("info") && !n.starts_with("config"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        ours, 0,
+        "no command reached Redis while the breaker was open: {calls:?}"
+    );
+    assert_eq!(redis.keys(), vec!["off:survivor"]);
+}
+
+#[tokio::test]
+async fn delete_cleans_l1_even_when_l2_fails() {
+    let mut redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service.create_cache::<u32>(opts("dl", 5)).unwrap();
+    c.set("k", 1).await;
+    redis.kill();
+    assert!(c.delete("k").await, "removed from L1");
+    assert_eq!(c.get("k").await, None);
+}
