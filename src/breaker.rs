@@ -23,11 +23,11 @@ use crate::config::CircuitBreakerConfig;
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     /// L2 is used.
-    Closed,
+    Closed = 0,
     /// L2 is skipped.
-    Open,
+    Open = 1,
     /// One probe is allowed through.
-    HalfOpen,
+    HalfOpen = 2,
 }
 
 impl CircuitState {
@@ -61,12 +61,15 @@ pub struct CircuitBreaker {
     timeout_ms: u64,
     state: AtomicU8,
     failures: AtomicU32,
-    opened_at_ms: AtomicU64,
+    probe_at_ms: AtomicU64,
     probe_in_flight: AtomicBool,
     // Unix time in ms, 0 = never. Written only when the second changes.
     last_failure_unix_ms: AtomicU64,
     last_success_unix_ms: AtomicU64,
     transitions: AtomicU64,
+    state_since_ms: AtomicU64,
+    // Milliseconds spent in CLOSED, OPEN and HALF_OPEN before the current state.
+    time_in_ms: [AtomicU64; 3],
 }
 
 /// Breaker figures for stats.
@@ -88,6 +91,19 @@ pub struct CircuitBreakerStats {
     pub last_success_time: Option<f64>,
     /// How many state changes happened.
     pub transitions: u64,
+    /// Seconds spent in each state since the breaker was created.
+    pub time_in_state: TimeInState,
+}
+
+/// Seconds spent in each breaker state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimeInState {
+    /// Seconds CLOSED.
+    pub closed: f64,
+    /// Seconds OPEN.
+    pub open: f64,
+    /// Seconds HALF_OPEN.
+    pub half_open: f64,
 }
 
 impl CircuitBreaker {
@@ -99,11 +115,13 @@ impl CircuitBreaker {
             timeout_ms: config.timeout.as_millis().max(1) as u64,
             state: AtomicU8::new(CLOSED),
             failures: AtomicU32::new(0),
-            opened_at_ms: AtomicU64::new(0),
+            probe_at_ms: AtomicU64::new(0),
             probe_in_flight: AtomicBool::new(false),
             last_failure_unix_ms: AtomicU64::new(0),
             last_success_unix_ms: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
+            state_since_ms: AtomicU64::new(now_ms()),
+            time_in_ms: Default::default(),
         }
     }
 
@@ -126,7 +144,23 @@ impl CircuitBreaker {
     }
 
     fn timeout_elapsed(&self) -> bool {
-        now_ms().saturating_sub(self.opened_at_ms.load(Acquire)) >= self.timeout_ms
+        now_ms() >= self.probe_at_ms.load(Acquire)
+    }
+
+    /// How long until an open breaker lets a probe through (zero when it already may).
+    pub fn time_until_probe(&self) -> Duration {
+        if self.state.load(Acquire) != OPEN {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.probe_at_ms.load(Acquire).saturating_sub(now_ms()))
+    }
+
+    /// When an open breaker may probe: `timeout` plus up to 10 % jitter, so
+    /// that many processes that saw one outage do not probe in lockstep.
+    fn probe_time(&self) -> u64 {
+        let now = now_ms();
+        let jitter = splitmix(now ^ (self as *const Self as u64)) % (self.timeout_ms / 10 + 1);
+        now + self.timeout_ms + jitter
     }
 
     /// Asks to call L2. `None` means skip it. The permit must be resolved with
@@ -209,7 +243,7 @@ impl CircuitBreaker {
         }
         let n = self.failures.fetch_add(1, AcqRel).saturating_add(1);
         if probe {
-            self.opened_at_ms.store(now_ms(), Release);
+            self.probe_at_ms.store(self.probe_time(), Release);
             self.state.store(OPEN, Release);
             self.probe_in_flight.store(false, Release);
             self.transition(CircuitState::HalfOpen, CircuitState::Open);
@@ -217,7 +251,7 @@ impl CircuitBreaker {
             // The timeout starts before the state flips, so nobody sees OPEN with
             // an old start time; late failures of calls begun before it opened
             // find it not CLOSED and change nothing.
-            self.opened_at_ms.store(now_ms(), Release);
+            self.probe_at_ms.store(self.probe_time(), Release);
             if self.state.compare_exchange(CLOSED, OPEN, AcqRel, Acquire).is_ok() {
                 self.transition(CircuitState::Closed, CircuitState::Open);
             }
@@ -226,6 +260,9 @@ impl CircuitBreaker {
 
     fn transition(&self, from: CircuitState, to: CircuitState) {
         self.transitions.fetch_add(1, Relaxed);
+        let now = now_ms();
+        let since = self.state_since_ms.swap(now, AcqRel);
+        self.time_in_ms[from as usize].fetch_add(now.saturating_sub(since), Relaxed);
         match to {
             CircuitState::Open => tracing::warn!(
                 from = from.as_str(),
@@ -272,8 +309,31 @@ impl CircuitBreaker {
             last_failure_time: t(&self.last_failure_unix_ms),
             last_success_time: t(&self.last_success_unix_ms),
             transitions: self.transitions.load(Relaxed),
+            time_in_state: self.time_in_state(),
         }
     }
+
+    fn time_in_state(&self) -> TimeInState {
+        let mut ms = [0u64; 3];
+        for (slot, total) in ms.iter_mut().zip(&self.time_in_ms) {
+            *slot = total.load(Relaxed);
+        }
+        let current = CircuitState::from_u8(self.state.load(Acquire)) as usize;
+        ms[current] += now_ms().saturating_sub(self.state_since_ms.load(Acquire));
+        let s = |v: u64| v as f64 / 1000.0;
+        TimeInState {
+            closed: s(ms[0]),
+            open: s(ms[1]),
+            half_open: s(ms[2]),
+        }
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Writes the current unix time (ms) unless it is the same second already: a
@@ -424,5 +484,6 @@ mod tests {
         assert_eq!(b.state(), CircuitState::Closed);
         let s = b.get_stats();
         assert!(s.last_failure_time.is_some() && s.enabled && s.threshold == 1);
+        assert!(s.time_in_state.closed >= 0.0 && s.time_in_state.open >= 0.0);
     }
 }

@@ -512,6 +512,7 @@ pub struct CacheOptions {
     pub(crate) breaker_enabled: Option<bool>,
     pub(crate) breaker_threshold: Option<u32>,
     pub(crate) breaker_timeout: Option<Duration>,
+    pub(crate) replay_capacity: usize,
 }
 
 #[derive(Clone)]
@@ -540,6 +541,7 @@ impl fmt::Debug for CacheOptions {
             .field("breaker_enabled", &self.breaker_enabled)
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_timeout", &self.breaker_timeout)
+            .field("replay_capacity", &self.replay_capacity)
             .finish()
     }
 }
@@ -560,6 +562,7 @@ impl CacheOptions {
             breaker_enabled: None,
             breaker_threshold: None,
             breaker_timeout: None,
+            replay_capacity: crate::recovery::DEFAULT_REPLAY_CAPACITY,
         }
     }
 
@@ -634,6 +637,14 @@ impl CacheOptions {
         self
     }
 
+    /// How many distinct keys of writes and deletes this cache keeps for
+    /// replay while L2 is unavailable (default 10,000). See the README,
+    /// "Failure modes", for what happens beyond it.
+    pub fn replay_queue_capacity(mut self, capacity: usize) -> Self {
+        self.replay_capacity = capacity;
+        self
+    }
+
     /// Resolves the options against the service defaults into the L1 and L2
     /// configurations of one cache, checking every value.
     pub(crate) fn resolve(&self, defaults: &CacheFactoryConfig) -> Result<ResolvedOptions> {
@@ -641,6 +652,9 @@ impl CacheOptions {
         if prefix.is_empty() {
             return Err(config_err("l2_key_prefix", prefix, "a non-empty string"));
         }
+        let breaker_shared = self.breaker_enabled.is_none()
+            && self.breaker_threshold.is_none()
+            && self.breaker_timeout.is_none();
         let breaker = CircuitBreakerConfig {
             enabled: self.breaker_enabled.unwrap_or(defaults.circuit_breaker.enabled),
             threshold: self
@@ -708,12 +722,17 @@ impl CacheOptions {
                 "allowed: at least one level must be enabled",
             ));
         }
+        if self.replay_capacity == 0 {
+            return Err(config_err("replay_queue_capacity", "0", "an integer >= 1"));
+        }
         Ok(ResolvedOptions {
             prefix: prefix.clone(),
             l1,
             l2,
             serializer,
             breaker,
+            breaker_shared,
+            replay_capacity: self.replay_capacity,
         })
     }
 }
@@ -746,6 +765,9 @@ pub(crate) struct ResolvedOptions {
     pub l2: Option<L2Config>,
     pub serializer: Serializer,
     pub breaker: CircuitBreakerConfig,
+    /// No per-cache breaker override: use the service's shared breaker.
+    pub breaker_shared: bool,
+    pub replay_capacity: usize,
 }
 
 #[cfg(test)]

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::CacheBackend;
+use crate::breaker::CircuitBreaker;
 #[cfg(feature = "l1")]
 use crate::config::L1BackendKind;
 use crate::config::{CacheFactoryConfig, CacheOptions, L1Config, L2Config};
 use crate::error::Result;
 use crate::serializer::Serializer;
 use crate::stats::{L1Stats, L2Stats};
-use crate::two_level::{CacheValue, TwoLevelCache};
+use crate::two_level::{CacheValue, TwoLevelCache, TwoLevelSettings};
 
 #[cfg(feature = "l1")]
 use crate::backend::memory::{LruBackend, TtlBackend};
@@ -108,6 +109,9 @@ impl_forwarding_backend!(AnyL2, Vec<u8>, L2Stats, [Redis: "redis"]);
 /// one shared L2 connection.
 pub struct CacheFactory {
     config: CacheFactoryConfig,
+    /// The endpoint's breaker, shared by every cache without breaker overrides:
+    /// one view of L2's health, one probe for the whole service.
+    breaker: Arc<CircuitBreaker>,
     #[cfg(feature = "redis")]
     connection: RedisConnection,
 }
@@ -128,8 +132,14 @@ impl CacheFactory {
         Ok(Self {
             #[cfg(feature = "redis")]
             connection: RedisConnection::new(&config.redis)?,
+            breaker: Arc::new(CircuitBreaker::new(config.circuit_breaker)),
             config,
         })
+    }
+
+    /// The breaker shared by every cache that does not override breaker settings.
+    pub fn circuit_breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
     }
 
     /// The configuration in force.
@@ -156,13 +166,19 @@ impl CacheFactory {
             .as_ref()
             .map(|c| self.create_l2_backend(c, &resolved.serializer))
             .transpose()?;
-        Ok(TwoLevelCache::new(
-            resolved.prefix,
-            l1,
-            l2,
-            resolved.serializer,
-            resolved.breaker,
-        ))
+        let breaker = if resolved.breaker_shared {
+            self.breaker.clone()
+        } else {
+            Arc::new(CircuitBreaker::new(resolved.breaker))
+        };
+        let settings = TwoLevelSettings {
+            key_prefix: resolved.prefix,
+            serializer: resolved.serializer,
+            breaker,
+            l2_ttl: resolved.l2.as_ref().map_or(Duration::from_secs(1), |c| c.ttl),
+            replay_capacity: resolved.replay_capacity,
+        };
+        Ok(TwoLevelCache::new(l1, l2, settings))
     }
 
     /// The L1 backend named by `config.backend`.

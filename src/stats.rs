@@ -73,16 +73,36 @@ pub struct L2Stats {
 /// Per-cache error and event counters.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ErrorStats {
-    /// L2 calls that failed for connection reasons (refused, dropped, server error).
-    pub l2_connection: u64,
-    /// L2 calls that ran past the operation timeout.
+    /// L2 calls that ran past the operation timeout (frozen or overloaded server).
     pub l2_timeout: u64,
+    /// L2 connections refused (server down).
+    pub l2_refused: u64,
+    /// Other L2 connection or protocol failures (broken connection, server errors).
+    pub l2_connection: u64,
+    /// L2 authentication failures (wrong password or ACL user).
+    pub l2_auth: u64,
     /// Stored bytes that could not be decoded (read as a miss, key dropped).
     pub decode: u64,
     /// Values that could not be encoded (not written to L2).
     pub encode: u64,
     /// L2 calls skipped because the breaker was open.
     pub l2_skipped: u64,
+}
+
+/// The outage replay queue of one cache.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RecoveryStats {
+    /// Keys with a write or delete waiting for L2.
+    pub queue_depth: u64,
+    /// Queue capacity (distinct keys).
+    pub queue_capacity: u64,
+    /// Whether L2's namespace will be cleared first on recovery (a `clear`
+    /// during the outage, or an overflow).
+    pub clear_pending: bool,
+    /// Operations dropped because the queue was full.
+    pub overflow: u64,
+    /// Operations replayed into L2 after an outage.
+    pub replayed: u64,
 }
 
 /// Everything `Cache::get_stats` reports.
@@ -98,6 +118,8 @@ pub struct CacheStats<L1 = L1Stats, L2 = L2Stats> {
     pub circuit_breaker: CircuitBreakerStats,
     /// Error counters.
     pub errors: ErrorStats,
+    /// Outage replay queue.
+    pub recovery: RecoveryStats,
 }
 
 /// Service-wide stats: one entry per cache, by namespace.

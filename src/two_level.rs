@@ -21,10 +21,10 @@ use serde::Serialize;
 use crate::backend::CacheBackend;
 use crate::breaker::{CircuitBreaker, CircuitState, Permit};
 use crate::clock::{now_ms, unix_now};
-use crate::config::CircuitBreakerConfig;
 use crate::error::{ConnectionErrorKind, Error};
+use crate::recovery::{Lookup, PendingOp, RecoveryQueue, Step};
 use crate::serializer::Serializer;
-use crate::stats::{CacheStats, Counter, ErrorStats, L1Stats, L2Stats};
+use crate::stats::{CacheStats, Counter, ErrorStats, L1Stats, L2Stats, RecoveryStats};
 
 /// What a cache value must be: serde both ways, shareable across tasks.
 pub trait CacheValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
@@ -52,15 +52,21 @@ struct Inner<V, A, B> {
     l1: Option<A>,
     l2: Option<B>,
     serializer: Serializer,
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
+    l2_ttl: Duration,
+    queue: RecoveryQueue,
+    replay_timer_armed: std::sync::atomic::AtomicBool,
+    guard: PromotionGuard,
     errors: Errors,
     _value: PhantomData<fn() -> V>,
 }
 
 #[derive(Default)]
 struct Errors {
-    l2_connection: Counter,
     l2_timeout: Counter,
+    l2_refused: Counter,
+    l2_connection: Counter,
+    l2_auth: Counter,
     decode: Counter,
     encode: Counter,
     l2_skipped: Counter,
@@ -93,16 +99,108 @@ impl LogLimiter {
     }
 }
 
+/// Keeps an L2 read from promoting a value into L1 after a write or delete of
+/// the same key has started: otherwise `get` could read the old value from L2,
+/// then put it into L1 *after* a concurrent `set` wrote the new one there.
+///
+/// Keys are spread over striped words; each holds (writes started) in its high
+/// half and (writes in progress) in its low half. A reader snapshots the word
+/// before reading L2 and promotes only if no write was in progress then and
+/// the word is unchanged afterwards. `clear` moves a cache-wide epoch.
+struct PromotionGuard {
+    stripes: Box<[AtomicU64]>,
+    epoch: AtomicU64,
+}
+
+const STRIPES: usize = 256;
+const WRITE_STARTED: u64 = 1 << 32;
+
+#[derive(Clone, Copy)]
+struct Snapshot {
+    word: u64,
+    epoch: u64,
+}
+
+struct WriteGuard<'a>(&'a AtomicU64);
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        // Ends the write: +1 generation, -1 in progress (a borrow from the low half).
+        self.0.fetch_add(WRITE_STARTED - 1, Relaxed);
+    }
+}
+
+impl PromotionGuard {
+    fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        // FNV-1a: cheap, and good enough to spread keys over stripes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.as_bytes() {
+            h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        &self.stripes[(h as usize) & (STRIPES - 1)]
+    }
+
+    fn write(&self, key: &str) -> WriteGuard<'_> {
+        let s = self.stripe(key);
+        s.fetch_add(WRITE_STARTED + 1, Relaxed);
+        WriteGuard(s)
+    }
+
+    fn snapshot(&self, key: &str) -> Snapshot {
+        Snapshot {
+            word: self.stripe(key).load(Relaxed),
+            epoch: self.epoch.load(Relaxed),
+        }
+    }
+
+    fn may_promote(&self, key: &str, before: Snapshot) -> bool {
+        before.word & (WRITE_STARTED - 1) == 0
+            && self.stripe(key).load(Relaxed) == before.word
+            && self.epoch.load(Relaxed) == before.epoch
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Relaxed);
+    }
+}
+
+/// How an L2 call went, once the breaker has been told.
+enum Outcome<T> {
+    Done(T),
+    /// Connection failure, timeout, or skipped because the breaker is open.
+    Unavailable,
+    /// L2 answered, the data was bad (counted).
+    BadData,
+}
+
+impl<T> Outcome<T> {
+    fn ok(self) -> Option<T> {
+        match self {
+            Outcome::Done(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// What `clear` did with L2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum L2ClearStatus {
     /// Every key of the namespace was removed.
     Cleared,
-    /// The breaker was open: L2 was not touched.
+    /// The breaker was open: L2 was not touched; it will be cleared on recovery.
     SkippedBreakerOpen,
-    /// L2 failed during the clear (some keys may remain).
+    /// L2 failed during the clear; it will be cleared on recovery.
     Failed,
+    /// An outage replay is in progress: the clear is queued behind it.
+    Deferred,
     /// This cache has no L2.
     Disabled,
 }
@@ -122,6 +220,21 @@ pub struct ClearReport {
     pub timestamp: f64,
 }
 
+/// How a [`TwoLevelCache`] is put together, besides its two backends.
+#[derive(Debug, Clone)]
+pub struct TwoLevelSettings {
+    /// Namespace (used in stats and logs; the L2 backend applies it to keys).
+    pub key_prefix: String,
+    /// Serializer for L2.
+    pub serializer: Serializer,
+    /// The breaker guarding L2; caches of one service may share one.
+    pub breaker: Arc<CircuitBreaker>,
+    /// L2's default TTL (so that writes queued during an outage keep their deadline).
+    pub l2_ttl: Duration,
+    /// Distinct keys the outage replay queue holds.
+    pub replay_capacity: usize,
+}
+
 impl<V, A, B> TwoLevelCache<V, A, B>
 where
     V: CacheValue,
@@ -129,20 +242,18 @@ where
     B: CacheBackend<Value = Vec<u8>>,
 {
     /// Composes two levels (either may be absent) under one breaker.
-    pub fn new(
-        key_prefix: impl Into<String>,
-        l1: Option<A>,
-        l2: Option<B>,
-        serializer: Serializer,
-        breaker: CircuitBreakerConfig,
-    ) -> Self {
+    pub fn new(l1: Option<A>, l2: Option<B>, settings: TwoLevelSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
-                prefix: key_prefix.into(),
+                prefix: settings.key_prefix,
                 l1,
                 l2,
-                serializer,
-                breaker: CircuitBreaker::new(breaker),
+                serializer: settings.serializer,
+                breaker: settings.breaker,
+                l2_ttl: settings.l2_ttl,
+                queue: RecoveryQueue::new(settings.replay_capacity),
+                replay_timer_armed: Default::default(),
+                guard: PromotionGuard::new(),
                 errors: Errors::default(),
                 _value: PhantomData,
             }),
@@ -176,31 +287,35 @@ where
         }
     }
 
-    /// Settles a permit with the outcome of an L2 call, counting and logging
-    /// failures; returns the value on success.
-    fn settle<T>(&self, permit: Permit<'_>, op: &'static str, r: Result<T, Error>) -> Option<T> {
+    /// Tells the breaker how an L2 call went, counts and logs failures.
+    fn settle<T>(&self, permit: Permit<'_>, op: &'static str, r: Result<T, Error>) -> Outcome<T> {
         match r {
             Ok(v) => {
                 permit.success();
-                Some(v)
+                if self.inner.queue.is_active() {
+                    self.kick_replay();
+                }
+                Outcome::Done(v)
             }
-            Err(e @ Error::Connection(_)) => {
+            Err(Error::Connection(c)) => {
                 permit.failure();
                 let errs = &self.inner.errors;
-                match &e {
-                    Error::Connection(c) if c.kind == ConnectionErrorKind::Timeout => errs.l2_timeout.incr(),
+                match c.kind {
+                    ConnectionErrorKind::Timeout => errs.l2_timeout.incr(),
+                    ConnectionErrorKind::Refused => errs.l2_refused.incr(),
+                    ConnectionErrorKind::Auth => errs.l2_auth.incr(),
                     _ => errs.l2_connection.incr(),
                 }
                 if let Some(suppressed) = errs.log.admit() {
-                    tracing::warn!(cache = %self.inner.prefix, op, error = %e, suppressed, "L2 unavailable; serving from L1");
+                    tracing::warn!(cache = %self.inner.prefix, op, error = %c, suppressed, "L2 unavailable; serving from L1");
                 }
-                None
+                Outcome::Unavailable
             }
             Err(e) => {
                 // L2 answered; the data was bad. Healthy for the breaker.
                 permit.success();
                 self.data_error(op, &e);
-                None
+                Outcome::BadData
             }
         }
     }
@@ -226,21 +341,42 @@ where
                 return Some(v);
             }
         }
+        self.inner.l2.as_ref()?;
+        if self.inner.queue.is_active() {
+            self.maybe_kick_replay();
+            match self.inner.queue.lookup(key) {
+                Lookup::Absent => return None,
+                Lookup::Value(bytes) => return self.decode(key, &bytes, None).await,
+                Lookup::NotPending => {}
+            }
+        }
+        let before = self.inner.guard.snapshot(key);
         let (l2, permit) = self.l2()?;
         let r = l2.get(key).await;
-        let bytes = self.settle(permit, "get", r).flatten()?;
-        match self.inner.serializer.decode::<V>(&bytes) {
+        let bytes = self.settle(permit, "get", r).ok().flatten()?;
+        self.decode(key, &bytes, Some(before)).await
+    }
+
+    /// Decodes L2 bytes; promotes into L1 when `promote` says no write raced the read.
+    async fn decode(&self, key: &str, bytes: &[u8], promote: Option<Snapshot>) -> Option<Arc<V>> {
+        match self.inner.serializer.decode::<V>(bytes) {
             Ok(v) => {
                 let v = Arc::new(v);
-                if let Some(l1) = &self.inner.l1 {
-                    let _ = l1.set(key, v.clone(), None).await;
+                if let (Some(l1), Some(before)) = (&self.inner.l1, promote) {
+                    if self.inner.guard.may_promote(key, before) {
+                        let _ = l1.set(key, v.clone(), None).await;
+                    }
                 }
                 Some(v)
             }
             Err(e) => {
                 self.data_error("decode", &e);
                 // Drop the bad key so the next read does not pay for it again.
-                let _ = l2.delete(key).await;
+                if promote.is_some() {
+                    if let Some(l2) = &self.inner.l2 {
+                        let _ = l2.delete(key).await;
+                    }
+                }
                 None
             }
         }
@@ -252,48 +388,170 @@ where
     }
 
     /// Stores `value` with a per-call TTL (L2 uses it; L1 never keeps an entry
-    /// longer than its own TTL). When L2 fails, L1 keeps the value.
+    /// longer than its own TTL). When L2 is unavailable, L1 keeps the value and
+    /// the write is replayed into L2 when it is back.
     pub async fn set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) {
+        let _write = self.inner.guard.write(key);
         let value = Arc::new(value);
         if self.inner.l2.is_some() {
-            self.write_l2(key, &value, ttl).await;
+            let op = match self.inner.serializer.encode(&*value) {
+                Ok(bytes) => PendingOp::set(bytes, ttl.unwrap_or(self.inner.l2_ttl), false),
+                Err(e) => {
+                    // L2 must not keep serving the previous value for this key.
+                    self.data_error("encode", &e);
+                    PendingOp::Delete
+                }
+            };
+            self.write_l2(key, op).await;
         }
         if let Some(l1) = &self.inner.l1 {
             let _ = l1.set(key, value, ttl).await;
         }
     }
 
-    async fn write_l2(&self, key: &str, value: &V, ttl: Option<Duration>) {
-        match self.inner.serializer.encode(value) {
-            Ok(bytes) => {
-                if let Some((l2, permit)) = self.l2() {
-                    let r = l2.set(key, bytes, ttl).await;
-                    self.settle(permit, "set", r);
+    /// Applies one write to L2 now, or queues it when L2 is unavailable or an
+    /// outage replay is still in progress. Returns what L2 said, if it was asked.
+    async fn write_l2(&self, key: &str, op: PendingOp) -> Option<bool> {
+        let queue = &self.inner.queue;
+        if !queue.is_active() {
+            if let Some((l2, permit)) = self.l2() {
+                let r = match &op {
+                    PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(*deadline_ms) {
+                        Some(ttl) => l2.set(key, bytes.clone(), Some(ttl)).await.map(|_| true),
+                        None => l2.delete(key).await,
+                    },
+                    PendingOp::SetNx { .. } => unreachable!("set_if_not_exist asks L2 itself"),
+                    PendingOp::Delete => l2.delete(key).await,
+                };
+                match self.settle(permit, "write", r) {
+                    Outcome::Done(v) => return Some(v),
+                    Outcome::BadData => return None,
+                    Outcome::Unavailable => {}
                 }
             }
-            Err(e) => {
-                self.data_error("encode", &e);
-                // L2 must not keep serving the previous value for this key.
-                if let Some((l2, permit)) = self.l2() {
-                    let r = l2.delete(key).await;
-                    self.settle(permit, "set", r);
-                }
+        }
+        self.enqueue(key, op);
+        None
+    }
+
+    fn enqueue(&self, key: &str, op: PendingOp) {
+        if !self.inner.queue.push(key, op) {
+            if let Some(suppressed) = self.inner.errors.log.admit() {
+                tracing::warn!(
+                    cache = %self.inner.prefix, suppressed,
+                    "outage replay queue full: L2 namespace will be cleared on recovery"
+                );
             }
+        }
+        self.maybe_kick_replay();
+    }
+
+    /// Starts the replay unless the breaker says L2 is still down: while
+    /// anything is queued, the replay is what probes a recovering L2.
+    fn maybe_kick_replay(&self) {
+        if self.inner.breaker.state() != CircuitState::Open {
+            self.kick_replay();
+        } else {
+            self.arm_replay_timer();
+        }
+    }
+
+    /// While L2 is down and writes wait, one timer per cache wakes up when
+    /// the breaker allows a probe, so the replay needs no traffic to start.
+    fn arm_replay_timer(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.replay_timer_armed.swap(true, Relaxed) {
+            return;
+        }
+        let this = self.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(this.inner.breaker.time_until_probe()).await;
+            this.inner.replay_timer_armed.store(false, Relaxed);
+            if this.inner.queue.is_active() {
+                this.maybe_kick_replay();
+            }
+        });
+    }
+
+    /// Starts the replay of queued writes in the background, if none is running.
+    fn kick_replay(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.queue.begin_drain() {
+            let this = self.clone();
+            rt.spawn(async move { this.replay().await });
+        }
+    }
+
+    async fn replay(&self) {
+        let queue = &self.inner.queue;
+        let Some(l2) = self.inner.l2.as_ref() else { return };
+        let mut replayed = 0u64;
+        while let Some(step) = queue.next() {
+            let Some(permit) = self.inner.breaker.try_acquire() else {
+                queue.finish(matches!(step, Step::Clear), false);
+                break;
+            };
+            let (is_clear, outcome) = match step {
+                Step::Clear => (true, self.settle(permit, "replay", l2.clear().await.map(|_| ()))),
+                Step::Op(key, op) => {
+                    let r = match op {
+                        PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(deadline_ms) {
+                            Some(ttl) => l2.set(&key, bytes, Some(ttl)).await,
+                            None => l2.delete(&key).await.map(|_| ()),
+                        },
+                        PendingOp::SetNx { bytes, deadline_ms } => {
+                            let ttl = PendingOp::remaining(deadline_ms).unwrap_or(Duration::from_millis(1));
+                            match l2.set_if_not_exist(&key, bytes, Some(ttl)).await {
+                                // Someone else claimed the key in L2 meanwhile: L2 wins.
+                                Ok(false) => {
+                                    if let Some(l1) = &self.inner.l1 {
+                                        let _ = l1.delete(&key).await;
+                                    }
+                                    Ok(())
+                                }
+                                r => r.map(|_| ()),
+                            }
+                        }
+                        PendingOp::Delete => l2.delete(&key).await.map(|_| ()),
+                    };
+                    (false, self.settle(permit, "replay", r))
+                }
+            };
+            let ok = !matches!(outcome, Outcome::Unavailable);
+            queue.finish(is_clear, ok);
+            if !ok {
+                break;
+            }
+            replayed += 1;
+        }
+        if queue.is_active() {
+            // Stopped by a failure (or a new write arrived after the last step).
+            self.maybe_kick_replay();
+        }
+        if replayed > 0 {
+            tracing::info!(cache = %self.inner.prefix, replayed, pending = queue.depth(), "outage writes replayed into L2");
         }
     }
 
     /// Stores `value` only if `key` is absent; `true` if it was stored. L2 is
     /// the source of truth (an atomic `SET NX`): L1 takes the value only if L2
-    /// accepted it. Without a usable L2, the same rule applies to L1 alone.
+    /// accepted it. Without a usable L2, the same rule applies to L1 alone, and
+    /// the winner claims the key in L2 (again with `SET NX`) on recovery.
     pub async fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
+        let _write = self.inner.guard.write(key);
         let value = Arc::new(value);
+        let mut encoded = None;
         if self.inner.l2.is_some() {
             match self.inner.serializer.encode(&*value) {
                 Err(e) => self.data_error("encode", &e),
-                Ok(bytes) => {
+                Ok(bytes) if !self.inner.queue.is_active() => {
                     if let Some((l2, permit)) = self.l2() {
-                        let r = l2.set_if_not_exist(key, bytes, ttl).await;
-                        if let Some(stored) = self.settle(permit, "set_if_not_exist", r) {
+                        let r = l2.set_if_not_exist(key, bytes.clone(), ttl).await;
+                        if let Outcome::Done(stored) = self.settle(permit, "set_if_not_exist", r) {
                             if stored {
                                 if let Some(l1) = &self.inner.l1 {
                                     let _ = l1.set(key, value, ttl).await;
@@ -302,22 +560,28 @@ where
                             return stored;
                         }
                     }
+                    encoded = Some(bytes);
                 }
+                Ok(bytes) => encoded = Some(bytes),
             }
         }
-        match &self.inner.l1 {
+        let stored = match &self.inner.l1 {
             Some(l1) => l1.set_if_not_exist(key, value, ttl).await.unwrap_or(false),
             None => false,
+        };
+        if let (true, Some(bytes)) = (stored, encoded) {
+            self.enqueue(key, PendingOp::set(bytes, ttl.unwrap_or(self.inner.l2_ttl), true));
         }
+        stored
     }
 
-    /// Removes `key`: L2 first, then L1 (always, even when L2 fails).
-    /// `true` if either level held it.
+    /// Removes `key`: L2 first, then L1 (always, even when L2 fails; the L2
+    /// delete is then replayed on recovery). `true` if either level held it.
     pub async fn delete(&self, key: &str) -> bool {
+        let _write = self.inner.guard.write(key);
         let mut removed = false;
-        if let Some((l2, permit)) = self.l2() {
-            let r = l2.delete(key).await;
-            removed |= self.settle(permit, "delete", r).unwrap_or(false);
+        if self.inner.l2.is_some() {
+            removed |= self.write_l2(key, PendingOp::Delete).await.unwrap_or(false);
         }
         if let Some(l1) = &self.inner.l1 {
             removed |= l1.delete(key).await.unwrap_or(false);
@@ -326,23 +590,35 @@ where
     }
 
     /// Removes this cache's namespace only: all of L1, and every L2 key under
-    /// `"{prefix}:"`. The report says whether L2 was actually cleared.
+    /// `"{prefix}:"`. The report says whether L2 was actually cleared; when it
+    /// was not, L2 is cleared on recovery and not read for this cache until then.
     pub async fn clear(&self) -> ClearReport {
+        self.inner.guard.bump_epoch();
+        let queue = &self.inner.queue;
         let (l2_items_removed, l2_status) = if self.inner.l2.is_none() {
             (0, L2ClearStatus::Disabled)
+        } else if queue.is_active() {
+            queue.push_clear();
+            self.kick_replay();
+            (0, L2ClearStatus::Deferred)
         } else if let Some((l2, permit)) = self.l2() {
             let r = l2.clear().await;
             match self.settle(permit, "clear", r) {
-                Some(n) => (n, L2ClearStatus::Cleared),
-                None => (0, L2ClearStatus::Failed),
+                Outcome::Done(n) => (n, L2ClearStatus::Cleared),
+                _ => {
+                    queue.push_clear();
+                    (0, L2ClearStatus::Failed)
+                }
             }
         } else {
+            queue.push_clear();
             (0, L2ClearStatus::SkippedBreakerOpen)
         };
         let l1_items_removed = match &self.inner.l1 {
             Some(l1) => l1.clear().await.unwrap_or(0),
             None => 0,
         };
+        self.inner.guard.bump_epoch();
         ClearReport {
             l1_items_removed,
             l2_items_removed,
@@ -359,12 +635,30 @@ where
                 return true;
             }
         }
-        match self.l2() {
-            Some((l2, permit)) => {
-                let r = l2.exists(key).await;
-                self.settle(permit, "exists", r).unwrap_or(false)
+        self.inner.l2.as_ref().is_some() && {
+            match self.pending(key) {
+                Some(present) => present,
+                None => match self.l2() {
+                    Some((l2, permit)) => {
+                        let r = l2.exists(key).await;
+                        self.settle(permit, "exists", r).ok().unwrap_or(false)
+                    }
+                    None => false,
+                },
             }
-            None => false,
+        }
+    }
+
+    /// `Some(present)` when the recovery queue decides for `key`.
+    fn pending(&self, key: &str) -> Option<bool> {
+        if !self.inner.queue.is_active() {
+            return None;
+        }
+        self.maybe_kick_replay();
+        match self.inner.queue.lookup(key) {
+            Lookup::NotPending => None,
+            Lookup::Absent => Some(false),
+            Lookup::Value(_) => Some(true),
         }
     }
 
@@ -376,9 +670,12 @@ where
                 return Some(t);
             }
         }
+        if self.pending(key).is_some() {
+            return None;
+        }
         let (l2, permit) = self.l2()?;
         let r = l2.get_ttl(key).await;
-        self.settle(permit, "get_ttl", r).flatten()
+        self.settle(permit, "get_ttl", r).ok().flatten()
     }
 
     /// Keys (without the namespace) in L1 or L2 that start with `prefix`
@@ -390,13 +687,14 @@ where
         }
         if let Some((l2, permit)) = self.l2() {
             let r = l2.list_keys(prefix).await;
-            keys.extend(self.settle(permit, "list_keys", r).unwrap_or_default());
+            keys.extend(self.settle(permit, "list_keys", r).ok().unwrap_or_default());
         }
         keys.into_iter().collect()
     }
 
-    /// Figures for both levels, the breaker and the error counters. L2 is
-    /// asked only while the breaker is closed (bounded by the operation timeout).
+    /// Figures for both levels, the breaker, the error counters and the
+    /// recovery queue. L2 is asked only while the breaker is closed (bounded by
+    /// the operation timeout).
     pub async fn get_stats(&self) -> CacheStats<A::Stats, B::Stats> {
         let l1 = match &self.inner.l1 {
             Some(l1) => l1.get_stats().await.ok(),
@@ -409,23 +707,35 @@ where
             Some(l2) => Some(match self.inner.breaker.try_acquire().filter(|p| !p.is_probe()) {
                 Some(permit) => {
                     let r = l2.get_stats().await;
-                    self.settle(permit, "stats", r).unwrap_or_else(|| l2.describe())
+                    self.settle(permit, "stats", r)
+                        .ok()
+                        .unwrap_or_else(|| l2.describe())
                 }
                 None => l2.describe(),
             }),
         };
         let e = &self.inner.errors;
+        let q = &self.inner.queue;
         CacheStats {
             key_prefix: self.inner.prefix.clone(),
             l1,
             l2,
             circuit_breaker: self.inner.breaker.get_stats(),
             errors: ErrorStats {
-                l2_connection: e.l2_connection.get(),
                 l2_timeout: e.l2_timeout.get(),
+                l2_refused: e.l2_refused.get(),
+                l2_connection: e.l2_connection.get(),
+                l2_auth: e.l2_auth.get(),
                 decode: e.decode.get(),
                 encode: e.encode.get(),
                 l2_skipped: e.l2_skipped.get(),
+            },
+            recovery: RecoveryStats {
+                queue_depth: q.depth() as u64,
+                queue_capacity: q.capacity() as u64,
+                clear_pending: q.clear_pending(),
+                overflow: q.overflow.get(),
+                replayed: q.replayed.get(),
             },
         }
     }
@@ -503,13 +813,14 @@ mod tests {
     }
 
     fn cache(l2: Option<TtlBackend<Vec<u8>>>) -> L1Only {
-        TwoLevelCache::new(
-            "t",
-            Some(l1(60)),
-            l2,
-            Serializer::json(),
-            CircuitBreakerConfig::default(),
-        )
+        let settings = TwoLevelSettings {
+            key_prefix: "t".into(),
+            serializer: Serializer::json(),
+            breaker: Arc::new(CircuitBreaker::new(Default::default())),
+            l2_ttl: Duration::from_secs(600),
+            replay_capacity: 100,
+        };
+        TwoLevelCache::new(Some(l1(60)), l2, settings)
     }
 
     #[tokio::test]

@@ -34,23 +34,36 @@ async fn breaker_closed_open_half_open_closed_with_a_real_server() {
     assert_eq!(c.get("during").await.as_deref(), Some(&2), "writes land in L1");
     let s = c.get_stats().await;
     assert_eq!(s.circuit_breaker.failure_count, 3);
-    assert!(s.errors.l2_connection >= 3);
+    assert!(
+        s.errors.l2_refused + s.errors.l2_connection >= 3,
+        "{:?}",
+        s.errors
+    );
     assert!(s.errors.l2_skipped >= 1, "open breaker skips L2");
     assert!(s.circuit_breaker.last_failure_time.is_some());
 
     redis.restart();
+    // After its timeout the breaker lets one probe through: here the background
+    // replay of the write made during the outage, or the next read.
     assert!(
-        eventually(Duration::from_secs(5), async || c.breaker_state()
-            == CircuitState::HalfOpen)
+        eventually(Duration::from_secs(5), async || {
+            c.get("absent").await;
+            c.breaker_state() == CircuitState::Closed
+        })
         .await,
-        "breaker should become half-open after its timeout"
+        "breaker should close once Redis answers a probe"
     );
-    assert_eq!(c.get("absent").await, None); // the probe: L2 answers a miss
-    assert_eq!(c.breaker_state(), CircuitState::Closed);
     c.set("after", 3).await;
     assert!(
-        redis.get_raw("cb:after").is_some(),
+        eventually(Duration::from_secs(5), async || redis
+            .get_raw("cb:after")
+            .is_some())
+        .await,
         "L2 used again after recovery"
+    );
+    assert!(
+        redis.get_raw("cb:during").is_some(),
+        "the write made during the outage was replayed"
     );
     assert_eq!(c.get_stats().await.circuit_breaker.transitions, 3);
 }
@@ -152,17 +165,16 @@ async fn starts_without_redis_and_picks_it_up_without_restart() {
     assert_eq!(c.get("b").await, None);
     let report = c.clear().await;
     assert!(!report.l2_cleared);
-    assert_eq!(report.l2_status, L2ClearStatus::Failed);
     assert_eq!(
-        c.breaker_state(),
-        CircuitState::Closed,
-        "3 failures < threshold 5"
+        report.l2_status,
+        L2ClearStatus::Deferred,
+        "queued behind the write of a that failed"
     );
 
     redis.restart();
     c.set("c", 3).await;
     assert!(
-        redis.get_raw("late:c").is_some(),
+        eventually(Duration::from_secs(5), async || redis.get_raw("late:c").is_some()).await,
         "the first write after Redis appears reaches L2"
     );
     assert!(service.ping().await.is_ok());
