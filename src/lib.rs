@@ -61,8 +61,10 @@
 //! process always reads its own writes. Another process may read a value that
 //! was since changed or deleted elsewhere until its L1 entry expires: keep
 //! `l1_ttl` short (it defaults to 60 s, and should be shorter than `l2_ttl`).
-//! While L2 is unavailable each process works from its own L1 alone; writes
-//! made then are in that L1 only.
+//! While L2 is unavailable each process works from its own L1; its writes and
+//! deletes are queued (last write per key wins) and replayed into L2 when it
+//! is back, before L2 values are promoted again, so nothing deleted during an
+//! outage comes back. See the README, "Failure modes".
 //!
 //! ## Modules
 //!

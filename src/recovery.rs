@@ -2,10 +2,11 @@
 //! make in L2, kept until L2 is back and then replayed.
 //!
 //! - **Per key, last write wins**: a key has at most one pending operation.
-//! - **While anything is pending, L2 writes go through the queue** (one
-//!   replayer per cache applies them in order), so an old queued value can
-//!   never land after a newer direct write; and reads look at the queue before
-//!   L2, so a key deleted during an outage cannot come back from L2.
+//! - **A key with a pending operation is written through the queue** (one
+//!   replayer per cache applies it), so an old queued value can never land
+//!   after a newer direct write; keys with nothing pending are written to L2
+//!   directly as usual. Reads look at the queue before L2, so a key deleted
+//!   during an outage cannot come back from L2.
 //! - **A `clear` during an outage** drops the queue and clears L2's namespace
 //!   first thing on recovery; until then L2 is not read for this cache.
 //! - **Overflow** (more distinct keys than the capacity): the new operation is
@@ -144,7 +145,7 @@ impl RecoveryQueue {
         let seq = s.seq;
         if let Some(slot) = s.ops.get_mut(key) {
             *slot = (seq, op);
-        } else if s.ops.len() >= self.capacity {
+        } else if s.ops.len() + s.in_flight.is_some() as usize >= self.capacity {
             s.clear_pending = true;
             self.overflow.incr();
             self.sync_flag(&s);
@@ -185,6 +186,14 @@ impl RecoveryQueue {
             None if s.clear_pending => Lookup::Absent,
             None => Lookup::NotPending,
         }
+    }
+
+    /// Whether a live write of `key` may go straight to L2 during a replay:
+    /// nothing is pending or in flight for it, and no namespace clear is due
+    /// (which would wipe it). Other keys' pending writes cannot be overtaken.
+    pub fn admits_direct(&self, key: &str) -> bool {
+        let s = self.lock();
+        !s.clear_pending && !s.ops.contains_key(key) && s.in_flight.as_ref().is_none_or(|(k, ..)| k != key)
     }
 
     /// Claims the replay; `false` if another task is already replaying or nothing is pending.

@@ -413,7 +413,7 @@ where
     /// outage replay is still in progress. Returns what L2 said, if it was asked.
     async fn write_l2(&self, key: &str, op: PendingOp) -> Option<bool> {
         let queue = &self.inner.queue;
-        if !queue.is_active() {
+        if !queue.is_active() || queue.admits_direct(key) {
             if let Some((l2, permit)) = self.l2() {
                 let r = match &op {
                     PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(*deadline_ms) {
@@ -548,7 +548,7 @@ where
         if self.inner.l2.is_some() {
             match self.inner.serializer.encode(&*value) {
                 Err(e) => self.data_error("encode", &e),
-                Ok(bytes) if !self.inner.queue.is_active() => {
+                Ok(bytes) if !self.inner.queue.is_active() || self.inner.queue.admits_direct(key) => {
                     if let Some((l2, permit)) = self.l2() {
                         let r = l2.set_if_not_exist(key, bytes.clone(), ttl).await;
                         if let Outcome::Done(stored) = self.settle(permit, "set_if_not_exist", r) {

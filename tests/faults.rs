@@ -261,3 +261,36 @@ async fn delete_cleans_l1_even_when_l2_fails() {
     assert!(c.delete("k").await, "removed from L1");
     assert_eq!(c.get("k").await, None);
 }
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_and_l1_keeps_serving() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-horse-battery"]);
+    let mut config = redis.config();
+    config.redis.password = Some(resilient_cache::Secret::new("wrong-staple"));
+    let service = CacheService::new(config).await.unwrap();
+    let c = service.create_cache::<u32>(opts("auth", 5)).unwrap();
+    c.set("k", 1).await;
+    assert_eq!(c.get("k").await.as_deref(), Some(&1));
+    assert_eq!(c.get("other").await, None);
+    let s = c.get_stats().await;
+    assert!(s.errors.l2_auth >= 1, "{:?}", s.errors);
+    let err = service.ping().await.unwrap_err().to_string();
+    assert!(!err.contains("wrong-staple"), "{err}");
+
+    let mut config = redis.config();
+    config.redis.password = Some(resilient_cache::Secret::new("right-horse-battery"));
+    let ok = CacheService::new(config).await.unwrap();
+    let c = ok.create_cache::<u32>(opts("auth", 5)).unwrap();
+    c.set("k", 2).await;
+    assert!(ok.ping().await.is_ok());
+    let mut admin = redis::Client::open(format!("redis://:right-horse-battery@127.0.0.1:{}/0", redis.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("auth:k").query(&mut admin).unwrap();
+    assert_eq!(
+        stored,
+        Some(rmp_serde::to_vec(&2u32).unwrap()),
+        "the right password reaches L2"
+    );
+}

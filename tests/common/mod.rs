@@ -1,7 +1,10 @@
 //! Starts and controls a real `redis-server` for the integration tests: on a
 //! free 127.0.0.1 port, with no persistence, killed when dropped. Tests can
 //! kill it, freeze it (SIGSTOP), thaw it (SIGCONT) and restart it on the same port.
+//! `chaos` is the fault-injection harness shared by the chaos example and test.
 #![allow(dead_code)]
+
+pub mod chaos;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
