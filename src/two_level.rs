@@ -402,7 +402,7 @@ where
                     PendingOp::Delete
                 }
             };
-            self.write_l2(key, op).await;
+            self.write_l2(key, op, Some(&*value)).await;
         }
         if let Some(l1) = &self.inner.l1 {
             let _ = l1.set(key, value, ttl).await;
@@ -411,22 +411,34 @@ where
 
     /// Applies one write to L2 now, or queues it when L2 is unavailable or an
     /// outage replay is still in progress. Returns what L2 said, if it was asked.
-    async fn write_l2(&self, key: &str, op: PendingOp) -> Option<bool> {
+    async fn write_l2(&self, key: &str, op: PendingOp, value: Option<&V>) -> Option<bool> {
         let queue = &self.inner.queue;
         if !queue.is_active() || queue.admits_direct(key) {
             if let Some((l2, permit)) = self.l2() {
-                let r = match &op {
-                    PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(*deadline_ms) {
-                        Some(ttl) => l2.set(key, bytes.clone(), Some(ttl)).await.map(|_| true),
-                        None => l2.delete(key).await,
+                // The bytes move into the command (no copy on the hot path); if
+                // L2 turns out to be unavailable, the value is encoded again.
+                let (r, deadline) = match op {
+                    PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(deadline_ms) {
+                        Some(ttl) => (
+                            l2.set(key, bytes, Some(ttl)).await.map(|_| true),
+                            Some(deadline_ms),
+                        ),
+                        None => (l2.delete(key).await, None),
                     },
                     PendingOp::SetNx { .. } => unreachable!("set_if_not_exist asks L2 itself"),
-                    PendingOp::Delete => l2.delete(key).await,
+                    PendingOp::Delete => (l2.delete(key).await, None),
                 };
                 match self.settle(permit, "write", r) {
                     Outcome::Done(v) => return Some(v),
                     Outcome::BadData => return None,
-                    Outcome::Unavailable => {}
+                    Outcome::Unavailable => {
+                        let op = match (deadline, value.map(|v| self.inner.serializer.encode(v))) {
+                            (Some(deadline_ms), Some(Ok(bytes))) => PendingOp::Set { bytes, deadline_ms },
+                            _ => PendingOp::Delete,
+                        };
+                        self.enqueue(key, op);
+                        return None;
+                    }
                 }
             }
         }
@@ -581,7 +593,7 @@ where
         let _write = self.inner.guard.write(key);
         let mut removed = false;
         if self.inner.l2.is_some() {
-            removed |= self.write_l2(key, PendingOp::Delete).await.unwrap_or(false);
+            removed |= self.write_l2(key, PendingOp::Delete, None).await.unwrap_or(false);
         }
         if let Some(l1) = &self.inner.l1 {
             removed |= l1.delete(key).await.unwrap_or(false);

@@ -17,7 +17,7 @@ use crate::backend::CacheBackend;
 use crate::clock::now_ms;
 use crate::config::L1Config;
 use crate::error::Result;
-use crate::stats::{Counter, L1Stats};
+use crate::stats::{HotCounter, L1Stats};
 
 #[derive(Clone)]
 struct Entry<T> {
@@ -30,8 +30,8 @@ pub struct TtlBackend<T> {
     cache: quick_cache::sync::Cache<String, Entry<T>>,
     maxsize: usize,
     ttl: Duration,
-    hits: Counter,
-    misses: Counter,
+    hits: HotCounter,
+    misses: HotCounter,
 }
 
 impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
@@ -41,8 +41,8 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
             cache: quick_cache::sync::Cache::new(config.maxsize),
             maxsize: config.maxsize,
             ttl: config.ttl,
-            hits: Counter::default(),
-            misses: Counter::default(),
+            hits: HotCounter::default(),
+            misses: HotCounter::default(),
         }
     }
 
@@ -179,8 +179,8 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
 pub struct LruBackend<T> {
     cache: moka::sync::Cache<String, T>,
     maxsize: usize,
-    hits: Counter,
-    misses: Counter,
+    hits: HotCounter,
+    misses: HotCounter,
 }
 
 impl<T: Clone + Send + Sync + 'static> LruBackend<T> {
@@ -192,8 +192,8 @@ impl<T: Clone + Send + Sync + 'static> LruBackend<T> {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             maxsize: config.maxsize,
-            hits: Counter::default(),
-            misses: Counter::default(),
+            hits: HotCounter::default(),
+            misses: HotCounter::default(),
         }
     }
 

@@ -91,11 +91,13 @@ impl RedisConnection {
             )
         })?;
         // No retries inside the manager: a refused connection fails at once, and
-        // the next call allowed by the breaker is what tries again.
+        // the next call allowed by the breaker is what tries again. No response
+        // timeout inside either: `query` bounds the whole call (connection
+        // included) with one timer, and a second one per command costs CPU.
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
             .set_connection_timeout(Some(config.connect_timeout.min(config.socket_timeout)))
-            .set_response_timeout(Some(config.socket_timeout));
+            .set_response_timeout(None);
         let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| Error::connection(Kind::Io, e.to_string()))?;
         Ok(Self {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod loadgen;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

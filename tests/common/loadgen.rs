@@ -1,0 +1,547 @@
+//! The load generator: each scenario of ours beside its raw baseline, in one
+//! process, at concurrency 1 and 64. Run by `cargo run --release --example
+//! loadgen` and, at tiny scale, by `tests/loadgen.rs`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use resilient_cache::{Cache, CacheFactoryConfig, CacheOptions, CacheService, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::RedisServer;
+
+/// The original Python package on this kind of machine (single thread, small
+/// dict values, local Redis 7.0): ops/s.
+pub const ORIGINAL_L1_HIT_OPS: f64 = 1_340_000.0;
+pub const ORIGINAL_L2_HIT_OPS: f64 = 7_580.0;
+pub const ORIGINAL_SET_OPS: f64 = 7_277.0;
+
+/// A ~100-byte value, like a small user record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: u64,
+    pub name: String,
+    pub email: String,
+    pub roles: Vec<String>,
+    pub active: bool,
+}
+
+pub fn user(id: u64) -> User {
+    User {
+        id,
+        name: format!("user number {id}"),
+        email: format!("user{id}@example.com"),
+        roles: vec!["reader".into(), "writer".into()],
+        active: id.is_multiple_of(2),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadParams {
+    pub redis_url: Option<String>,
+    /// Length of one measured run.
+    pub run: Duration,
+    /// Runs of each side per scenario (the report keeps the median).
+    pub repeats: usize,
+    pub concurrencies: Vec<usize>,
+    pub mixed_keys: usize,
+    pub bytes_entries: usize,
+}
+
+impl Default for LoadParams {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            run: Duration::from_millis(1500),
+            repeats: 3,
+            concurrencies: vec![1, 64],
+            mixed_keys: 100_000,
+            bytes_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub concurrency: usize,
+    pub ops_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub baseline_ops_per_sec: f64,
+    pub baseline_p50_us: f64,
+    pub ops_ratio: f64,
+    pub p50_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub scenarios: Vec<Scenario>,
+    pub l2_commands_per_get: f64,
+    pub l1_bytes_per_entry: f64,
+    pub raw_l1_bytes_per_entry: f64,
+    pub vs_original: BTreeMap<&'static str, f64>,
+    pub run_ms: u64,
+    pub repeats: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Measured {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+/// Runs `op` from `concurrency` tasks for `run`. Ops that take well under a
+/// microsecond are timed in batches (the clock would cost more than the op):
+/// each sample is a batch's time divided by its size.
+async fn measure<F, Fut>(concurrency: usize, run: Duration, batch: usize, op: F) -> Measured
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for t in 0..concurrency {
+        let (op, stop) = (op.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+            let mut n: u64 = 0;
+            let mut i = (t as u64).wrapping_mul(0x9E37_79B9);
+            while !stop.load(Relaxed) {
+                let t0 = Instant::now();
+                for _ in 0..batch {
+                    op(i).await;
+                    i = i.wrapping_add(1);
+                }
+                let ns = t0.elapsed().as_nanos() as u64 / batch as u64;
+                h.saturating_record(ns.max(1));
+                n += batch as u64;
+                if n % 1024 < batch as u64 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            (n, h)
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(run).await;
+    stop.store(true, Relaxed);
+    let mut total = 0;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    for h in handles {
+        let (n, h) = h.await.unwrap();
+        total += n;
+        hist.add(&h).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let q = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Measured {
+        ops_per_sec: total as f64 / secs,
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+    }
+}
+
+fn median(mut v: Vec<Measured>) -> Measured {
+    v.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    let mid = v[v.len() / 2];
+    let mut p50: Vec<f64> = v.iter().map(|m| m.p50_us).collect();
+    p50.sort_by(f64::total_cmp);
+    Measured {
+        p50_us: p50[p50.len() / 2],
+        ..mid
+    }
+}
+
+/// Alternates ours and the baseline `repeats` times and keeps the medians.
+async fn compare<F1, Fut1, F2, Fut2>(
+    p: &LoadParams,
+    name: &'static str,
+    concurrency: usize,
+    batch: usize,
+    ours: F1,
+    raw: F2,
+) -> Scenario
+where
+    F1: Fn(u64) -> Fut1 + Send + Sync + Clone + 'static,
+    Fut1: Future<Output = ()> + Send,
+    F2: Fn(u64) -> Fut2 + Send + Sync + Clone + 'static,
+    Fut2: Future<Output = ()> + Send,
+{
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..p.repeats {
+        b.push(measure(concurrency, p.run, batch, raw.clone()).await);
+        a.push(measure(concurrency, p.run, batch, ours.clone()).await);
+    }
+    let (a, b) = (median(a), median(b));
+    Scenario {
+        name,
+        concurrency,
+        ops_per_sec: a.ops_per_sec.round(),
+        p50_us: a.p50_us,
+        p99_us: a.p99_us,
+        p999_us: a.p999_us,
+        baseline_ops_per_sec: b.ops_per_sec.round(),
+        baseline_p50_us: b.p50_us,
+        ops_ratio: a.ops_per_sec / b.ops_per_sec,
+        p50_ratio: a.p50_us / b.p50_us,
+    }
+}
+
+fn keys(n: usize, prefix: &str) -> Arc<Vec<String>> {
+    Arc::new((0..n).map(|i| format!("{prefix}{i}")).collect())
+}
+
+/// A Zipf-like index in 0..n (exponent ~1): rank r has weight ~1/r.
+fn zipf(i: u64, n: usize) -> usize {
+    let u = ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64) / ((1u64 << 53) as f64);
+    let r = ((n as f64 + 1.0).powf(u) - 1.0) as usize;
+    r.min(n - 1)
+}
+
+/// Bytes allocated per entry by `fill`, measured by the allocation counter.
+pub type AllocCounter = fn() -> usize;
+
+pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
+    let server = match &p.redis_url {
+        Some(_) => None,
+        None => Some(RedisServer::start()),
+    };
+    let url = p
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| server.as_ref().unwrap().url());
+    let mut config = CacheFactoryConfig::from_map([("CACHE_REDIS_URL", url.as_str())]).unwrap();
+    config.redis.socket_timeout = Duration::from_secs(2);
+    let service = CacheService::new(config).await.unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let raw_conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
+    let msgpack = Serializer::msgpack();
+    let mut scenarios = Vec::new();
+
+    // L1: our cache vs quick_cache holding the same Arc<User>. Both get room
+    // for twice the hot set: quick_cache's bound is approximate, and a hit
+    // scenario must not measure evictions.
+    let hot = keys(1024, "");
+    let l1: Cache<User> = service
+        .create_cache(
+            CacheOptions::new("lg-l1")
+                .l2_ttl(Duration::from_secs(600))
+                .l1_maxsize(2000),
+        )
+        .unwrap();
+    let raw_l1: &'static quick_cache::sync::Cache<String, Arc<User>> =
+        Box::leak(Box::new(quick_cache::sync::Cache::new(2000)));
+    for (i, k) in hot.iter().enumerate() {
+        l1.set(k, user(i as u64)).await;
+        raw_l1.insert(k.clone(), Arc::new(user(i as u64)));
+    }
+    // L2 only: our cache vs a raw GET + decode on the same kind of connection.
+    let l2: Cache<User> = service
+        .create_cache(
+            CacheOptions::new("lg-l2")
+                .l2_ttl(Duration::from_secs(600))
+                .l1_enabled(false),
+        )
+        .unwrap();
+    for (i, k) in hot.iter().enumerate() {
+        l2.set(k, user(i as u64)).await;
+    }
+    let raw_keys = keys(1024, "lg-l2:");
+    let absent = keys(1000, "absent-");
+    let raw_absent = keys(1000, "lg-l2:absent-");
+
+    for &c in &p.concurrencies {
+        // Leaked so that the op closures borrow instead of cloning an Arc per op
+        // (a shared refcount would make the cores fight and measure the harness).
+        let (cache, ks): (&'static Cache<User>, &'static [String]) = (
+            Box::leak(Box::new(l1.clone())),
+            Box::leak(hot.to_vec().into_boxed_slice()),
+        );
+        let raw = raw_l1;
+        scenarios.push(
+            compare(
+                &p,
+                "l1_hit",
+                c,
+                64,
+                // 1024 keys: a mask, not a division, so the harness costs ~nothing.
+                move |i| async move {
+                    std::hint::black_box(cache.get(&ks[i as usize & 1023]).await);
+                },
+                move |i| {
+                    let v = raw.get(ks[i as usize & 1023].as_str());
+                    async move {
+                        std::hint::black_box(v);
+                    }
+                },
+            )
+            .await,
+        );
+
+        let (cache, ks, conn, rk, ser) = (
+            l2.clone(),
+            hot.clone(),
+            raw_conn.clone(),
+            raw_keys.clone(),
+            msgpack.clone(),
+        );
+        scenarios.push(
+            compare(
+                &p,
+                "l2_hit",
+                c,
+                1,
+                move |i| {
+                    let (cache, ks) = (cache.clone(), ks.clone());
+                    async move {
+                        assert!(cache.get(&ks[i as usize % ks.len()]).await.is_some());
+                    }
+                },
+                move |i| {
+                    let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
+                    async move {
+                        let b: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&rk[i as usize % rk.len()])
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert!(ser.decode::<User>(&b.unwrap()).is_ok());
+                    }
+                },
+            )
+            .await,
+        );
+
+        let (cache, ks, conn, rk) = (l1.clone(), absent.clone(), raw_conn.clone(), raw_absent.clone());
+        scenarios.push(
+            compare(
+                &p,
+                "miss",
+                c,
+                1,
+                move |i| {
+                    let (cache, ks) = (cache.clone(), ks.clone());
+                    async move {
+                        assert!(cache.get(&ks[i as usize % ks.len()]).await.is_none());
+                    }
+                },
+                move |i| {
+                    let (mut conn, rk) = (conn.clone(), rk.clone());
+                    async move {
+                        let b: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&rk[i as usize % rk.len()])
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert!(b.is_none());
+                    }
+                },
+            )
+            .await,
+        );
+
+        let (cache, ks, conn, rk, ser) = (
+            l1.clone(),
+            hot.clone(),
+            raw_conn.clone(),
+            keys(1024, "lg-l1:"),
+            msgpack.clone(),
+        );
+        scenarios.push(
+            compare(
+                &p,
+                "set",
+                c,
+                1,
+                move |i| {
+                    let (cache, ks) = (cache.clone(), ks.clone());
+                    async move {
+                        let n = i as usize % ks.len();
+                        cache.set(&ks[n], user(n as u64)).await;
+                    }
+                },
+                move |i| {
+                    let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
+                    async move {
+                        let n = i as usize % rk.len();
+                        let bytes = ser.encode(&user(n as u64)).unwrap();
+                        let _: () = redis::cmd("SET")
+                            .arg(&rk[n])
+                            .arg(bytes)
+                            .arg("PX")
+                            .arg(600_000)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                },
+            )
+            .await,
+        );
+
+        // Mixed: 90 % get / 10 % set over many keys, Zipf-like; ours has L1 in front.
+        let mixed: Cache<User> = service
+            .create_cache(
+                CacheOptions::new("lg-mixed")
+                    .l2_ttl(Duration::from_secs(600))
+                    .l1_maxsize(p.mixed_keys / 10)
+                    .l1_ttl(Duration::from_secs(30)),
+            )
+            .unwrap();
+        let (mk, rmk) = (keys(p.mixed_keys, ""), keys(p.mixed_keys, "lg-mixed:"));
+        let (cache, ks, conn, rk, ser) = (
+            mixed.clone(),
+            mk.clone(),
+            raw_conn.clone(),
+            rmk.clone(),
+            msgpack.clone(),
+        );
+        let n = p.mixed_keys;
+        scenarios.push(
+            compare(
+                &p,
+                "mixed",
+                c,
+                1,
+                move |i| {
+                    let (cache, ks) = (cache.clone(), ks.clone());
+                    async move {
+                        let k = zipf(i, n);
+                        if i.is_multiple_of(10) {
+                            cache.set(&ks[k], user(k as u64)).await;
+                        } else {
+                            std::hint::black_box(cache.get(&ks[k]).await);
+                        }
+                    }
+                },
+                move |i| {
+                    let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
+                    async move {
+                        let k = zipf(i, n);
+                        if i.is_multiple_of(10) {
+                            let bytes = ser.encode(&user(k as u64)).unwrap();
+                            let _: () = redis::cmd("SET")
+                                .arg(&rk[k])
+                                .arg(bytes)
+                                .arg("PX")
+                                .arg(600_000)
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap();
+                        } else {
+                            let b: Option<Vec<u8>> = redis::cmd("GET")
+                                .arg(&rk[k])
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap();
+                            if let Some(b) = b {
+                                std::hint::black_box(ser.decode::<User>(&b).unwrap());
+                            }
+                        }
+                    }
+                },
+            )
+            .await,
+        );
+    }
+
+    let l2_commands_per_get = commands_per_get(&client, &l2, &hot).await;
+    let (l1_bytes_per_entry, raw_l1_bytes_per_entry) = match allocated {
+        Some(counter) => bytes_per_entry(&service, counter, p.bytes_entries).await,
+        None => (f64::NAN, f64::NAN),
+    };
+    let find = |name: &str, c: usize| {
+        scenarios
+            .iter()
+            .find(|s| s.name == name && s.concurrency == c)
+            .map(|s| s.ops_per_sec)
+    };
+    let mut vs_original = BTreeMap::new();
+    if let Some(v) = find("l1_hit", 1) {
+        vs_original.insert("l1_hit_c1", v / ORIGINAL_L1_HIT_OPS);
+    }
+    if let Some(v) = find("l2_hit", 1) {
+        vs_original.insert("l2_hit_c1", v / ORIGINAL_L2_HIT_OPS);
+    }
+    if let Some(v) = find("l2_hit", 64) {
+        vs_original.insert("l2_hit_c64", v / ORIGINAL_L2_HIT_OPS);
+    }
+    if let Some(v) = find("set", 1) {
+        vs_original.insert("set_c1", v / ORIGINAL_SET_OPS);
+    }
+    LoadReport {
+        scenarios,
+        l2_commands_per_get,
+        l1_bytes_per_entry,
+        raw_l1_bytes_per_entry,
+        vs_original,
+        run_ms: p.run.as_millis() as u64,
+        repeats: p.repeats,
+    }
+}
+
+/// Redis commands per L2 get, from `INFO commandstats` around 1,000 gets.
+async fn commands_per_get(client: &redis::Client, l2: &Cache<User>, ks: &[String]) -> f64 {
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let n = 1000;
+    for k in ks.iter().take(n) {
+        assert!(l2.get(k).await.is_some());
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let calls: u64 = info
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter(|l| !l.starts_with("config") && !l.starts_with("info"))
+        .filter_map(|l| l.split(',').next()?.split("calls=").nth(1)?.parse::<u64>().ok())
+        .sum();
+    calls as f64 / n as f64
+}
+
+/// Heap bytes per entry: our L1 vs quick_cache, each holding a freshly
+/// allocated `Arc<User>` per entry (so both include one copy of the value).
+async fn bytes_per_entry(service: &CacheService, allocated: AllocCounter, n: usize) -> (f64, f64) {
+    let values: Vec<User> = (0..n as u64).map(user).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
+
+    let before = allocated();
+    let raw = quick_cache::sync::Cache::<String, Arc<User>>::new(n);
+    for (k, v) in names.iter().zip(&values) {
+        raw.insert(k.clone(), Arc::new(v.clone()));
+    }
+    let raw_bytes = allocated().saturating_sub(before) as f64 / raw.len() as f64;
+    drop(raw);
+
+    let before = allocated();
+    let ours: Cache<User> = service
+        .create_cache(
+            CacheOptions::new("lg-bytes")
+                .l2_enabled(false)
+                .l1_maxsize(n)
+                .l1_ttl(Duration::from_secs(600)),
+        )
+        .unwrap();
+    for (k, v) in names.iter().zip(&values) {
+        ours.set(k, v.clone()).await;
+    }
+    let size = ours.get_stats().await.l1.unwrap().size as f64;
+    let ours_bytes = allocated().saturating_sub(before) as f64 / size;
+    (ours_bytes, raw_bytes)
+}

@@ -1,0 +1,34 @@
+//! The load generator at tiny scale, so it cannot rot. No speed assertions.
+
+mod common;
+
+use std::time::Duration;
+
+use common::loadgen::{run, LoadParams};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_smoke() {
+    let report = run(
+        LoadParams {
+            run: Duration::from_millis(50),
+            repeats: 1,
+            concurrencies: vec![1, 4],
+            mixed_keys: 1000,
+            bytes_entries: 1000,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let names: Vec<_> = report.scenarios.iter().map(|s| (s.name, s.concurrency)).collect();
+    for name in ["l1_hit", "l2_hit", "miss", "set", "mixed"] {
+        for c in [1, 4] {
+            assert!(names.contains(&(name, c)), "{name} at {c}: {names:?}");
+        }
+    }
+    for s in &report.scenarios {
+        assert!(s.ops_per_sec > 0.0 && s.baseline_ops_per_sec > 0.0, "{s:?}");
+    }
+    assert_eq!(report.l2_commands_per_get, 1.0);
+    assert!(report.vs_original.contains_key("l2_hit_c1"));
+}
