@@ -106,6 +106,16 @@ impl<V: CacheValue> Cache<V> {
         self.rt.block_on(self.inner.set_with_ttl(key, value, ttl))
     }
 
+    /// See [`crate::TwoLevelCache::try_set`].
+    pub fn try_set(&self, key: &str, value: V) -> Result<()> {
+        self.rt.block_on(self.inner.try_set(key, value))
+    }
+
+    /// See [`crate::TwoLevelCache::try_set_with_ttl`].
+    pub fn try_set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<()> {
+        self.rt.block_on(self.inner.try_set_with_ttl(key, value, ttl))
+    }
+
     /// See [`crate::TwoLevelCache::set_if_not_exist`].
     pub fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
         self.rt.block_on(self.inner.set_if_not_exist(key, value, ttl))

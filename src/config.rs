@@ -45,6 +45,12 @@ pub mod keys {
     pub const L1_BACKEND: &str = "CACHE_L1_BACKEND";
     /// L2 backend name.
     pub const L2_BACKEND: &str = "CACHE_L2_BACKEND";
+    /// PEM file of the certificate authorities trusted for `rediss://`.
+    pub const REDIS_TLS_CA: &str = "CACHE_REDIS_TLS_CA";
+    /// Largest encoded value accepted by `set`, in bytes.
+    pub const MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
+    /// Longest key accepted, in bytes.
+    pub const MAX_KEY_BYTES: &str = "CACHE_MAX_KEY_BYTES";
 
     /// Every key this crate reads.
     pub const ALL: &[&str] = &[
@@ -62,6 +68,9 @@ pub mod keys {
         SERIALIZER,
         L1_BACKEND,
         L2_BACKEND,
+        REDIS_TLS_CA,
+        MAX_VALUE_BYTES,
+        MAX_KEY_BYTES,
     ];
 }
 
@@ -179,7 +188,7 @@ pub struct RedisConfig {
     /// `CACHE_REDIS_PASSWORD` (default none).
     pub password: Option<Secret>,
     /// `CACHE_REDIS_USERNAME` (default none; Redis 6 ACL user).
-    pub username: Option<String>,
+    pub username: Option<Secret>,
     /// `CACHE_REDIS_URL`: when set, overrides host, port, db, username and password.
     /// Its password is never printed: `Debug` shows the URL redacted.
     pub url: Option<Secret>,
@@ -187,6 +196,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// `CACHE_REDIS_SOCKET_TIMEOUT` (default 5 s): the bound on one L2 operation.
     pub socket_timeout: Duration,
+    /// `CACHE_REDIS_TLS_CA`: PEM file of the authorities trusted for `rediss://`
+    /// (default: the system's roots).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -200,6 +212,7 @@ impl Default for RedisConfig {
             url: None,
             connect_timeout: Duration::from_secs(5),
             socket_timeout: Duration::from_secs(5),
+            tls_ca: None,
         }
     }
 }
@@ -275,7 +288,16 @@ pub struct CacheFactoryConfig {
     pub l1_backend: L1BackendKind,
     /// `CACHE_L2_BACKEND` (default `redis`).
     pub l2_backend: L2BackendKind,
+    /// `CACHE_MAX_VALUE_BYTES` (default 16 MiB): the largest encoded value `set` accepts.
+    pub max_value_bytes: usize,
+    /// `CACHE_MAX_KEY_BYTES` (default 1 KiB): the longest key accepted.
+    pub max_key_bytes: usize,
 }
+
+/// Default `CACHE_MAX_VALUE_BYTES`: 16 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
+/// Default `CACHE_MAX_KEY_BYTES`: 1 KiB.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
 
 impl Default for CacheFactoryConfig {
     fn default() -> Self {
@@ -285,6 +307,8 @@ impl Default for CacheFactoryConfig {
             serializer: serializer::DEFAULT_SERIALIZER.to_string(),
             l1_backend: L1BackendKind::default(),
             l2_backend: L2BackendKind::default(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
         }
     }
 }
@@ -330,7 +354,7 @@ impl CacheFactoryConfig {
         }
         // Passwords are taken verbatim: trimming could change them.
         c.redis.password = get(keys::REDIS_PASSWORD).map(Secret::new);
-        c.redis.username = get(keys::REDIS_USERNAME).map(|v| v.trim().to_string());
+        c.redis.username = get(keys::REDIS_USERNAME).map(|v| Secret::new(v.trim()));
         c.redis.url = get(keys::REDIS_URL).map(|v| Secret::new(v.trim()));
         if let Some(v) = get(keys::REDIS_CONNECT_TIMEOUT) {
             c.redis.connect_timeout = parse_seconds(keys::REDIS_CONNECT_TIMEOUT, v, 0.001)?;
@@ -356,6 +380,15 @@ impl CacheFactoryConfig {
         }
         if let Some(v) = get(keys::L2_BACKEND) {
             c.l2_backend = v.parse()?;
+        }
+        if let Some(v) = get(keys::REDIS_TLS_CA) {
+            c.redis.tls_ca = Some(v.trim().into());
+        }
+        if let Some(v) = get(keys::MAX_VALUE_BYTES) {
+            c.max_value_bytes = parse_int(keys::MAX_VALUE_BYTES, v, 1, 512 << 20)? as usize;
+        }
+        if let Some(v) = get(keys::MAX_KEY_BYTES) {
+            c.max_key_bytes = parse_int(keys::MAX_KEY_BYTES, v, 1, 1 << 20)? as usize;
         }
         c.validate()?;
         Ok(c)
@@ -387,6 +420,29 @@ impl CacheFactoryConfig {
             }
             #[cfg(feature = "redis")]
             crate::backend::redis::check_url(u)?;
+        }
+        if let Some(ca) = &r.tls_ca {
+            if !ca.is_file() {
+                return Err(config_err(
+                    keys::REDIS_TLS_CA,
+                    &ca.display().to_string(),
+                    "a readable PEM file",
+                ));
+            }
+        }
+        if !(1..=512 << 20).contains(&self.max_value_bytes) {
+            return Err(config_err(
+                keys::MAX_VALUE_BYTES,
+                &self.max_value_bytes.to_string(),
+                "an integer from 1 to 536870912 (Redis' own limit)",
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.max_key_bytes) {
+            return Err(config_err(
+                keys::MAX_KEY_BYTES,
+                &self.max_key_bytes.to_string(),
+                "an integer from 1 to 1048576",
+            ));
         }
         let cb = &self.circuit_breaker;
         if cb.threshold == 0 {
@@ -423,6 +479,23 @@ impl CacheFactoryConfig {
         }
         Ok(())
     }
+}
+
+/// A namespace is non-empty, at most 256 bytes, and has no glob characters
+/// (`*?[]\`), no control characters and no `:` (the separator: without it, no
+/// namespace can nest inside another, so `clear` of one never reaches another).
+pub fn validate_prefix(prefix: &str) -> Result<()> {
+    const ALLOWED: &str =
+        "a non-empty string of at most 256 bytes without ':', '*', '?', '[', ']', '\\' or control characters";
+    let bad = prefix.is_empty()
+        || prefix.len() > 256
+        || prefix
+            .chars()
+            .any(|c| c.is_control() || matches!(c, ':' | '*' | '?' | '[' | ']' | '\\'));
+    if bad {
+        return Err(config_err("l2_key_prefix", prefix, ALLOWED));
+    }
+    Ok(())
 }
 
 /// Keys that belong to features of later releases or to the CLI; not typos.
@@ -513,6 +586,7 @@ pub struct CacheOptions {
     pub(crate) breaker_threshold: Option<u32>,
     pub(crate) breaker_timeout: Option<Duration>,
     pub(crate) replay_capacity: usize,
+    pub(crate) max_value_bytes: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -563,6 +637,7 @@ impl CacheOptions {
             breaker_threshold: None,
             breaker_timeout: None,
             replay_capacity: crate::recovery::DEFAULT_REPLAY_CAPACITY,
+            max_value_bytes: None,
         }
     }
 
@@ -637,6 +712,13 @@ impl CacheOptions {
         self
     }
 
+    /// The largest encoded value this cache's `set` accepts, overriding
+    /// `CACHE_MAX_VALUE_BYTES`.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = Some(bytes);
+        self
+    }
+
     /// How many distinct keys of writes and deletes this cache keeps for
     /// replay while L2 is unavailable (default 10,000). See the README,
     /// "Failure modes", for what happens beyond it.
@@ -649,9 +731,7 @@ impl CacheOptions {
     /// configurations of one cache, checking every value.
     pub(crate) fn resolve(&self, defaults: &CacheFactoryConfig) -> Result<ResolvedOptions> {
         let prefix = &self.key_prefix;
-        if prefix.is_empty() {
-            return Err(config_err("l2_key_prefix", prefix, "a non-empty string"));
-        }
+        validate_prefix(prefix)?;
         let breaker_shared = self.breaker_enabled.is_none()
             && self.breaker_threshold.is_none()
             && self.breaker_timeout.is_none();
@@ -725,7 +805,13 @@ impl CacheOptions {
         if self.replay_capacity == 0 {
             return Err(config_err("replay_queue_capacity", "0", "an integer >= 1"));
         }
+        let max_value_bytes = self.max_value_bytes.unwrap_or(defaults.max_value_bytes);
+        if max_value_bytes == 0 {
+            return Err(config_err("max_value_bytes", "0", "an integer >= 1"));
+        }
         Ok(ResolvedOptions {
+            max_value_bytes,
+            max_key_bytes: defaults.max_key_bytes,
             prefix: prefix.clone(),
             l1,
             l2,
@@ -768,6 +854,8 @@ pub(crate) struct ResolvedOptions {
     /// No per-cache breaker override: use the service's shared breaker.
     pub breaker_shared: bool,
     pub replay_capacity: usize,
+    pub max_value_bytes: usize,
+    pub max_key_bytes: usize,
 }
 
 #[cfg(test)]
@@ -820,7 +908,7 @@ mod tests {
         assert_eq!(c.redis.port, 6380);
         assert_eq!(c.redis.db, 3);
         assert_eq!(c.redis.password.as_ref().unwrap().expose(), " s3cret ");
-        assert_eq!(c.redis.username.as_deref(), Some("app"));
+        assert_eq!(c.redis.username.as_ref().unwrap().expose(), "app");
         assert_eq!(c.redis.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.redis.socket_timeout, Duration::from_millis(1500));
         assert!(!c.circuit_breaker.enabled);
@@ -874,6 +962,10 @@ mod tests {
             ("CACHE_L1_BACKEND", "lfu", "one of: ttl, lru"),
             ("CACHE_L2_BACKEND", "memcached", "one of: redis, valkey"),
             ("CACHE_REDIS_URL", "http://example", "a redis:// or rediss:// URL"),
+            ("CACHE_MAX_VALUE_BYTES", "0", "an integer from 1 to 536870912"),
+            ("CACHE_MAX_VALUE_BYTES", "lots", "an integer from 1 to 536870912"),
+            ("CACHE_MAX_KEY_BYTES", "-5", "an integer from 1 to 1048576"),
+            ("CACHE_REDIS_TLS_CA", "/nonexistent/ca.pem", "a readable PEM file"),
         ];
         for (key, value, allowed) in cases {
             let msg = err(key, value);
@@ -934,6 +1026,32 @@ mod tests {
         let d = CacheFactoryConfig::default();
         let e = |o: CacheOptions| o.resolve(&d).err().expect("should fail").to_string();
         assert!(e(CacheOptions::new("")).contains("l2_key_prefix"));
+        for bad in [
+            "users:admin",
+            "a*",
+            "a?",
+            "a[1]",
+            "a]",
+            "back\\slash",
+            "tab\there",
+            "nl\n",
+            &"x".repeat(257),
+        ] {
+            let msg = e(CacheOptions::new(bad).l2_ttl(Duration::from_secs(5)));
+            assert!(
+                msg.contains("l2_key_prefix") && msg.contains("without ':'"),
+                "{bad:?}: {msg}"
+            );
+        }
+        for good in ["users", "users2", "user-profiles_v2", "ünïcode", "a.b"] {
+            assert!(
+                CacheOptions::new(good)
+                    .l2_ttl(Duration::from_secs(5))
+                    .resolve(&d)
+                    .is_ok(),
+                "{good}"
+            );
+        }
         assert!(e(CacheOptions::new("u")).contains("l2_ttl"));
         assert!(e(CacheOptions::new("u").l2_ttl(Duration::from_millis(500))).contains("l2_ttl"));
         assert!(e(CacheOptions::new("u")

@@ -28,6 +28,9 @@ pub enum Error {
     /// The circuit breaker is open, so L2 was not called (`CircuitBreakerOpenError`).
     #[error("circuit breaker is open: L2 skipped")]
     CircuitBreakerOpen,
+    /// A key or value outside the accepted bounds (too long a key, too large a value).
+    #[error("invalid cache input: {0}")]
+    InvalidInput(String),
 }
 
 impl Error {

@@ -177,6 +177,8 @@ impl CacheFactory {
             breaker,
             l2_ttl: resolved.l2.as_ref().map_or(Duration::from_secs(1), |c| c.ttl),
             replay_capacity: resolved.replay_capacity,
+            max_key_bytes: resolved.max_key_bytes,
+            max_value_bytes: resolved.max_value_bytes,
         };
         Ok(TwoLevelCache::new(l1, l2, settings))
     }

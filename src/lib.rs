@@ -79,6 +79,7 @@
 //! |---|---|---|
 //! | `l1` | yes | the `ttl` (quick_cache) and `lru` (moka) L1 backends |
 //! | `redis` | yes | the `redis` and `valkey` L2 backends (the `redis` crate) |
+//! | `tls` | no | `rediss://` for L2 (rustls, ring provider) |
 //! | `full` | no | everything above |
 
 #![warn(missing_docs)]

@@ -82,6 +82,9 @@ struct State {
     clear_pending: bool,
     draining: bool,
     in_flight: Option<(String, u64, PendingOp)>,
+    /// The operation in flight must be applied again after the pending clear
+    /// (the clear comes from an overflow, not from a later `clear` call).
+    reapply_in_flight: bool,
     seq: u64,
 }
 
@@ -147,6 +150,7 @@ impl RecoveryQueue {
             *slot = (seq, op);
         } else if s.ops.len() + s.in_flight.is_some() as usize >= self.capacity {
             s.clear_pending = true;
+            s.reapply_in_flight = s.in_flight.is_some();
             self.overflow.incr();
             self.sync_flag(&s);
             return false;
@@ -164,6 +168,8 @@ impl RecoveryQueue {
         s.ops.clear();
         s.order.clear();
         s.clear_pending = true;
+        // Whatever is in flight predates this clear: the clear may wipe it.
+        s.reapply_in_flight = false;
         self.sync_flag(&s);
     }
 
@@ -232,7 +238,17 @@ impl RecoveryQueue {
             if step_was_clear {
                 s.clear_pending = false;
             }
-            s.in_flight = None;
+            let done = s.in_flight.take();
+            if let Some((key, seq, op)) = done.filter(|_| s.reapply_in_flight && s.clear_pending) {
+                // Applied just before an overflow-triggered clear that will wipe it: again after.
+                if !s.ops.contains_key(&key) {
+                    s.ops.insert(key.clone(), (seq, op));
+                    s.order.push_back(key);
+                }
+            }
+            if !step_was_clear {
+                s.reapply_in_flight = false;
+            }
             self.replayed.incr();
         } else {
             if let Some((key, seq, op)) = s.in_flight.take() {
@@ -318,6 +334,35 @@ mod tests {
         assert!(matches!(q.next(), Some(Step::Clear)));
         q.finish(true, true);
         assert!(matches!(q.next(), Some(Step::Op(..))));
+    }
+
+    #[test]
+    fn op_in_flight_during_an_overflow_is_applied_again_after_the_clear() {
+        let q = RecoveryQueue::new(1);
+        q.push("a", set(b"1"));
+        q.begin_drain();
+        assert!(matches!(q.next(), Some(Step::Op(..)))); // "a" in flight
+        assert!(!q.push("b", set(b"2")), "overflow: a clear is now due");
+        q.finish(false, true); // "a" landed in L2 just before the clear...
+        assert!(matches!(q.next(), Some(Step::Clear)));
+        q.finish(true, true);
+        match q.next() {
+            Some(Step::Op(k, _)) => assert_eq!(k, "a", "...so it is written again after it"),
+            _ => panic!("a must be re-applied"),
+        }
+    }
+
+    #[test]
+    fn op_in_flight_during_an_explicit_clear_is_not_applied_again() {
+        let q = RecoveryQueue::new(10);
+        q.push("a", set(b"1"));
+        q.begin_drain();
+        assert!(matches!(q.next(), Some(Step::Op(..))));
+        q.push_clear(); // the application cleared after writing "a"
+        q.finish(false, true);
+        assert!(matches!(q.next(), Some(Step::Clear)));
+        q.finish(true, true);
+        assert!(q.next().is_none());
     }
 
     #[test]

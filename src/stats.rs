@@ -87,6 +87,10 @@ pub struct ErrorStats {
     pub encode: u64,
     /// L2 calls skipped because the breaker was open.
     pub l2_skipped: u64,
+    /// Operations refused for a key longer than the maximum.
+    pub invalid_key: u64,
+    /// `set`s refused because the encoded value was larger than the maximum.
+    pub oversize: u64,
 }
 
 /// The outage replay queue of one cache.

@@ -54,6 +54,8 @@ struct Inner<V, A, B> {
     serializer: Serializer,
     breaker: Arc<CircuitBreaker>,
     l2_ttl: Duration,
+    max_key_bytes: usize,
+    max_value_bytes: usize,
     queue: RecoveryQueue,
     replay_timer_armed: std::sync::atomic::AtomicBool,
     guard: PromotionGuard,
@@ -70,6 +72,8 @@ struct Errors {
     decode: Counter,
     encode: Counter,
     l2_skipped: Counter,
+    invalid_key: Counter,
+    oversize: Counter,
     log: LogLimiter,
 }
 
@@ -233,6 +237,10 @@ pub struct TwoLevelSettings {
     pub l2_ttl: Duration,
     /// Distinct keys the outage replay queue holds.
     pub replay_capacity: usize,
+    /// Longest key accepted, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest encoded value accepted (by `set`) or decoded (from L2), in bytes.
+    pub max_value_bytes: usize,
 }
 
 impl<V, A, B> TwoLevelCache<V, A, B>
@@ -251,6 +259,8 @@ where
                 serializer: settings.serializer,
                 breaker: settings.breaker,
                 l2_ttl: settings.l2_ttl,
+                max_key_bytes: settings.max_key_bytes,
+                max_value_bytes: settings.max_value_bytes,
                 queue: RecoveryQueue::new(settings.replay_capacity),
                 replay_timer_armed: Default::default(),
                 guard: PromotionGuard::new(),
@@ -332,10 +342,24 @@ where
         }
     }
 
+    /// `Err` for a key longer than the maximum (counted): never truncated.
+    fn check_key(&self, key: &str) -> Result<(), Error> {
+        if key.len() <= self.inner.max_key_bytes {
+            return Ok(());
+        }
+        self.inner.errors.invalid_key.incr();
+        Err(Error::InvalidInput(format!(
+            "key of {} bytes is longer than the maximum of {} bytes (CACHE_MAX_KEY_BYTES)",
+            key.len(),
+            self.inner.max_key_bytes
+        )))
+    }
+
     /// The value under `key`: L1, then L2 (promoting a hit into L1). Misses,
     /// L2 failures and undecodable bytes all read as `None`. An L1 hit hands
     /// out the stored `Arc`, never a copy.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
+        self.check_key(key).ok()?;
         if let Some(l1) = &self.inner.l1 {
             if let Ok(Some(v)) = l1.get(key).await {
                 return Some(v);
@@ -359,7 +383,16 @@ where
 
     /// Decodes L2 bytes; promotes into L1 when `promote` says no write raced the read.
     async fn decode(&self, key: &str, bytes: &[u8], promote: Option<Snapshot>) -> Option<Arc<V>> {
-        match self.inner.serializer.decode::<V>(bytes) {
+        let decoded = if bytes.len() > self.inner.max_value_bytes {
+            Err(Error::Serialization(format!(
+                "{} bytes stored, more than the maximum of {} (CACHE_MAX_VALUE_BYTES)",
+                bytes.len(),
+                self.inner.max_value_bytes
+            )))
+        } else {
+            self.inner.serializer.decode::<V>(bytes)
+        };
+        match decoded {
             Ok(v) => {
                 let v = Arc::new(v);
                 if let (Some(l1), Some(before)) = (&self.inner.l1, promote) {
@@ -383,30 +416,67 @@ where
     }
 
     /// Stores `value` in L1 and L2 (write-through) with the cache's TTLs.
+    /// Never fails: problems are counted in stats (see [`try_set`](Self::try_set)).
     pub async fn set(&self, key: &str, value: V) {
-        self.set_with_ttl(key, value, None).await
+        let _ = self.try_set_with_ttl(key, value, None).await;
     }
 
     /// Stores `value` with a per-call TTL (L2 uses it; L1 never keeps an entry
     /// longer than its own TTL). When L2 is unavailable, L1 keeps the value and
     /// the write is replayed into L2 when it is back.
     pub async fn set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) {
+        let _ = self.try_set_with_ttl(key, value, ttl).await;
+    }
+
+    /// [`set`](Self::set) that reports what the caller can fix: a key longer
+    /// than the maximum, a value whose encoding is larger than the maximum or
+    /// cannot be encoded. Nothing is stored then, in either level, and any
+    /// previous value of the key is removed. L2 being unavailable is *not* an
+    /// error: the value is in L1 and queued for L2.
+    pub async fn try_set(&self, key: &str, value: V) -> Result<(), Error> {
+        self.try_set_with_ttl(key, value, None).await
+    }
+
+    /// [`try_set`](Self::try_set) with a per-call TTL.
+    pub async fn try_set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<(), Error> {
+        self.check_key(key)?;
         let _write = self.inner.guard.write(key);
         let value = Arc::new(value);
         if self.inner.l2.is_some() {
-            let op = match self.inner.serializer.encode(&*value) {
-                Ok(bytes) => PendingOp::set(bytes, ttl.unwrap_or(self.inner.l2_ttl), false),
-                Err(e) => {
-                    // L2 must not keep serving the previous value for this key.
-                    self.data_error("encode", &e);
-                    PendingOp::Delete
+            let encoded = self.inner.serializer.encode(&*value).and_then(|bytes| {
+                if bytes.len() > self.inner.max_value_bytes {
+                    self.inner.errors.oversize.incr();
+                    Err(Error::InvalidInput(format!(
+                        "value of {} bytes encoded is larger than the maximum of {} bytes (CACHE_MAX_VALUE_BYTES)",
+                        bytes.len(),
+                        self.inner.max_value_bytes
+                    )))
+                } else {
+                    Ok(bytes)
                 }
-            };
-            self.write_l2(key, op, Some(&*value)).await;
+            });
+            match encoded {
+                Ok(bytes) => {
+                    let op = PendingOp::set(bytes, ttl.unwrap_or(self.inner.l2_ttl), false);
+                    self.write_l2(key, op, Some(&*value)).await;
+                }
+                Err(e) => {
+                    if e.is_serialization() {
+                        self.data_error("encode", &e);
+                    }
+                    // Neither level may keep serving the previous value for this key.
+                    self.write_l2(key, PendingOp::Delete, None).await;
+                    if let Some(l1) = &self.inner.l1 {
+                        let _ = l1.delete(key).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         if let Some(l1) = &self.inner.l1 {
             let _ = l1.set(key, value, ttl).await;
         }
+        Ok(())
     }
 
     /// Applies one write to L2 now, or queues it when L2 is unavailable or an
@@ -554,12 +624,19 @@ where
     /// accepted it. Without a usable L2, the same rule applies to L1 alone, and
     /// the winner claims the key in L2 (again with `SET NX`) on recovery.
     pub async fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
+        if self.check_key(key).is_err() {
+            return false;
+        }
         let _write = self.inner.guard.write(key);
         let value = Arc::new(value);
         let mut encoded = None;
         if self.inner.l2.is_some() {
             match self.inner.serializer.encode(&*value) {
                 Err(e) => self.data_error("encode", &e),
+                Ok(bytes) if bytes.len() > self.inner.max_value_bytes => {
+                    self.inner.errors.oversize.incr();
+                    return false;
+                }
                 Ok(bytes) if !self.inner.queue.is_active() || self.inner.queue.admits_direct(key) => {
                     if let Some((l2, permit)) = self.l2() {
                         let r = l2.set_if_not_exist(key, bytes.clone(), ttl).await;
@@ -590,6 +667,9 @@ where
     /// Removes `key`: L2 first, then L1 (always, even when L2 fails; the L2
     /// delete is then replayed on recovery). `true` if either level held it.
     pub async fn delete(&self, key: &str) -> bool {
+        if self.check_key(key).is_err() {
+            return false;
+        }
         let _write = self.inner.guard.write(key);
         let mut removed = false;
         if self.inner.l2.is_some() {
@@ -642,6 +722,9 @@ where
 
     /// Whether `key` is in L1 or L2.
     pub async fn is_on_cache(&self, key: &str) -> bool {
+        if self.check_key(key).is_err() {
+            return false;
+        }
         if let Some(l1) = &self.inner.l1 {
             if l1.exists(key).await.unwrap_or(false) {
                 return true;
@@ -677,6 +760,7 @@ where
     /// Remaining time to live: L1's real remaining TTL, else L2's. `None` when
     /// absent or without expiry.
     pub async fn get_ttl(&self, key: &str) -> Option<Duration> {
+        self.check_key(key).ok()?;
         if let Some(l1) = &self.inner.l1 {
             if let Ok(Some(t)) = l1.get_ttl(key).await {
                 return Some(t);
@@ -693,6 +777,9 @@ where
     /// Keys (without the namespace) in L1 or L2 that start with `prefix`
     /// literally; sorted, without duplicates.
     pub async fn list_keys(&self, prefix: Option<&str>) -> Vec<String> {
+        if prefix.is_some_and(|p| self.check_key(p).is_err()) {
+            return Vec::new();
+        }
         let mut keys = BTreeSet::new();
         if let Some(l1) = &self.inner.l1 {
             keys.extend(l1.list_keys(prefix).await.unwrap_or_default());
@@ -741,6 +828,8 @@ where
                 decode: e.decode.get(),
                 encode: e.encode.get(),
                 l2_skipped: e.l2_skipped.get(),
+                invalid_key: e.invalid_key.get(),
+                oversize: e.oversize.get(),
             },
             recovery: RecoveryStats {
                 queue_depth: q.depth() as u64,
@@ -831,6 +920,8 @@ mod tests {
             breaker: Arc::new(CircuitBreaker::new(Default::default())),
             l2_ttl: Duration::from_secs(600),
             replay_capacity: 100,
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
         };
         TwoLevelCache::new(Some(l1(60)), l2, settings)
     }

@@ -103,7 +103,12 @@ async fn five_unencodable_values_do_not_open_the_breaker() {
     assert_eq!(s.errors.encode, 5);
     assert_eq!(s.circuit_breaker.state, CircuitState::Closed);
     assert_eq!(redis.get_raw("enc:k"), None, "the stale L2 value is dropped");
-    assert!(c.get("k").await.is_some(), "L1 keeps the in-memory value");
+    assert!(
+        c.get("k").await.is_none(),
+        "a value that cannot be encoded reads as a miss"
+    );
+    let err = c.try_set("k", Fragile { ok: false }).await.unwrap_err();
+    assert!(err.is_serialization(), "{err}");
 }
 
 #[tokio::test]

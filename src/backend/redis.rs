@@ -74,7 +74,7 @@ impl RedisConnection {
                     .map_err(|_| config_err(keys::REDIS_HOST, &config.host, "a valid host name"))?;
                 let mut redis = info.redis_settings().clone().set_db(config.db);
                 if let Some(user) = &config.username {
-                    redis = redis.set_username(user);
+                    redis = redis.set_username(user.expose());
                 }
                 if let Some(pw) = &config.password {
                     redis = redis.set_password(pw.expose());
@@ -83,13 +83,7 @@ impl RedisConnection {
             }
         };
         let db = info.redis_settings().db();
-        let client = redis::Client::open(info).map_err(|e| {
-            config_err(
-                keys::REDIS_URL,
-                &config.endpoint(),
-                format!("a usable Redis address ({})", e.category()),
-            )
-        })?;
+        let client = Self::client(config, info)?;
         // No retries inside the manager: a refused connection fails at once, and
         // the next call allowed by the breaker is what tries again. No response
         // timeout inside either: `query` bounds the whole call (connection
@@ -106,6 +100,57 @@ impl RedisConnection {
             endpoint: config.endpoint(),
             db,
         })
+    }
+
+    fn client(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<redis::Client> {
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let unusable = |e: RedisError| {
+            config_err(
+                keys::REDIS_URL,
+                &config.endpoint(),
+                format!("a usable Redis address ({})", e.category()),
+            )
+        };
+        if !tls {
+            return redis::Client::open(info).map_err(unusable);
+        }
+        #[cfg(feature = "tls")]
+        {
+            let root_cert = match &config.tls_ca {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    config_err(
+                        keys::REDIS_TLS_CA,
+                        &path.display().to_string(),
+                        format!("a readable PEM file ({e})"),
+                    )
+                })?),
+                None => None,
+            };
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert,
+            };
+            redis::Client::build_with_tls(info, certs).map_err(|e| {
+                config_err(
+                    keys::REDIS_TLS_CA,
+                    &config
+                        .tls_ca
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    format!("PEM certificates the TLS client accepts ({})", e.category()),
+                )
+            })
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = unusable;
+            Err(config_err(
+                keys::REDIS_URL,
+                &config.endpoint(),
+                "a redis:// URL in this build: rediss:// (TLS) needs the Cargo feature `tls` of resilient-cache",
+            ))
+        }
     }
 
     /// `host:port/db` (or the redacted URL).
