@@ -51,6 +51,8 @@ pub mod keys {
     pub const MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
     /// Longest key accepted, in bytes.
     pub const MAX_KEY_BYTES: &str = "CACHE_MAX_KEY_BYTES";
+    /// Whether caches with both levels invalidate each other's L1 over pub/sub.
+    pub const BACKPLANE_ENABLED: &str = "CACHE_BACKPLANE_ENABLED";
 
     /// Every key this crate reads.
     pub const ALL: &[&str] = &[
@@ -71,6 +73,7 @@ pub mod keys {
         REDIS_TLS_CA,
         MAX_VALUE_BYTES,
         MAX_KEY_BYTES,
+        BACKPLANE_ENABLED,
     ];
 }
 
@@ -292,6 +295,9 @@ pub struct CacheFactoryConfig {
     pub max_value_bytes: usize,
     /// `CACHE_MAX_KEY_BYTES` (default 1 KiB): the longest key accepted.
     pub max_key_bytes: usize,
+    /// `CACHE_BACKPLANE_ENABLED` (default true): caches with both levels keep
+    /// their L1s coherent across instances over Redis pub/sub.
+    pub backplane_enabled: bool,
 }
 
 /// Default `CACHE_MAX_VALUE_BYTES`: 16 MiB.
@@ -309,6 +315,7 @@ impl Default for CacheFactoryConfig {
             l2_backend: L2BackendKind::default(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            backplane_enabled: true,
         }
     }
 }
@@ -386,6 +393,9 @@ impl CacheFactoryConfig {
         }
         if let Some(v) = get(keys::MAX_VALUE_BYTES) {
             c.max_value_bytes = parse_int(keys::MAX_VALUE_BYTES, v, 1, 512 << 20)? as usize;
+        }
+        if let Some(v) = get(keys::BACKPLANE_ENABLED) {
+            c.backplane_enabled = parse_bool(keys::BACKPLANE_ENABLED, v)?;
         }
         if let Some(v) = get(keys::MAX_KEY_BYTES) {
             c.max_key_bytes = parse_int(keys::MAX_KEY_BYTES, v, 1, 1 << 20)? as usize;
@@ -587,6 +597,7 @@ pub struct CacheOptions {
     pub(crate) breaker_timeout: Option<Duration>,
     pub(crate) replay_capacity: usize,
     pub(crate) max_value_bytes: Option<usize>,
+    pub(crate) backplane: Option<bool>,
 }
 
 #[derive(Clone)]
@@ -638,6 +649,7 @@ impl CacheOptions {
             breaker_timeout: None,
             replay_capacity: crate::recovery::DEFAULT_REPLAY_CAPACITY,
             max_value_bytes: None,
+            backplane: None,
         }
     }
 
@@ -709,6 +721,14 @@ impl CacheOptions {
     /// How long this cache's breaker stays open before a probe (>= 1 s).
     pub fn circuit_breaker_timeout(mut self, timeout: Duration) -> Self {
         self.breaker_timeout = Some(timeout);
+        self
+    }
+
+    /// Turns this cache's backplane (cross-instance L1 invalidation) on or off,
+    /// overriding `CACHE_BACKPLANE_ENABLED`. It only ever applies to a cache
+    /// with both levels.
+    pub fn backplane(mut self, enabled: bool) -> Self {
+        self.backplane = Some(enabled);
         self
     }
 
@@ -809,7 +829,9 @@ impl CacheOptions {
         if max_value_bytes == 0 {
             return Err(config_err("max_value_bytes", "0", "an integer >= 1"));
         }
+        let backplane = l1.is_some() && l2.is_some() && self.backplane.unwrap_or(defaults.backplane_enabled);
         Ok(ResolvedOptions {
+            backplane,
             max_value_bytes,
             max_key_bytes: defaults.max_key_bytes,
             prefix: prefix.clone(),
@@ -856,6 +878,7 @@ pub(crate) struct ResolvedOptions {
     pub replay_capacity: usize,
     pub max_value_bytes: usize,
     pub max_key_bytes: usize,
+    pub backplane: bool,
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub enum AnyL1<V> {
 /// One of the built-in L2 backends, chosen at run time by `CACHE_L2_BACKEND`
 /// (`redis` and `valkey` share one implementation: the protocol is the same).
 #[non_exhaustive]
+// The other variant is uninhabited: there is no wasted space to avoid.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyL2 {
     /// `redis` or `valkey`.
     #[cfg(feature = "redis")]
@@ -114,6 +116,9 @@ pub struct CacheFactory {
     breaker: Arc<CircuitBreaker>,
     #[cfg(feature = "redis")]
     connection: RedisConnection,
+    /// Started with the first cache that uses it.
+    #[cfg(feature = "redis")]
+    backplane: std::sync::OnceLock<Arc<crate::backplane::Backplane>>,
 }
 
 impl std::fmt::Debug for CacheFactory {
@@ -133,6 +138,8 @@ impl CacheFactory {
             #[cfg(feature = "redis")]
             connection: RedisConnection::new(&config.redis)?,
             breaker: Arc::new(CircuitBreaker::new(config.circuit_breaker)),
+            #[cfg(feature = "redis")]
+            backplane: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -179,8 +186,40 @@ impl CacheFactory {
             replay_capacity: resolved.replay_capacity,
             max_key_bytes: resolved.max_key_bytes,
             max_value_bytes: resolved.max_value_bytes,
+            bus: None,
         };
-        Ok(TwoLevelCache::new(l1, l2, settings))
+        #[cfg(feature = "redis")]
+        let backplane = resolved.backplane.then(|| self.backplane());
+        #[cfg(feature = "redis")]
+        let settings = TwoLevelSettings {
+            bus: backplane
+                .clone()
+                .map(|b| b as Arc<dyn crate::backplane::InvalidationBus>),
+            ..settings
+        };
+        let cache = TwoLevelCache::new(l1, l2, settings);
+        #[cfg(feature = "redis")]
+        if let Some(bp) = backplane {
+            bp.register(cache.key_prefix(), cache.invalidation_target());
+        }
+        Ok(cache)
+    }
+
+    /// The service's backplane, started on first use (needs a Tokio runtime).
+    #[cfg(feature = "redis")]
+    fn backplane(&self) -> Arc<crate::backplane::Backplane> {
+        self.backplane
+            .get_or_init(|| {
+                let bp = crate::backplane::Backplane::new(self.connection.clone());
+                match self.connection.resp3_client() {
+                    Ok(client) => {
+                        bp.spawn_subscriber(client, self.breaker.clone(), self.connection.op_timeout())
+                    }
+                    Err(e) => tracing::warn!(error = %e, "backplane subscriber not started"),
+                }
+                bp
+            })
+            .clone()
     }
 
     /// The L1 backend named by `config.backend`.

@@ -58,9 +58,12 @@
 //! ## Consistency model
 //!
 //! L2 is the shared truth; each process's L1 is a short-lived copy of it. A
-//! process always reads its own writes. Another process may read a value that
-//! was since changed or deleted elsewhere until its L1 entry expires: keep
-//! `l1_ttl` short (it defaults to 60 s, and should be shorter than `l2_ttl`).
+//! process always reads its own writes. With the backplane (the default for
+//! caches with both levels, see [`backplane`]), every write announces itself
+//! over Redis pub/sub and other instances evict their L1 copy within about a
+//! millisecond; without it, another process may read a value that was since
+//! changed or deleted elsewhere until its L1 entry expires: keep `l1_ttl`
+//! short (it defaults to 60 s, and should be shorter than `l2_ttl`).
 //! While L2 is unavailable each process works from its own L1; its writes and
 //! deletes are queued (last write per key wins) and replayed into L2 when it
 //! is back, before L2 values are promoted again, so nothing deleted during an
@@ -69,6 +72,7 @@
 //! ## Modules
 //!
 //! [`config`] (keys and options), [`error`], [`serializer`] (named formats),
+//! [`backplane`] (cross-instance L1 invalidation),
 //! [`breaker`], [`backend`] (the [`CacheBackend`] trait; [`backend::memory`]
 //! and [`backend::redis`]), [`two_level`] (the composition), [`factory`],
 //! [`service`], [`stats`], and [`blocking`] (the same API without async).
@@ -85,6 +89,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod backplane;
 pub mod blocking;
 pub mod breaker;
 mod clock;

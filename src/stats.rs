@@ -124,6 +124,8 @@ pub struct CacheStats<L1 = L1Stats, L2 = L2Stats> {
     pub errors: ErrorStats,
     /// Outage replay queue.
     pub recovery: RecoveryStats,
+    /// Cross-instance invalidation (service-wide figures), when this cache uses it.
+    pub backplane: Option<crate::backplane::BackplaneStats>,
 }
 
 /// Service-wide stats: one entry per cache, by namespace.

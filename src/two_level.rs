@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::CacheBackend;
+use crate::backplane::{Invalidate, InvalidationBus};
 use crate::breaker::{CircuitBreaker, CircuitState, Permit};
 use crate::clock::{now_ms, unix_now};
 use crate::error::{ConnectionErrorKind, Error};
@@ -56,6 +57,7 @@ struct Inner<V, A, B> {
     l2_ttl: Duration,
     max_key_bytes: usize,
     max_value_bytes: usize,
+    bus: Option<Arc<dyn InvalidationBus>>,
     queue: RecoveryQueue,
     replay_timer_armed: std::sync::atomic::AtomicBool,
     guard: PromotionGuard,
@@ -241,6 +243,15 @@ pub struct TwoLevelSettings {
     pub max_key_bytes: usize,
     /// Largest encoded value accepted (by `set`) or decoded (from L2), in bytes.
     pub max_value_bytes: usize,
+    /// Where to announce successful L2 writes so other instances evict their
+    /// L1 copies (the backplane); `None` for no cross-instance invalidation.
+    pub bus: Option<Arc<dyn InvalidationBus>>,
+}
+
+impl std::fmt::Debug for dyn InvalidationBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InvalidationBus")
+    }
 }
 
 impl<V, A, B> TwoLevelCache<V, A, B>
@@ -261,6 +272,7 @@ where
                 l2_ttl: settings.l2_ttl,
                 max_key_bytes: settings.max_key_bytes,
                 max_value_bytes: settings.max_value_bytes,
+                bus: settings.bus,
                 queue: RecoveryQueue::new(settings.replay_capacity),
                 replay_timer_armed: Default::default(),
                 guard: PromotionGuard::new(),
@@ -339,6 +351,13 @@ where
         }
         if let Some(suppressed) = errs.log.admit() {
             tracing::warn!(cache = %self.inner.prefix, op, error = %e, suppressed, "bad cache data ignored");
+        }
+    }
+
+    /// Tells other instances that `key` (or, with `None`, the namespace) changed in L2.
+    fn announce(&self, key: Option<&str>) {
+        if let Some(bus) = &self.inner.bus {
+            bus.publish(&self.inner.prefix, key);
         }
     }
 
@@ -499,7 +518,10 @@ where
                     PendingOp::Delete => (l2.delete(key).await, None),
                 };
                 match self.settle(permit, "write", r) {
-                    Outcome::Done(v) => return Some(v),
+                    Outcome::Done(v) => {
+                        self.announce(Some(key));
+                        return Some(v);
+                    }
                     Outcome::BadData => return None,
                     Outcome::Unavailable => {
                         let op = match (deadline, value.map(|v| self.inner.serializer.encode(v))) {
@@ -578,7 +600,13 @@ where
                 break;
             };
             let (is_clear, outcome) = match step {
-                Step::Clear => (true, self.settle(permit, "replay", l2.clear().await.map(|_| ()))),
+                Step::Clear => {
+                    let outcome = self.settle(permit, "replay", l2.clear().await.map(|_| ()));
+                    if matches!(outcome, Outcome::Done(_)) {
+                        self.announce(None);
+                    }
+                    (true, outcome)
+                }
                 Step::Op(key, op) => {
                     let r = match op {
                         PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(deadline_ms) {
@@ -600,7 +628,11 @@ where
                         }
                         PendingOp::Delete => l2.delete(&key).await.map(|_| ()),
                     };
-                    (false, self.settle(permit, "replay", r))
+                    let outcome = self.settle(permit, "replay", r);
+                    if matches!(outcome, Outcome::Done(_)) {
+                        self.announce(Some(&key));
+                    }
+                    (false, outcome)
                 }
             };
             let ok = !matches!(outcome, Outcome::Unavailable);
@@ -642,6 +674,7 @@ where
                         let r = l2.set_if_not_exist(key, bytes.clone(), ttl).await;
                         if let Outcome::Done(stored) = self.settle(permit, "set_if_not_exist", r) {
                             if stored {
+                                self.announce(Some(key));
                                 if let Some(l1) = &self.inner.l1 {
                                     let _ = l1.set(key, value, ttl).await;
                                 }
@@ -696,7 +729,10 @@ where
         } else if let Some((l2, permit)) = self.l2() {
             let r = l2.clear().await;
             match self.settle(permit, "clear", r) {
-                Outcome::Done(n) => (n, L2ClearStatus::Cleared),
+                Outcome::Done(n) => {
+                    self.announce(None);
+                    (n, L2ClearStatus::Cleared)
+                }
                 _ => {
                     queue.push_clear();
                     (0, L2ClearStatus::Failed)
@@ -838,12 +874,50 @@ where
                 overflow: q.overflow.get(),
                 replayed: q.replayed.get(),
             },
+            backplane: self.inner.bus.as_ref().map(|b| b.stats()),
         }
     }
 
     /// The breaker's state right now.
     pub fn breaker_state(&self) -> CircuitState {
         self.inner.breaker.state()
+    }
+}
+
+impl<V, A, B> Invalidate for Inner<V, A, B>
+where
+    V: CacheValue,
+    A: CacheBackend<Value = Arc<V>>,
+    B: CacheBackend<Value = Vec<u8>>,
+{
+    fn invalidate(self: Arc<Self>, key: Option<String>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let Some(l1) = &self.l1 else { return };
+            match key {
+                Some(key) => {
+                    // Moving the guard stops an L2 read in flight from promoting the old value.
+                    let _write = self.guard.write(&key);
+                    let _ = l1.delete(&key).await;
+                }
+                None => {
+                    self.guard.bump_epoch();
+                    let _ = l1.clear().await;
+                    self.guard.bump_epoch();
+                }
+            }
+        })
+    }
+}
+
+impl<V, A, B> TwoLevelCache<V, A, B>
+where
+    V: CacheValue,
+    A: CacheBackend<Value = Arc<V>>,
+    B: CacheBackend<Value = Vec<u8>>,
+{
+    pub(crate) fn invalidation_target(&self) -> Weak<dyn Invalidate> {
+        let weak: Weak<Inner<V, A, B>> = Arc::downgrade(&self.inner);
+        weak
     }
 }
 
@@ -922,6 +996,7 @@ mod tests {
             replay_capacity: 100,
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
+            bus: None,
         };
         TwoLevelCache::new(Some(l1(60)), l2, settings)
     }

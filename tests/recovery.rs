@@ -131,7 +131,13 @@ async fn overflow_is_counted_and_falls_back_to_clearing_the_namespace() {
     let redis = RedisServer::start();
     let service = CacheService::new(redis.config()).await.unwrap();
     let c = service
-        .create_cache::<u32>(opts("ovf").replay_queue_capacity(3).l1_maxsize(100))
+        // Without the backplane, whose reconnect after the freeze would clear L1.
+        .create_cache::<u32>(
+            opts("ovf")
+                .replay_queue_capacity(3)
+                .l1_maxsize(100)
+                .backplane(false),
+        )
         .unwrap();
     c.set("old", 0).await;
     redis.freeze();

@@ -46,6 +46,7 @@ impl KindName for RedisError {
 #[derive(Clone)]
 pub struct RedisConnection {
     manager: ConnectionManager,
+    client: redis::Client,
     op_timeout: Duration,
     endpoint: String,
     db: i64,
@@ -92,10 +93,11 @@ impl RedisConnection {
             .set_number_of_retries(0)
             .set_connection_timeout(Some(config.connect_timeout.min(config.socket_timeout)))
             .set_response_timeout(None);
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| Error::connection(Kind::Io, e.to_string()))?;
         Ok(Self {
             manager,
+            client,
             op_timeout: config.socket_timeout,
             endpoint: config.endpoint(),
             db,
@@ -151,6 +153,18 @@ impl RedisConnection {
                 "a redis:// URL in this build: rediss:// (TLS) needs the Cargo feature `tls` of resilient-cache",
             ))
         }
+    }
+
+    /// A client for the same server speaking RESP3 (push messages), for the
+    /// backplane's subscriber connection.
+    pub(crate) fn resp3_client(&self) -> Result<redis::Client> {
+        let info = self.client.get_connection_info().clone();
+        let redis = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(redis))
+            .map_err(|e| Error::connection(Kind::Io, format!("backplane client: {}", e.category())))
     }
 
     /// `host:port/db` (or the redacted URL).

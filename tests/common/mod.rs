@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod coherence;
 pub mod loadgen;
 
 use std::net::{TcpListener, TcpStream};

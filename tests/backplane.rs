@@ -1,0 +1,229 @@
+//! Cross-instance L1 invalidation: two services (separate connections, as two
+//! processes would have) on one real redis-server.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, RedisServer};
+use resilient_cache::{Cache, CacheOptions, CacheSerializer, CacheService, Error};
+
+fn opts(prefix: &str) -> CacheOptions {
+    CacheOptions::new(prefix)
+        .l2_ttl(Duration::from_secs(300))
+        .l1_ttl(Duration::from_secs(300)) // long: only the backplane can make B forget
+        .serializer("json")
+}
+
+async fn pair(
+    redis: &RedisServer,
+    o: CacheOptions,
+) -> (CacheService, Cache<String>, CacheService, Cache<String>) {
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let b = CacheService::new(redis.config()).await.unwrap();
+    let ca = a.create_cache::<String>(o.clone()).unwrap();
+    let cb = b.create_cache::<String>(o).unwrap();
+    // Both subscribers up before the test starts writing.
+    for c in [&ca, &cb] {
+        let up = eventually(Duration::from_secs(5), async || {
+            c.get_stats().await.backplane.is_some_and(|b| b.connected)
+        })
+        .await;
+        assert!(up, "subscriber connected");
+    }
+    (a, ca, b, cb)
+}
+
+async fn sees(c: &Cache<String>, key: &str, want: Option<&str>) -> bool {
+    eventually(Duration::from_secs(5), async || {
+        c.get(key).await.as_deref().map(String::as_str) == want
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_delete_and_clear_on_a_reach_the_l1_of_b() {
+    let redis = RedisServer::start();
+    let (_a, ca, _b, cb) = pair(&redis, opts("bp")).await;
+    ca.set("k", "v1".into()).await;
+    ca.set("other", "o1".into()).await;
+    assert_eq!(cb.get("k").await.as_deref().map(String::as_str), Some("v1")); // now in B's L1
+    assert_eq!(cb.get("other").await.as_deref().map(String::as_str), Some("o1"));
+
+    ca.set("k", "v2".into()).await;
+    assert!(sees(&cb, "k", Some("v2")).await, "update propagated");
+    ca.delete("k").await;
+    assert!(sees(&cb, "k", None).await, "delete propagated");
+    ca.clear().await;
+    assert!(sees(&cb, "other", None).await, "clear propagated");
+
+    let sa = ca.get_stats().await.backplane.unwrap();
+    let sb = cb.get_stats().await.backplane.unwrap();
+    assert!(sa.messages_sent >= 5, "{sa:?}");
+    assert!(sb.messages_received >= 5 && sb.messages_applied >= 5, "{sb:?}");
+    assert!(sb.last_message_age_s.is_some());
+    assert_ne!(sa.instance_id, sb.instance_id);
+    // A ignored its own messages and kept its own (fresh) L1 entries meanwhile.
+    assert!(sa.own_ignored >= 1, "{sa:?}");
+    assert_eq!(sa.messages_received, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_messages_do_not_evict_own_l1() {
+    let redis = RedisServer::start();
+    let (_a, ca, _b, _cb) = pair(&redis, opts("own")).await;
+    ca.set("k", "mine".into()).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || ca
+            .get_stats()
+            .await
+            .backplane
+            .unwrap()
+            .own_ignored
+            >= 1)
+        .await
+    );
+    redis.cmd::<()>(&["FLUSHALL"]);
+    assert_eq!(
+        ca.get("k").await.as_deref().map(String::as_str),
+        Some("mine"),
+        "still in A's L1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_without_the_backplane_keeps_its_l1() {
+    let redis = RedisServer::start();
+    let (_a, ca, _b, cb) = pair(&redis, opts("nobp")).await;
+    let b2 = CacheService::new(redis.config()).await.unwrap();
+    let off = b2.create_cache::<String>(opts("nobp").backplane(false)).unwrap();
+    assert!(off.get_stats().await.backplane.is_none());
+    ca.set("k", "v1".into()).await;
+    assert_eq!(off.get("k").await.as_deref().map(String::as_str), Some("v1"));
+    assert_eq!(cb.get("k").await.as_deref().map(String::as_str), Some("v1"));
+    ca.set("k", "v2".into()).await;
+    assert!(sees(&cb, "k", Some("v2")).await);
+    assert_eq!(
+        off.get("k").await.as_deref().map(String::as_str),
+        Some("v1"),
+        "stale until its L1 TTL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_reconnect_clears_l1() {
+    let mut redis = RedisServer::start();
+    let (_a, ca, _b, cb) = pair(&redis, opts("rc")).await;
+    ca.set("k", "v1".into()).await;
+    // A's announcement must not evict what B reads next.
+    assert!(
+        eventually(Duration::from_secs(5), async || cb
+            .get_stats()
+            .await
+            .backplane
+            .unwrap()
+            .messages_received
+            >= 1)
+        .await
+    );
+    assert!(cb.get("k").await.is_some());
+    assert_eq!(cb.get_stats().await.l1.unwrap().size, 1);
+    redis.kill();
+    redis.restart();
+    let cleared = eventually(Duration::from_secs(15), async || {
+        cb.get_stats()
+            .await
+            .backplane
+            .is_some_and(|b| b.reconnect_clears >= 1 && b.connected)
+    })
+    .await;
+    assert!(cleared, "{:?}", cb.get_stats().await.backplane);
+    assert_eq!(
+        cb.get_stats().await.l1.unwrap().size,
+        0,
+        "messages may have been lost: L1 cleared"
+    );
+}
+
+/// JSON whose decoding can be held at a gate, to freeze a read between its L2
+/// fetch and its promotion into L1.
+struct GatedJson {
+    armed: AtomicBool,
+    entered: AtomicBool,
+    released: AtomicBool,
+}
+
+impl CacheSerializer for GatedJson {
+    fn name(&self) -> &str {
+        "gated-json"
+    }
+    fn encode(&self, v: &serde_json::Value) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(v).map_err(|e| Error::Serialization(e.to_string()))
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<serde_json::Value, Error> {
+        if self.armed.load(SeqCst) {
+            self.entered.store(true, SeqCst);
+            while !self.released.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        serde_json::from_slice(bytes).map_err(|e| Error::Serialization(e.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_racing_an_invalidation_does_not_promote_the_old_value() {
+    let redis = RedisServer::start();
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let b = CacheService::new(redis.config()).await.unwrap();
+    let gate = Arc::new(GatedJson {
+        armed: AtomicBool::new(false),
+        entered: AtomicBool::new(false),
+        released: AtomicBool::new(false),
+    });
+    let ca = a.create_cache::<String>(opts("race")).unwrap();
+    let cb = b
+        .create_cache::<String>(opts("race").serializer_instance(gate.clone()))
+        .unwrap();
+    for c in [&ca, &cb] {
+        assert!(
+            eventually(Duration::from_secs(5), async || c
+                .get_stats()
+                .await
+                .backplane
+                .is_some_and(|b| b.connected))
+            .await
+        );
+    }
+    ca.set("k", "old".into()).await;
+
+    gate.armed.store(true, SeqCst);
+    let reader = {
+        let cb = cb.clone();
+        tokio::spawn(async move { cb.get("k").await })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || gate.entered.load(SeqCst)).await,
+        "B fetched 'old' from L2"
+    );
+    ca.set("k", "new".into()).await; // the invalidation races B's promotion
+    let received = eventually(Duration::from_secs(5), async || {
+        cb.get_stats().await.backplane.unwrap().messages_received >= 1
+    })
+    .await;
+    assert!(received, "B got the invalidation while its read was in flight");
+    gate.armed.store(false, SeqCst);
+    gate.released.store(true, SeqCst);
+    assert_eq!(
+        reader.await.unwrap().as_deref().map(String::as_str),
+        Some("old"),
+        "that read began before the update"
+    );
+    assert_eq!(
+        cb.get("k").await.as_deref().map(String::as_str),
+        Some("new"),
+        "the old value was not promoted into B's L1 after the invalidation"
+    );
+}
