@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::loadgen::{user, User};
+use common::loadgen::{raw_set, user, User};
 use common::RedisServer;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use resilient_cache::{Cache, CacheOptions, CacheService, Serializer};
@@ -142,17 +142,7 @@ fn l2(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             i = (i + 1) & 1023;
             let (k, ser, mut conn) = (&raw_keys[i], &ser, conn.clone());
-            async move {
-                let bytes = ser.encode(&user(i as u64)).unwrap();
-                let _: () = redis::cmd("SET")
-                    .arg(k)
-                    .arg(bytes)
-                    .arg("PX")
-                    .arg(600_000)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-            }
+            async move { raw_set(&mut conn, k, ser.encode(&user(i as u64)).unwrap()).await }
         })
     });
     g.finish();

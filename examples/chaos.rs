@@ -17,40 +17,27 @@ mod common;
 use std::time::Duration;
 
 use common::chaos::{run, ChaosParams};
+use common::cli::{self, Args};
 
 fn main() {
+    let mut args = Args::new(
+        "chaos [--json PATH] [--tasks N] [--keys N] [--phase-secs S] [--op-timeout-ms N] [--breaker-timeout-ms N]",
+    );
     let mut p = ChaosParams::default();
     let mut json = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
-        };
-        let num = |v: String| {
-            v.parse::<u64>()
-                .unwrap_or_else(|_| usage(&format!("not a number: {v}")))
-        };
-        match a.as_str() {
-            "--json" => json = Some(val()),
-            "--tasks" => p.tasks = num(val()).max(1) as usize,
-            "--keys" => p.keys = num(val()).max(64) as usize,
-            "--phase-secs" => p.phase = Duration::from_secs(num(val()).max(1)),
-            "--op-timeout-ms" => p.op_timeout = Duration::from_millis(num(val()).max(1)),
-            "--breaker-timeout-ms" => p.breaker_timeout = Duration::from_millis(num(val()).max(1000)),
-            "-h" | "--help" => usage(""),
-            other => usage(&format!("unknown option {other}")),
+    while let Some(flag) = args.next_flag() {
+        match flag.as_str() {
+            "--json" => json = Some(args.value(&flag)),
+            "--tasks" => p.tasks = args.num(&flag).max(1) as usize,
+            "--keys" => p.keys = args.num(&flag).max(64) as usize,
+            "--phase-secs" => p.phase = Duration::from_secs(args.num(&flag).max(1)),
+            "--op-timeout-ms" => p.op_timeout = Duration::from_millis(args.num(&flag).max(1)),
+            "--breaker-timeout-ms" => p.breaker_timeout = Duration::from_millis(args.num(&flag).max(1000)),
+            other => args.fail(&format!("unknown option {other}")),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = rt.block_on(run(p));
-    let text = serde_json::to_string_pretty(&report).unwrap();
-    if let Some(path) = json {
-        std::fs::write(&path, &text).unwrap_or_else(|e| usage(&format!("cannot write {path}: {e}")));
-    }
+    let report = cli::run(run(p));
+    cli::write_json(&args, json.as_deref(), &report);
     println!(
         "chaos: {} tasks, {} keys, op timeout {} ms, breaker timeout {} ms",
         report.tasks, report.keys, report.op_timeout_ms, report.breaker_timeout_ms
@@ -83,14 +70,4 @@ fn main() {
         report.writes_checked,
         report.replayed
     );
-}
-
-fn usage(msg: &str) -> ! {
-    if !msg.is_empty() {
-        eprintln!("error: {msg}");
-    }
-    eprintln!(
-        "usage: chaos [--json PATH] [--tasks N] [--keys N] [--phase-secs S] [--op-timeout-ms N] [--breaker-timeout-ms N]"
-    );
-    std::process::exit(2)
 }

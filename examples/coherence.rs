@@ -11,39 +11,24 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::cli::{self, Args};
 use common::coherence::{run, CoherenceParams};
 
 fn main() {
+    let mut args = Args::new("coherence [--json PATH] [--redis-url URL] [--updates N] [--keys N]");
     let mut p = CoherenceParams::default();
     let mut json = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
-        };
-        let num = |v: String| {
-            v.parse::<u64>()
-                .unwrap_or_else(|_| usage(&format!("not a number: {v}")))
-        };
-        match a.as_str() {
-            "--json" => json = Some(val()),
-            "--redis-url" => p.redis_url = Some(val()),
-            "--updates" => p.updates = num(val()).max(2),
-            "--keys" => p.keys = num(val()).max(1),
-            "-h" | "--help" => usage(""),
-            other => usage(&format!("unknown option {other}")),
+    while let Some(flag) = args.next_flag() {
+        match flag.as_str() {
+            "--json" => json = Some(args.value(&flag)),
+            "--redis-url" => p.redis_url = Some(args.value(&flag)),
+            "--updates" => p.updates = args.num(&flag).max(2),
+            "--keys" => p.keys = args.num(&flag).max(1),
+            other => args.fail(&format!("unknown option {other}")),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = rt.block_on(run(p));
-    let text = serde_json::to_string_pretty(&report).unwrap();
-    if let Some(path) = json {
-        std::fs::write(&path, &text).unwrap_or_else(|e| usage(&format!("cannot write {path}: {e}")));
-    }
+    let report = cli::run(run(p));
+    cli::write_json(&args, json.as_deref(), &report);
     println!(
         "coherence: {} instances, {} updates; propagation p50 {} us, p99 {} us, max {} us; \
          stale reads after propagation {}; L1 cleared on reconnect: {}{}",
@@ -60,12 +45,4 @@ fn main() {
             " (not checked: external server)"
         }
     );
-}
-
-fn usage(msg: &str) -> ! {
-    if !msg.is_empty() {
-        eprintln!("error: {msg}");
-    }
-    eprintln!("usage: coherence [--json PATH] [--redis-url URL] [--updates N] [--keys N]");
-    std::process::exit(2)
 }

@@ -17,6 +17,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use common::cli::{self, Args};
 use common::loadgen::{run, LoadParams};
 
 /// Counts live heap bytes, for the bytes-per-entry figures.
@@ -51,37 +52,33 @@ fn live() -> usize {
 }
 
 fn main() {
+    let mut args =
+        Args::new("loadgen [--json PATH] [--redis-url URL] [--run-ms N] [--repeats N] [--concurrency 1,64]");
     let mut p = LoadParams::default();
     let mut json = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
-        };
-        let num = |v: &str| {
-            v.parse::<u64>()
-                .unwrap_or_else(|_| usage(&format!("not a number: {v}")))
-        };
-        match a.as_str() {
-            "--json" => json = Some(val()),
-            "--redis-url" => p.redis_url = Some(val()),
-            "--run-ms" => p.run = Duration::from_millis(num(&val()).max(10)),
-            "--repeats" => p.repeats = num(&val()).max(1) as usize,
-            "--concurrency" => p.concurrencies = val().split(',').map(|c| num(c).max(1) as usize).collect(),
-            "-h" | "--help" => usage(""),
-            other => usage(&format!("unknown option {other}")),
+    while let Some(flag) = args.next_flag() {
+        match flag.as_str() {
+            "--json" => json = Some(args.value(&flag)),
+            "--redis-url" => p.redis_url = Some(args.value(&flag)),
+            "--run-ms" => p.run = Duration::from_millis(args.num(&flag).max(10)),
+            "--repeats" => p.repeats = args.num(&flag).max(1) as usize,
+            "--concurrency" => {
+                let list = args.value(&flag);
+                p.concurrencies = list
+                    .split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse::<usize>()
+                            .unwrap_or_else(|_| args.fail(&format!("bad concurrency list {list}")))
+                            .max(1)
+                    })
+                    .collect();
+            }
+            other => args.fail(&format!("unknown option {other}")),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = rt.block_on(run(p, Some(live)));
-    if let Some(path) = &json {
-        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap())
-            .unwrap_or_else(|e| usage(&format!("cannot write {path}: {e}")));
-    }
+    let report = cli::run(run(p, Some(live)));
+    cli::write_json(&args, json.as_deref(), &report);
     println!(
         "{:<8} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8}",
         "scenario", "c", "ops/s", "p50 us", "p99 us", "p999 us", "raw ops/s", "raw p50", "ops x", "p50 x"
@@ -114,14 +111,4 @@ fn main() {
         .map(|(k, v)| format!("{k} {v:.1}x"))
         .collect();
     println!("vs the original Python package: {}", vs.join(", "));
-}
-
-fn usage(msg: &str) -> ! {
-    if !msg.is_empty() {
-        eprintln!("error: {msg}");
-    }
-    eprintln!(
-        "usage: loadgen [--json PATH] [--redis-url URL] [--run-ms N] [--repeats N] [--concurrency 1,64]"
-    );
-    std::process::exit(2)
 }

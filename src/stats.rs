@@ -151,11 +151,13 @@ const STRIPES: usize = 8;
 #[repr(align(64))]
 struct Stripe(AtomicU64);
 
-fn stripe_index() -> usize {
+/// A small number per thread, handed out in order of first use: threads that
+/// count get distinct stripes while there are fewer of them than stripes.
+fn thread_index() -> usize {
     use std::sync::atomic::AtomicUsize;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed);
     }
     INDEX.with(|i| *i)
 }
@@ -163,7 +165,7 @@ fn stripe_index() -> usize {
 impl Counter {
     #[inline]
     pub fn incr(&self) {
-        self.0[stripe_index()].0.fetch_add(1, Relaxed);
+        self.0[thread_index() % STRIPES].0.fetch_add(1, Relaxed);
     }
 
     pub fn get(&self) -> u64 {
@@ -181,19 +183,10 @@ pub(crate) struct HotCounter([Stripe; HOT_STRIPES]);
 
 pub(crate) const HOT_STRIPES: usize = 16;
 
-fn hot_stripe_index() -> usize {
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % HOT_STRIPES;
-    }
-    INDEX.with(|i| *i)
-}
-
 impl HotCounter {
     #[inline]
     pub fn incr(&self) {
-        let s = &self.0[hot_stripe_index()].0;
+        let s = &self.0[thread_index() % HOT_STRIPES].0;
         s.store(s.load(Relaxed).wrapping_add(1), Relaxed);
     }
 

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use resilient_cache::{Cache, CacheFactoryConfig, CacheOptions, CacheService};
 use serde::Serialize;
 
-use super::{eventually, RedisServer};
+use super::eventually;
 
 #[derive(Debug, Clone)]
 pub struct CoherenceParams {
@@ -57,15 +57,8 @@ async fn service(config: &CacheFactoryConfig) -> Cache<u64> {
 }
 
 pub async fn run(p: CoherenceParams) -> CoherenceReport {
-    let mut server = match &p.redis_url {
-        Some(_) => None,
-        None => Some(RedisServer::start()),
-    };
-    let url = p
-        .redis_url
-        .clone()
-        .unwrap_or_else(|| server.as_ref().unwrap().url());
-    let mut config = CacheFactoryConfig::from_map([("CACHE_REDIS_URL", url.as_str())]).unwrap();
+    let (mut server, url) = super::server_or_url(p.redis_url.as_deref());
+    let mut config = super::config_for(&url);
     config.redis.socket_timeout = Duration::from_millis(500);
     config.circuit_breaker.timeout = Duration::from_secs(1);
     let a = service(&config).await;

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use resilient_cache::{Cache, CacheFactoryConfig, CacheOptions, CacheService, Serializer};
+use resilient_cache::{Cache, CacheOptions, CacheService, Serializer};
 use serde::{Deserialize, Serialize};
-
-use super::RedisServer;
 
 /// The original Python package on this kind of machine (single thread, small
 /// dict values, local Redis 7.0): ops/s.
@@ -211,15 +209,8 @@ fn zipf(i: u64, n: usize) -> usize {
 pub type AllocCounter = fn() -> usize;
 
 pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
-    let server = match &p.redis_url {
-        Some(_) => None,
-        None => Some(RedisServer::start()),
-    };
-    let url = p
-        .redis_url
-        .clone()
-        .unwrap_or_else(|| server.as_ref().unwrap().url());
-    let mut config = CacheFactoryConfig::from_map([("CACHE_REDIS_URL", url.as_str())]).unwrap();
+    let (_server, url) = super::server_or_url(p.redis_url.as_deref());
+    let mut config = super::config_for(&url);
     config.redis.socket_timeout = Duration::from_secs(2);
     let service = CacheService::new(config).await.unwrap();
     let client = redis::Client::open(url.as_str()).unwrap();
@@ -309,11 +300,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                 move |i| {
                     let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
                     async move {
-                        let b: Option<Vec<u8>> = redis::cmd("GET")
-                            .arg(&rk[i as usize % rk.len()])
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap();
+                        let b = raw_get(&mut conn, &rk[i as usize % rk.len()]).await;
                         assert!(ser.decode::<User>(&b.unwrap()).is_ok());
                     }
                 },
@@ -337,11 +324,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                 move |i| {
                     let (mut conn, rk) = (conn.clone(), rk.clone());
                     async move {
-                        let b: Option<Vec<u8>> = redis::cmd("GET")
-                            .arg(&rk[i as usize % rk.len()])
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap();
+                        let b = raw_get(&mut conn, &rk[i as usize % rk.len()]).await;
                         assert!(b.is_none());
                     }
                 },
@@ -373,15 +356,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                     let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
                     async move {
                         let n = i as usize % rk.len();
-                        let bytes = ser.encode(&user(n as u64)).unwrap();
-                        let _: () = redis::cmd("SET")
-                            .arg(&rk[n])
-                            .arg(bytes)
-                            .arg("PX")
-                            .arg(600_000)
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap();
+                        raw_set(&mut conn, &rk[n], ser.encode(&user(n as u64)).unwrap()).await;
                     }
                 },
             )
@@ -428,21 +403,9 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                     async move {
                         let k = zipf(i, n);
                         if i.is_multiple_of(10) {
-                            let bytes = ser.encode(&user(k as u64)).unwrap();
-                            let _: () = redis::cmd("SET")
-                                .arg(&rk[k])
-                                .arg(bytes)
-                                .arg("PX")
-                                .arg(600_000)
-                                .query_async(&mut conn)
-                                .await
-                                .unwrap();
+                            raw_set(&mut conn, &rk[k], ser.encode(&user(k as u64)).unwrap()).await;
                         } else {
-                            let b: Option<Vec<u8>> = redis::cmd("GET")
-                                .arg(&rk[k])
-                                .query_async(&mut conn)
-                                .await
-                                .unwrap();
+                            let b = raw_get(&mut conn, &rk[k]).await;
                             if let Some(b) = b {
                                 std::hint::black_box(ser.decode::<User>(&b).unwrap());
                             }
@@ -487,6 +450,23 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
         run_ms: p.run.as_millis() as u64,
         repeats: p.repeats,
     }
+}
+
+/// The raw baseline of an L2 read: `GET key`.
+pub async fn raw_get(conn: &mut redis::aio::ConnectionManager, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+/// The raw baseline of a cache `set`: `SET key bytes PX 600000`.
+pub async fn raw_set(conn: &mut redis::aio::ConnectionManager, key: &str, bytes: Vec<u8>) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(bytes)
+        .arg("PX")
+        .arg(600_000)
+        .query_async(conn)
+        .await
+        .unwrap();
 }
 
 /// Redis commands per L2 get, from `INFO commandstats` around 1,000 gets.

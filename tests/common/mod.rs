@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod cli;
 pub mod coherence;
 pub mod loadgen;
 
@@ -215,6 +216,23 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The server given by `--redis-url`, or a fresh one started here; and its URL.
+pub fn server_or_url(url: Option<&str>) -> (Option<RedisServer>, String) {
+    match url {
+        Some(url) => (None, url.to_string()),
+        None => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    }
+}
+
+/// Service config for a server given by URL (the harnesses' `--redis-url`).
+pub fn config_for(url: &str) -> CacheFactoryConfig {
+    CacheFactoryConfig::from_map([("CACHE_REDIS_URL", url)]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `f` until it is true or `timeout` passes; returns whether it became true.
