@@ -2,7 +2,9 @@
 //!
 //! Every successful write, delete and clear of a cache that has both levels
 //! publishes a small message on `rc:inv:{prefix}`: the writer's instance id and
-//! the key (or "all" for a clear), never the value. Every other instance of
+//! the keys (or "all" for a clear), never the values. Announcements that pile
+//! up while one is being sent go out together: one message per namespace, one
+//! pipeline per round trip. Every other instance of
 //! the service evicts that key from its L1; an instance ignores its own
 //! messages. Evicting also moves the key's promotion guard, so a read that
 //! fetched the old value from L2 just before the message arrived does not put
@@ -88,10 +90,19 @@ pub struct BackplaneStats {
 }
 
 #[cfg(feature = "redis")]
+/// Announcements waiting for the publisher task; beyond this, a write
+/// publishes on its own (never dropped).
+#[cfg(feature = "redis")]
+const OUTBOX: usize = 65_536;
+/// Announcements sent in one pipeline.
+#[cfg(feature = "redis")]
+const BATCH: usize = 256;
+
 /// The service's backplane.
 pub(crate) struct Backplane {
     instance_id: u64,
     publisher: RedisConnection,
+    outbox: tokio::sync::mpsc::Sender<(String, Option<String>)>,
     caches: Mutex<HashMap<String, Vec<Weak<dyn Invalidate>>>>,
     sent: Counter,
     received: Counter,
@@ -115,9 +126,17 @@ fn new_instance_id() -> u64 {
 
 #[cfg(feature = "redis")]
 impl Backplane {
+    /// Must run inside a Tokio runtime (it starts the publisher task).
     pub fn new(publisher: RedisConnection) -> Arc<Self> {
+        let (outbox, rx) = tokio::sync::mpsc::channel(OUTBOX);
+        let id = new_instance_id();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(publish_batches(publisher.clone(), rx, id))),
+            Err(_) => tracing::warn!("no Tokio runtime: backplane announcements are not sent"),
+        }
         Arc::new(Self {
-            instance_id: new_instance_id(),
+            instance_id: id,
+            outbox,
             publisher,
             caches: Mutex::default(),
             sent: Counter::default(),
@@ -157,35 +176,52 @@ impl Backplane {
         }
     }
 
-    /// `instance id (8 bytes, big-endian)` + `k` + key, or `c` for a clear.
-    fn encode(&self, key: Option<&str>) -> Vec<u8> {
-        let mut m = Vec::with_capacity(9 + key.map_or(0, str::len));
-        m.extend_from_slice(&self.instance_id.to_be_bytes());
-        match key {
-            Some(k) => {
-                m.push(b'k');
-                m.extend_from_slice(k.as_bytes());
+    /// `instance id (8 bytes, big-endian)`, then one or more entries: `k`,
+    /// the key's length (4 bytes, big-endian) and the key; or `c` for a clear.
+    fn encode<'a>(instance_id: u64, keys: impl IntoIterator<Item = Option<&'a str>>) -> Vec<u8> {
+        let mut m = instance_id.to_be_bytes().to_vec();
+        for key in keys {
+            match key {
+                Some(k) => {
+                    m.push(b'k');
+                    m.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                    m.extend_from_slice(k.as_bytes());
+                }
+                None => m.push(b'c'),
             }
-            None => m.push(b'c'),
         }
         m
     }
 
-    fn decode(payload: &[u8]) -> Option<(u64, Option<String>)> {
-        let (id, rest) = payload.split_at_checked(8)?;
+    /// The sender and its entries (`None` = clear); `None` for a malformed message.
+    fn decode(payload: &[u8]) -> Option<(u64, Vec<Option<String>>)> {
+        let (id, mut rest) = payload.split_at_checked(8)?;
         let id = u64::from_be_bytes(id.try_into().ok()?);
-        match rest.split_first()? {
-            (b'k', key) => Some((id, Some(String::from_utf8(key.to_vec()).ok()?))),
-            (b'c', []) => Some((id, None)),
-            _ => None,
+        let mut entries = Vec::new();
+        while let Some((tag, tail)) = rest.split_first() {
+            match tag {
+                b'c' => {
+                    entries.push(None);
+                    rest = tail;
+                }
+                b'k' => {
+                    let (len, tail) = tail.split_at_checked(4)?;
+                    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+                    let (key, tail) = tail.split_at_checked(len)?;
+                    entries.push(Some(String::from_utf8(key.to_vec()).ok()?));
+                    rest = tail;
+                }
+                _ => return None,
+            }
         }
+        (!entries.is_empty()).then_some((id, entries))
     }
 
     async fn apply(&self, channel: &[u8], payload: &[u8]) {
         let Some(prefix) = channel.strip_prefix(CHANNEL_PREFIX.as_bytes()) else {
             return;
         };
-        let (Ok(prefix), Some((id, key))) = (std::str::from_utf8(prefix), Self::decode(payload)) else {
+        let (Ok(prefix), Some((id, entries))) = (std::str::from_utf8(prefix), Self::decode(payload)) else {
             return;
         };
         if id == self.instance_id {
@@ -199,7 +235,13 @@ impl Backplane {
             self.applied.incr();
         }
         for cache in targets {
-            cache.invalidate(key.clone()).await;
+            if entries.contains(&None) {
+                cache.invalidate(None).await;
+                continue;
+            }
+            for key in &entries {
+                cache.clone().invalidate(key.clone()).await;
+            }
         }
     }
 
@@ -223,15 +265,25 @@ impl Backplane {
 #[cfg(feature = "redis")]
 impl InvalidationBus for Backplane {
     fn publish(&self, prefix: &str, key: Option<&str>) {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(format!("{CHANNEL_PREFIX}{prefix}")).arg(self.encode(key));
-        let conn = self.publisher.clone();
-        // Fire and forget: the write already succeeded; the caller does not wait.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            self.sent.incr();
-            rt.spawn(async move {
-                let _ = conn.query::<redis::Value>(&cmd).await;
-            });
+        self.sent.incr();
+        // The write already succeeded; the caller does not wait. The publisher
+        // task sends what accumulates, grouped per namespace, in one round trip.
+        let item = (prefix.to_string(), key.map(str::to_string));
+        if let Err(
+            tokio::sync::mpsc::error::TrySendError::Full(item)
+            | tokio::sync::mpsc::error::TrySendError::Closed(item),
+        ) = self.outbox.try_send(item)
+        {
+            // Never dropped: sent on its own.
+            let conn = self.publisher.clone();
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(format!("{CHANNEL_PREFIX}{}", item.0))
+                .arg(Self::encode(self.instance_id, [item.1.as_deref()]));
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = conn.query::<redis::Value>(&cmd).await;
+                });
+            }
         }
     }
 
@@ -248,6 +300,34 @@ impl InvalidationBus for Backplane {
             overflow_clears: self.overflow_clears.get(),
             last_message_age_s: (last != 0).then(|| now_ms().saturating_sub(last) as f64 / 1000.0),
         }
+    }
+}
+
+/// Sends queued announcements, as many as are waiting (up to a batch) per
+/// round trip: one message per namespace, carrying all its keys.
+#[cfg(feature = "redis")]
+async fn publish_batches(
+    conn: RedisConnection,
+    mut rx: tokio::sync::mpsc::Receiver<(String, Option<String>)>,
+    instance_id: u64,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut by_prefix: HashMap<String, Vec<Option<String>>> = HashMap::new();
+        for (prefix, key) in batch.drain(..) {
+            by_prefix.entry(prefix).or_default().push(key);
+        }
+        let mut pipe = redis::pipe();
+        for (prefix, keys) in &by_prefix {
+            let payload = Backplane::encode(instance_id, keys.iter().map(Option::as_deref));
+            pipe.cmd("PUBLISH")
+                .arg(format!("{CHANNEL_PREFIX}{prefix}"))
+                .arg(payload)
+                .ignore();
+        }
+        // Lost announcements only leave other instances' L1 stale until their
+        // TTL or their subscriber's next reconnect clear; nothing to retry here.
+        let _ = conn.query_pipeline(&pipe).await;
     }
 }
 
@@ -359,16 +439,19 @@ mod tests {
     #[test]
     fn messages_are_compact_and_round_trip() {
         let id = 0x0123_4567_89ab_cdefu64;
-        let mut m = id.to_be_bytes().to_vec();
-        m.push(b'k');
-        m.extend_from_slice("user:42".as_bytes());
-        assert_eq!(Backplane::decode(&m), Some((id, Some("user:42".into()))));
-        let mut c = id.to_be_bytes().to_vec();
-        c.push(b'c');
-        assert_eq!(Backplane::decode(&c), Some((id, None)));
+        let m = Backplane::encode(id, [Some("user:42"), None, Some("")]);
+        assert_eq!(m.len(), 8 + (1 + 4 + 7) + 1 + (1 + 4));
+        assert_eq!(
+            Backplane::decode(&m),
+            Some((id, vec![Some("user:42".into()), None, Some(String::new())]))
+        );
         assert_eq!(Backplane::decode(b"short"), None);
-        assert_eq!(Backplane::decode(&[0; 9]), None);
-        c.push(b'x');
-        assert_eq!(Backplane::decode(&c), None);
+        assert_eq!(Backplane::decode(&id.to_be_bytes()), None, "no entry");
+        let mut bad = Backplane::encode(id, [Some("abc")]);
+        bad.pop();
+        assert_eq!(Backplane::decode(&bad), None, "truncated key");
+        let mut bad = Backplane::encode(id, [None]);
+        bad.push(b'x');
+        assert_eq!(Backplane::decode(&bad), None, "unknown tag");
     }
 }

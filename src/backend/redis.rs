@@ -198,6 +198,15 @@ impl RedisConnection {
         }
     }
 
+    /// Sends several commands in one round trip, bounded by the operation timeout.
+    pub(crate) async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<()> {
+        let mut conn = self.manager.clone();
+        match tokio::time::timeout(self.op_timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(r) => r.map_err(map_err),
+            Err(_) => Err(Error::connection(Kind::Timeout, "pipeline timed out")),
+        }
+    }
+
     /// `PING`: round-trip time, bounded by the operation timeout.
     pub async fn ping(&self) -> Result<Duration> {
         let t = std::time::Instant::now();
