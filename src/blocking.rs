@@ -116,6 +116,16 @@ impl<V: CacheValue> Cache<V> {
         self.rt.block_on(self.inner.try_set_with_ttl(key, value, ttl))
     }
 
+    /// See [`crate::TwoLevelCache::get_or_load`]; `loader` runs on the calling thread.
+    pub fn get_or_load<E: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        loader: impl FnOnce() -> std::result::Result<V, E>,
+    ) -> std::result::Result<Arc<V>, Arc<E>> {
+        self.rt
+            .block_on(self.inner.get_or_load(key, || std::future::ready(loader())))
+    }
+
     /// See [`crate::TwoLevelCache::set_if_not_exist`].
     pub fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
         self.rt.block_on(self.inner.set_if_not_exist(key, value, ttl))

@@ -96,6 +96,7 @@ mod clock;
 pub mod config;
 pub mod error;
 pub mod factory;
+mod load;
 mod recovery;
 pub mod serializer;
 pub mod service;

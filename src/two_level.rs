@@ -49,6 +49,7 @@ impl<V, A, B> Clone for TwoLevelCache<V, A, B> {
 }
 
 struct Inner<V, A, B> {
+    flights: crate::load::Flights,
     prefix: String,
     l1: Option<A>,
     l2: Option<B>,
@@ -264,6 +265,7 @@ where
     pub fn new(l1: Option<A>, l2: Option<B>, settings: TwoLevelSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
+                flights: Default::default(),
                 prefix: settings.key_prefix,
                 l1,
                 l2,
@@ -280,6 +282,10 @@ where
                 _value: PhantomData,
             }),
         }
+    }
+
+    pub(crate) fn flights(&self) -> &crate::load::Flights {
+        &self.inner.flights
     }
 
     /// The namespace.
@@ -458,9 +464,13 @@ where
 
     /// [`try_set`](Self::try_set) with a per-call TTL.
     pub async fn try_set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<(), Error> {
+        self.store(key, Arc::new(value), ttl).await
+    }
+
+    /// Write-through of a shared value (what `try_set_with_ttl` does).
+    pub(crate) async fn store(&self, key: &str, value: Arc<V>, ttl: Option<Duration>) -> Result<(), Error> {
         self.check_key(key)?;
         let _write = self.inner.guard.write(key);
-        let value = Arc::new(value);
         if self.inner.l2.is_some() {
             let encoded = self.inner.serializer.encode(&*value).and_then(|bytes| {
                 if bytes.len() > self.inner.max_value_bytes {
