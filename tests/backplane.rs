@@ -165,7 +165,9 @@ impl CacheSerializer for GatedJson {
     fn decode(&self, bytes: &[u8]) -> Result<serde_json::Value, Error> {
         if self.armed.load(SeqCst) {
             self.entered.store(true, SeqCst);
-            while !self.released.load(SeqCst) {
+            // Bounded, so that a failing test cannot park a runtime thread forever.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !self.released.load(SeqCst) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -198,26 +200,44 @@ async fn a_read_racing_an_invalidation_does_not_promote_the_old_value() {
         );
     }
     ca.set("k", "old".into()).await;
+    // Whatever happens below, never leave a runtime thread parked at the gate.
+    struct Release(Arc<GatedJson>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.armed.store(false, SeqCst);
+            self.0.released.store(true, SeqCst);
+        }
+    }
+    let _release = Release(gate.clone());
+    let received_before = cb.get_stats().await.backplane.unwrap().messages_received;
 
     gate.armed.store(true, SeqCst);
+    // The held read runs on a thread of its own: parked on a runtime worker, it
+    // could also hold up tasks queued behind it there (the subscriber's).
     let reader = {
         let cb = cb.clone();
-        tokio::spawn(async move { cb.get("k").await })
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move { cb.get("k").await })
+        })
     };
     assert!(
         eventually(Duration::from_secs(5), async || gate.entered.load(SeqCst)).await,
         "B fetched 'old' from L2"
     );
     ca.set("k", "new".into()).await; // the invalidation races B's promotion
-    let received = eventually(Duration::from_secs(5), async || {
-        cb.get_stats().await.backplane.unwrap().messages_received >= 1
+    let received = eventually(Duration::from_secs(10), async || {
+        cb.get_stats().await.backplane.unwrap().messages_received > received_before
     })
     .await;
     assert!(received, "B got the invalidation while its read was in flight");
     gate.armed.store(false, SeqCst);
     gate.released.store(true, SeqCst);
     assert_eq!(
-        reader.await.unwrap().as_deref().map(String::as_str),
+        reader.join().unwrap().as_deref().map(String::as_str),
         Some("old"),
         "that read began before the update"
     );
