@@ -261,11 +261,7 @@ async fn tls_with_a_trusted_ca_works_and_an_untrusted_one_is_refused() {
         "--tls-auth-clients",
         "no",
     ]);
-    let wait = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        assert!(wait.elapsed() < Duration::from_secs(5), "TLS port not listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_for_port(tls_port);
     let url = format!("rediss://127.0.0.1:{tls_port}/0");
 
     let trusted = CacheFactoryConfig::from_map([

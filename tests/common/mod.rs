@@ -86,15 +86,7 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_port(self.port);
     }
 
     pub fn url(&self) -> String {
@@ -216,6 +208,18 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (a server starting up);
+/// panics with a clear message after about 10 s of nothing.
+pub fn wait_for_port(port: u16) {
+    for _ in 0..1000 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}: the server did not start");
 }
 
 /// The server given by `--redis-url`, or a fresh one started here; and its URL.
