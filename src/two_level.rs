@@ -680,19 +680,24 @@ where
                     return false;
                 }
                 Ok(bytes) if !self.inner.queue.is_active() || self.inner.queue.admits_direct(key) => {
-                    if let Some((l2, permit)) = self.l2() {
-                        let r = l2.set_if_not_exist(key, bytes.clone(), ttl).await;
-                        if let Outcome::Done(stored) = self.settle(permit, "set_if_not_exist", r) {
-                            if stored {
-                                self.announce(Some(key));
-                                if let Some(l1) = &self.inner.l1 {
-                                    let _ = l1.set(key, value, ttl).await;
+                    match self.l2() {
+                        Some((l2, permit)) => {
+                            // The bytes move into the command, as in `set`: encoded
+                            // again only if L2 fails and the write must be queued.
+                            let r = l2.set_if_not_exist(key, bytes, ttl).await;
+                            if let Outcome::Done(stored) = self.settle(permit, "set_if_not_exist", r) {
+                                if stored {
+                                    self.announce(Some(key));
+                                    if let Some(l1) = &self.inner.l1 {
+                                        let _ = l1.set(key, value, ttl).await;
+                                    }
                                 }
+                                return stored;
                             }
-                            return stored;
+                            encoded = self.inner.serializer.encode(&*value).ok();
                         }
+                        None => encoded = Some(bytes),
                     }
-                    encoded = Some(bytes);
                 }
                 Ok(bytes) => encoded = Some(bytes),
             }

@@ -230,9 +230,13 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
     redis.restart();
     let back = Instant::now();
     phase_idx.store(3, Relaxed);
-    while cache.breaker_state() != CircuitState::Closed && back.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Wait for the breaker to close (a bounded wait, not a check on speed).
+    let closed = async {
+        while cache.breaker_state() != CircuitState::Closed {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), closed).await;
     let recovery_ms = back.elapsed().as_millis() as u64;
     tokio::time::sleep(p.phase).await; // recovered
     stop.store(true, Relaxed);
