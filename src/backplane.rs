@@ -327,7 +327,7 @@ async fn publish_batches(
         }
         // Lost announcements only leave other instances' L1 stale until their
         // TTL or their subscriber's next reconnect clear; nothing to retry here.
-        let _ = conn.query_pipeline(&pipe).await;
+        let _ = conn.query_pipeline::<()>(&pipe).await;
     }
 }
 

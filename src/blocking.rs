@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::breaker::CircuitState;
 use crate::config::{CacheFactoryConfig, CacheOptions};
 use crate::error::{Error, Result};
+use crate::load::{LoadError, LoadOptions, LoaderStats};
 use crate::stats::{CacheStats, ServiceStats};
 use crate::two_level::{CacheValue, ClearReport};
 
@@ -116,14 +117,41 @@ impl<V: CacheValue> Cache<V> {
         self.rt.block_on(self.inner.try_set_with_ttl(key, value, ttl))
     }
 
-    /// See [`crate::TwoLevelCache::get_or_load`]; `loader` runs on the calling thread.
-    pub fn get_or_load<E: Send + Sync + 'static>(
+    /// See [`crate::TwoLevelCache::get_or_load`]; `loader` runs on a thread
+    /// of the service's blocking pool (it may outlive this call, see the
+    /// timeouts of [`LoadOptions`]).
+    pub fn get_or_load<E, F>(&self, key: &str, loader: F) -> std::result::Result<Arc<V>, LoadError<E>>
+    where
+        E: Send + Sync + 'static,
+        F: FnOnce() -> std::result::Result<V, E> + Send + 'static,
+    {
+        let opts = self.inner.load_defaults().clone();
+        self.get_or_load_with(key, &opts, loader)
+    }
+
+    /// See [`crate::TwoLevelCache::get_or_load_with`].
+    pub fn get_or_load_with<E, F>(
         &self,
         key: &str,
-        loader: impl FnOnce() -> std::result::Result<V, E>,
-    ) -> std::result::Result<Arc<V>, Arc<E>> {
+        opts: &LoadOptions,
+        loader: F,
+    ) -> std::result::Result<Arc<V>, LoadError<E>>
+    where
+        E: Send + Sync + 'static,
+        F: FnOnce() -> std::result::Result<V, E> + Send + 'static,
+    {
         self.rt
-            .block_on(self.inner.get_or_load(key, || std::future::ready(loader())))
+            .block_on(self.inner.get_or_load_with(key, opts, || async move {
+                match tokio::task::spawn_blocking(loader).await {
+                    Ok(r) => r,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
+            }))
+    }
+
+    /// See [`crate::TwoLevelCache::loader_stats`].
+    pub fn loader_stats(&self) -> LoaderStats {
+        self.inner.loader_stats()
     }
 
     /// See [`crate::TwoLevelCache::set_if_not_exist`].

@@ -598,6 +598,8 @@ pub struct CacheOptions {
     pub(crate) replay_capacity: usize,
     pub(crate) max_value_bytes: Option<usize>,
     pub(crate) backplane: Option<bool>,
+    pub(crate) fail_safe_max_duration: Option<Duration>,
+    pub(crate) load: crate::load::LoadOptions,
 }
 
 #[derive(Clone)]
@@ -627,6 +629,8 @@ impl fmt::Debug for CacheOptions {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_timeout", &self.breaker_timeout)
             .field("replay_capacity", &self.replay_capacity)
+            .field("fail_safe_max_duration", &self.fail_safe_max_duration)
+            .field("load", &self.load)
             .finish()
     }
 }
@@ -650,6 +654,8 @@ impl CacheOptions {
             replay_capacity: crate::recovery::DEFAULT_REPLAY_CAPACITY,
             max_value_bytes: None,
             backplane: None,
+            fail_safe_max_duration: None,
+            load: crate::load::LoadOptions::default(),
         }
     }
 
@@ -747,6 +753,23 @@ impl CacheOptions {
         self
     }
 
+    /// Turns on fail-safe: entries stay in both levels for `duration` past
+    /// their TTL. `get` does not return them then, but
+    /// [`get_or_load`](crate::TwoLevelCache::get_or_load) does when the
+    /// loader fails or times out (see the README, "Loading"). All instances
+    /// sharing a namespace should use the same value: it is kept in the
+    /// entries' expiry, not in their bytes.
+    pub fn fail_safe_max_duration(mut self, duration: Duration) -> Self {
+        self.fail_safe_max_duration = Some(duration);
+        self
+    }
+
+    /// Default [`LoadOptions`](crate::LoadOptions) of this cache's `get_or_load`.
+    pub fn load(mut self, options: crate::load::LoadOptions) -> Self {
+        self.load = options;
+        self
+    }
+
     /// Resolves the options against the service defaults into the L1 and L2
     /// configurations of one cache, checking every value.
     pub(crate) fn resolve(&self, defaults: &CacheFactoryConfig) -> Result<ResolvedOptions> {
@@ -778,7 +801,8 @@ impl CacheOptions {
             Some(L1Config {
                 backend,
                 maxsize: self.l1_maxsize,
-                ttl: self.l1_ttl,
+                // Fail-safe entries outlive their TTL by the fail-safe duration.
+                ttl: self.l1_ttl + self.fail_safe_max_duration.unwrap_or_default(),
             })
         } else {
             None
@@ -822,6 +846,16 @@ impl CacheOptions {
                 "allowed: at least one level must be enabled",
             ));
         }
+        if let Some(d) = self.fail_safe_max_duration {
+            check_duration("fail_safe_max_duration", d, 0.001)?;
+        }
+        if let Err(message) = self.load.validate() {
+            let (key, rest) = message.split_once('=').unwrap_or(("load", &message));
+            let (value, allowed) = rest
+                .split_once(" is not allowed: ")
+                .unwrap_or((rest, "valid load options"));
+            return Err(config_err(&format!("load.{key}"), value, allowed));
+        }
         if self.replay_capacity == 0 {
             return Err(config_err("replay_queue_capacity", "0", "an integer >= 1"));
         }
@@ -841,6 +875,9 @@ impl CacheOptions {
             breaker,
             breaker_shared,
             replay_capacity: self.replay_capacity,
+            l1_ttl: self.l1_ttl,
+            fail_safe_max_duration: self.fail_safe_max_duration,
+            load: self.load.clone(),
         })
     }
 }
@@ -879,6 +916,9 @@ pub(crate) struct ResolvedOptions {
     pub max_value_bytes: usize,
     pub max_key_bytes: usize,
     pub backplane: bool,
+    pub l1_ttl: Duration,
+    pub fail_safe_max_duration: Option<Duration>,
+    pub load: crate::load::LoadOptions,
 }
 
 #[cfg(test)]

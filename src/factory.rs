@@ -100,6 +100,25 @@ macro_rules! impl_forwarding_backend {
             fn describe(&self) -> $stats {
                 forward!(self, b => b.describe(), [$($variant : $feature),*])
             }
+            async fn get_with_ttl(&self, key: &str) -> Result<Option<($value, Option<Duration>)>> {
+                forward!(self, b => b.get_with_ttl(key).await, [$($variant : $feature),*])
+            }
+            async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
+                forward!(self, b => b.lease(key, token, ttl, exclusive).await, [$($variant : $feature),*])
+            }
+            async fn store_if_leased(
+                &self,
+                key: &str,
+                token: u64,
+                value: $value,
+                ttl: Option<Duration>,
+                only_if_absent: bool,
+            ) -> Result<Option<bool>> {
+                forward!(self, b => b.store_if_leased(key, token, value, ttl, only_if_absent).await, [$($variant : $feature),*])
+            }
+            async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
+                forward!(self, b => b.release_lease(key, token).await, [$($variant : $feature),*])
+            }
         }
     };
 }
@@ -187,6 +206,9 @@ impl CacheFactory {
             max_key_bytes: resolved.max_key_bytes,
             max_value_bytes: resolved.max_value_bytes,
             bus: None,
+            l1_ttl: resolved.l1_ttl,
+            fail_safe_max_duration: resolved.fail_safe_max_duration,
+            load: resolved.load,
         };
         #[cfg(feature = "redis")]
         let backplane = resolved.backplane.then(|| self.backplane());

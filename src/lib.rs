@@ -96,7 +96,7 @@ mod clock;
 pub mod config;
 pub mod error;
 pub mod factory;
-mod load;
+pub mod load;
 mod recovery;
 pub mod serializer;
 pub mod service;
@@ -110,6 +110,7 @@ pub use config::{
 };
 pub use error::{ConfigError, Error, Result};
 pub use factory::{Cache, CacheFactory};
+pub use load::{LoadError, LoadOptions, LoaderStats};
 pub use serializer::{get_serializer, list_serializers, register_serializer, CacheSerializer, Serializer};
 pub use service::CacheService;
 pub use stats::{CacheStats, ServiceStats};

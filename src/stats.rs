@@ -126,6 +126,8 @@ pub struct CacheStats<L1 = L1Stats, L2 = L2Stats> {
     pub recovery: RecoveryStats,
     /// Cross-instance invalidation (service-wide figures), when this cache uses it.
     pub backplane: Option<crate::backplane::BackplaneStats>,
+    /// `get_or_load` figures.
+    pub loader: crate::load::LoaderStats,
 }
 
 /// Service-wide stats: one entry per cache, by namespace.

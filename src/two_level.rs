@@ -50,6 +50,9 @@ impl<V, A, B> Clone for TwoLevelCache<V, A, B> {
 
 struct Inner<V, A, B> {
     flights: crate::load::Flights,
+    load: crate::load::LoadOptions,
+    fail_safe: Option<Duration>,
+    l1_ttl: Duration,
     prefix: String,
     l1: Option<A>,
     l2: Option<B>,
@@ -123,7 +126,7 @@ const STRIPES: usize = 256;
 const WRITE_STARTED: u64 = 1 << 32;
 
 #[derive(Clone, Copy)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     word: u64,
     epoch: u64,
 }
@@ -176,6 +179,26 @@ impl PromotionGuard {
     fn bump_epoch(&self) {
         self.epoch.fetch_add(1, Relaxed);
     }
+}
+
+/// Which level answered a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    L1,
+    L2,
+}
+
+/// What a lookup found.
+pub(crate) enum Found<V> {
+    /// A live entry, with its logical TTL left when asked for and known.
+    Fresh {
+        value: Arc<V>,
+        remaining: Option<Duration>,
+        level: Level,
+    },
+    /// Past its TTL, kept for fail-safe.
+    Stale(Arc<V>),
+    Miss,
 }
 
 /// How an L2 call went, once the breaker has been told.
@@ -247,6 +270,12 @@ pub struct TwoLevelSettings {
     /// Where to announce successful L2 writes so other instances evict their
     /// L1 copies (the backplane); `None` for no cross-instance invalidation.
     pub bus: Option<Arc<dyn InvalidationBus>>,
+    /// L1's TTL (the L1 backend must keep entries for this plus the fail-safe duration).
+    pub l1_ttl: Duration,
+    /// How long entries stay past their TTL as fail-safe fallbacks; `None`: no fail-safe.
+    pub fail_safe_max_duration: Option<Duration>,
+    /// Defaults of [`get_or_load`](TwoLevelCache::get_or_load).
+    pub load: crate::load::LoadOptions,
 }
 
 impl std::fmt::Debug for dyn InvalidationBus {
@@ -266,6 +295,9 @@ where
         Self {
             inner: Arc::new(Inner {
                 flights: Default::default(),
+                load: settings.load,
+                fail_safe: settings.fail_safe_max_duration.filter(|d| !d.is_zero()),
+                l1_ttl: settings.l1_ttl,
                 prefix: settings.key_prefix,
                 l1,
                 l2,
@@ -286,6 +318,42 @@ where
 
     pub(crate) fn flights(&self) -> &crate::load::Flights {
         &self.inner.flights
+    }
+
+    /// This cache's default [`LoadOptions`](crate::LoadOptions).
+    pub fn load_defaults(&self) -> &crate::load::LoadOptions {
+        &self.inner.load
+    }
+
+    /// The TTLs to hand to L1 and L2 for a write with `ttl`: as given, or,
+    /// for a fail-safe cache, the logical TTL plus the fail-safe duration
+    /// (entries then stay that much longer, readable as stale).
+    fn physical_ttls(&self, ttl: Option<Duration>) -> (Option<Duration>, Option<Duration>) {
+        match self.inner.fail_safe {
+            None => (ttl, ttl),
+            Some(extra) => (
+                Some(ttl.unwrap_or(self.inner.l1_ttl).min(self.inner.l1_ttl) + extra),
+                Some(ttl.unwrap_or(self.inner.l2_ttl) + extra),
+            ),
+        }
+    }
+
+    /// The logical TTL left of an entry with `physical` left: `Err` when only
+    /// its fail-safe time remains (stale).
+    fn logical(&self, physical: Option<Duration>) -> Result<Option<Duration>, ()> {
+        match (self.inner.fail_safe, physical) {
+            (Some(extra), Some(p)) if p <= extra => Err(()),
+            (Some(extra), Some(p)) => Ok(Some(p - extra)),
+            (_, p) => Ok(p),
+        }
+    }
+
+    /// The full logical TTL of an entry written with `ttl` into `level`.
+    pub(crate) fn full_ttl(&self, ttl: Option<Duration>, level: Level) -> Duration {
+        match level {
+            Level::L1 => ttl.unwrap_or(self.inner.l1_ttl).min(self.inner.l1_ttl),
+            Level::L2 => ttl.unwrap_or(self.inner.l2_ttl),
+        }
     }
 
     /// The namespace.
@@ -384,30 +452,116 @@ where
     /// L2 failures and undecodable bytes all read as `None`. An L1 hit hands
     /// out the stored `Arc`, never a copy.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        self.check_key(key).ok()?;
+        match self.lookup(key, false).await {
+            Found::Fresh { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// What the cache holds for `key`: fresh, stale (fail-safe caches only),
+    /// or nothing. With `want_ttl`, a fresh entry comes with its logical TTL left.
+    pub(crate) async fn lookup(&self, key: &str, want_ttl: bool) -> Found<V> {
+        if self.check_key(key).is_err() {
+            return Found::Miss;
+        }
+        let want_ttl = want_ttl || self.inner.fail_safe.is_some();
+        let mut stale = None;
         if let Some(l1) = &self.inner.l1 {
-            if let Ok(Some(v)) = l1.get(key).await {
-                return Some(v);
+            if !want_ttl {
+                if let Ok(Some(value)) = l1.get(key).await {
+                    return Found::Fresh {
+                        value,
+                        remaining: None,
+                        level: Level::L1,
+                    };
+                }
+            } else if let Ok(Some((value, ttl))) = l1.get_with_ttl(key).await {
+                match self.logical(ttl) {
+                    Ok(remaining) => {
+                        return Found::Fresh {
+                            value,
+                            remaining,
+                            level: Level::L1,
+                        }
+                    }
+                    Err(()) => stale = Some(value),
+                }
             }
         }
-        self.inner.l2.as_ref()?;
+        let l2_found = self.lookup_l2(key, want_ttl).await;
+        match (l2_found, stale) {
+            (Found::Miss, Some(v)) => Found::Stale(v),
+            (found, _) => found,
+        }
+    }
+
+    async fn lookup_l2(&self, key: &str, want_ttl: bool) -> Found<V> {
+        let fresh = |value, remaining| Found::Fresh {
+            value,
+            remaining,
+            level: Level::L2,
+        };
+        if self.inner.l2.is_none() {
+            return Found::Miss;
+        }
         if self.inner.queue.is_active() {
             self.maybe_kick_replay();
             match self.inner.queue.lookup(key) {
-                Lookup::Absent => return None,
-                Lookup::Value(bytes) => return self.decode(key, &bytes, None).await,
+                Lookup::Absent => return Found::Miss,
+                Lookup::Value(bytes) => {
+                    return match self.decode(key, &bytes, None).await {
+                        Some(v) => fresh(v, None),
+                        None => Found::Miss,
+                    }
+                }
                 Lookup::NotPending => {}
             }
         }
         let before = self.inner.guard.snapshot(key);
-        let (l2, permit) = self.l2()?;
-        let r = l2.get(key).await;
-        let bytes = self.settle(permit, "get", r).ok().flatten()?;
-        self.decode(key, &bytes, Some(before)).await
+        let Some((l2, permit)) = self.l2() else {
+            return Found::Miss;
+        };
+        let (bytes, physical) = if want_ttl {
+            let r = l2.get_with_ttl(key).await;
+            match self.settle(permit, "get", r).ok().flatten() {
+                Some((bytes, ttl)) => (bytes, ttl),
+                None => return Found::Miss,
+            }
+        } else {
+            let r = l2.get(key).await;
+            match self.settle(permit, "get", r).ok().flatten() {
+                Some(bytes) => (bytes, None),
+                None => return Found::Miss,
+            }
+        };
+        match self.logical(physical) {
+            Ok(remaining) => {
+                // A fail-safe entry promoted into L1 keeps L2's deadline, not a fresh one.
+                let l1_ttl = self.physical_ttls(None).0;
+                let promote_ttl = match (self.inner.fail_safe, physical) {
+                    (Some(_), Some(p)) => l1_ttl.map(|t| t.min(p)),
+                    _ => None,
+                };
+                match self.decode(key, &bytes, Some((before, promote_ttl))).await {
+                    Some(v) => fresh(v, remaining),
+                    None => Found::Miss,
+                }
+            }
+            Err(()) => match self.decode(key, &bytes, None).await {
+                Some(v) => Found::Stale(v),
+                None => Found::Miss,
+            },
+        }
     }
 
-    /// Decodes L2 bytes; promotes into L1 when `promote` says no write raced the read.
-    async fn decode(&self, key: &str, bytes: &[u8], promote: Option<Snapshot>) -> Option<Arc<V>> {
+    /// Decodes L2 bytes; promotes into L1 (with the given TTL) when `promote`
+    /// says no write raced the read.
+    async fn decode(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        promote: Option<(Snapshot, Option<Duration>)>,
+    ) -> Option<Arc<V>> {
         let decoded = if bytes.len() > self.inner.max_value_bytes {
             Err(Error::Serialization(format!(
                 "{} bytes stored, more than the maximum of {} (CACHE_MAX_VALUE_BYTES)",
@@ -420,9 +574,9 @@ where
         match decoded {
             Ok(v) => {
                 let v = Arc::new(v);
-                if let (Some(l1), Some(before)) = (&self.inner.l1, promote) {
+                if let (Some(l1), Some((before, ttl))) = (&self.inner.l1, promote) {
                     if self.inner.guard.may_promote(key, before) {
-                        let _ = l1.set(key, v.clone(), None).await;
+                        let _ = l1.set(key, v.clone(), ttl).await;
                     }
                 }
                 Some(v)
@@ -471,22 +625,11 @@ where
     pub(crate) async fn store(&self, key: &str, value: Arc<V>, ttl: Option<Duration>) -> Result<(), Error> {
         self.check_key(key)?;
         let _write = self.inner.guard.write(key);
+        let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
         if self.inner.l2.is_some() {
-            let encoded = self.inner.serializer.encode(&*value).and_then(|bytes| {
-                if bytes.len() > self.inner.max_value_bytes {
-                    self.inner.errors.oversize.incr();
-                    Err(Error::InvalidInput(format!(
-                        "value of {} bytes encoded is larger than the maximum of {} bytes (CACHE_MAX_VALUE_BYTES)",
-                        bytes.len(),
-                        self.inner.max_value_bytes
-                    )))
-                } else {
-                    Ok(bytes)
-                }
-            });
-            match encoded {
+            match self.encode_bounded(&value) {
                 Ok(bytes) => {
-                    let op = PendingOp::set(bytes, ttl.unwrap_or(self.inner.l2_ttl), false);
+                    let op = PendingOp::set(bytes, l2_ttl.unwrap_or(self.inner.l2_ttl), false);
                     self.write_l2(key, op, Some(&*value)).await;
                 }
                 Err(e) => {
@@ -503,9 +646,109 @@ where
             }
         }
         if let Some(l1) = &self.inner.l1 {
-            let _ = l1.set(key, value, ttl).await;
+            let _ = l1.set(key, value, l1_ttl).await;
         }
         Ok(())
+    }
+
+    /// `value` encoded, refused (and counted) above the size bound.
+    fn encode_bounded(&self, value: &V) -> Result<Vec<u8>, Error> {
+        let bytes = self.inner.serializer.encode(value)?;
+        if bytes.len() > self.inner.max_value_bytes {
+            self.inner.errors.oversize.incr();
+            return Err(Error::InvalidInput(format!(
+                "value of {} bytes encoded is larger than the maximum of {} bytes (CACHE_MAX_VALUE_BYTES)",
+                bytes.len(),
+                self.inner.max_value_bytes
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Stores a loaded value only if nothing wrote or deleted `key` since
+    /// `before` was taken (before the loader started): on this instance (the
+    /// promotion guard, which backplane invalidations move too) and in L2
+    /// (the load lease `lease` held, which every L2 write ends). Returns
+    /// whether the value was stored.
+    pub(crate) async fn store_loaded(
+        &self,
+        key: &str,
+        value: &Arc<V>,
+        ttl: Option<Duration>,
+        before: Snapshot,
+        lease: Option<u64>,
+        only_if_absent: bool,
+    ) -> bool {
+        if self.check_key(key).is_err() {
+            return false;
+        }
+        let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
+        if let (Some(l2), Some(token)) = (&self.inner.l2, lease) {
+            let bytes = match self.encode_bounded(value) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    if e.is_serialization() {
+                        self.data_error("encode", &e);
+                    }
+                    return false;
+                }
+            };
+            let l2_ttl = l2_ttl.unwrap_or(self.inner.l2_ttl);
+            let stored = match self.inner.breaker.try_acquire() {
+                Some(permit) => {
+                    let r = l2
+                        .store_if_leased(key, token, bytes, Some(l2_ttl), only_if_absent)
+                        .await;
+                    self.settle(permit, "write", r).ok()
+                }
+                None => None,
+            };
+            match stored {
+                Some(Some(true)) => self.announce(Some(key)),
+                Some(Some(false)) => return false,
+                // No leases in this backend: an ordinary write.
+                Some(None) => {
+                    if let Ok(bytes) = self.inner.serializer.encode(&**value) {
+                        let op = PendingOp::set(bytes, l2_ttl, false);
+                        self.write_l2(key, op, Some(&**value)).await;
+                    }
+                }
+                // L2 failed: the value stays in L1 only.
+                None => {}
+            }
+        }
+        let Some(l1) = &self.inner.l1 else {
+            return true;
+        };
+        if !self.inner.guard.may_promote(key, before) {
+            return false;
+        }
+        let _ = l1.set(key, value.clone(), l1_ttl).await;
+        // A write that started while we stored wins: undo ours (a miss is never wrong).
+        if !self.inner.guard.may_promote(key, before) {
+            let _ = l1.delete(key).await;
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn snapshot(&self, key: &str) -> Snapshot {
+        self.inner.guard.snapshot(key)
+    }
+
+    /// Runs one L2 call under the breaker; `None` when there is no L2, or it
+    /// is skipped or unavailable.
+    pub(crate) async fn with_l2<'a, T, Fut>(
+        &'a self,
+        op: &'static str,
+        call: impl FnOnce(&'a B) -> Fut,
+    ) -> Option<T>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let (l2, permit) = self.l2()?;
+        let r = call(l2).await;
+        self.settle(permit, op, r).ok()
     }
 
     /// Applies one write to L2 now, or queues it when L2 is unavailable or an
@@ -671,6 +914,7 @@ where
         }
         let _write = self.inner.guard.write(key);
         let value = Arc::new(value);
+        let (l1_ttl, ttl) = self.physical_ttls(ttl);
         let mut encoded = None;
         if self.inner.l2.is_some() {
             match self.inner.serializer.encode(&*value) {
@@ -689,7 +933,7 @@ where
                                 if stored {
                                     self.announce(Some(key));
                                     if let Some(l1) = &self.inner.l1 {
-                                        let _ = l1.set(key, value, ttl).await;
+                                        let _ = l1.set(key, value, l1_ttl).await;
                                     }
                                 }
                                 return stored;
@@ -703,7 +947,7 @@ where
             }
         }
         let stored = match &self.inner.l1 {
-            Some(l1) => l1.set_if_not_exist(key, value, ttl).await.unwrap_or(false),
+            Some(l1) => l1.set_if_not_exist(key, value, l1_ttl).await.unwrap_or(false),
             None => false,
         };
         if let (true, Some(bytes)) = (stored, encoded) {
@@ -814,7 +1058,9 @@ where
         self.check_key(key).ok()?;
         if let Some(l1) = &self.inner.l1 {
             if let Ok(Some(t)) = l1.get_ttl(key).await {
-                return Some(t);
+                if let Ok(t) = self.logical(Some(t)) {
+                    return t;
+                }
             }
         }
         if self.pending(key).is_some() {
@@ -822,7 +1068,9 @@ where
         }
         let (l2, permit) = self.l2()?;
         let r = l2.get_ttl(key).await;
-        self.settle(permit, "get_ttl", r).ok().flatten()
+        self.logical(self.settle(permit, "get_ttl", r).ok().flatten())
+            .ok()
+            .flatten()
     }
 
     /// Keys (without the namespace) in L1 or L2 that start with `prefix`
@@ -890,6 +1138,7 @@ where
                 replayed: q.replayed.get(),
             },
             backplane: self.inner.bus.as_ref().map(|b| b.stats()),
+            loader: self.inner.flights.stats(),
         }
     }
 
@@ -1012,6 +1261,9 @@ mod tests {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             bus: None,
+            l1_ttl: Duration::from_secs(60),
+            fail_safe_max_duration: None,
+            load: Default::default(),
         };
         TwoLevelCache::new(Some(l1(60)), l2, settings)
     }

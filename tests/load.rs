@@ -1,13 +1,16 @@
-//! get_or_load: one loader per key, errors shared, no wedged keys. Counts, not times.
+//! get_or_load: one loader per key, errors shared, no wedged keys, fail-safe,
+//! timeouts, eager refresh, the distributed lock and the stale-write fence.
+//! Counts and states, never times.
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::RedisServer;
-use resilient_cache::{blocking, CacheOptions, CacheService};
+use common::{eventually, RedisServer};
+use resilient_cache::{blocking, CacheOptions, CacheService, LoadError, LoadOptions};
+use tokio::sync::Notify;
 
 fn opts(prefix: &str) -> CacheOptions {
     CacheOptions::new(prefix)
@@ -28,7 +31,7 @@ async fn a_thousand_concurrent_callers_share_one_loader_run() {
         .map(|_| {
             let (c, calls) = (c.clone(), calls.clone());
             tokio::spawn(async move {
-                c.get_or_load("hot", || async {
+                c.get_or_load("hot", move || async move {
                     calls.fetch_add(1, SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Ok::<_, DbDown>("loaded".to_string())
@@ -63,7 +66,7 @@ async fn a_loader_error_reaches_every_waiter_and_nothing_is_stored() {
         .map(|_| {
             let (c, calls) = (c.clone(), calls.clone());
             tokio::spawn(async move {
-                c.get_or_load("k", || async {
+                c.get_or_load("k", move || async move {
                     calls.fetch_add(1, SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Err::<String, _>(DbDown("connection refused"))
@@ -78,11 +81,16 @@ async fn a_loader_error_reaches_every_waiter_and_nothing_is_stored() {
     }
     assert_eq!(calls.load(SeqCst), 1);
     assert!(
-        errors.iter().all(|e| **e == DbDown("connection refused")),
+        errors
+            .iter()
+            .all(|e| e.loader_error() == Some(&DbDown("connection refused"))),
         "typed error for all"
     );
     assert!(
-        errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
+        errors.iter().all(|e| match (e, &errors[0]) {
+            (LoadError::Loader(a), LoadError::Loader(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }),
         "the same error, shared"
     );
     assert_eq!(redis.get_raw("err:k"), None);
@@ -114,7 +122,7 @@ async fn a_panicking_or_cancelled_loader_does_not_wedge_the_key() {
         .map(|_| {
             let (c, calls) = (c.clone(), calls.clone());
             tokio::spawn(async move {
-                c.get_or_load("p", || async {
+                c.get_or_load("p", move || async move {
                     calls.fetch_add(1, SeqCst);
                     Ok::<_, DbDown>("recovered".to_string())
                 })
@@ -122,7 +130,10 @@ async fn a_panicking_or_cancelled_loader_does_not_wedge_the_key() {
             })
         })
         .collect();
-    assert!(leader.await.unwrap_err().is_panic());
+    assert!(
+        matches!(leader.await.unwrap(), Err(LoadError::Panicked)),
+        "the caller whose loader panicked gets a typed error"
+    );
     for w in waiters {
         assert_eq!(w.await.unwrap().unwrap().as_str(), "recovered");
     }
@@ -150,10 +161,11 @@ async fn get_or_load_without_redis_still_loads_once_per_miss() {
     redis.kill();
     let service = CacheService::new(redis.config()).await.unwrap();
     let c = service.create_cache::<String>(opts("down")).unwrap();
-    let calls = AtomicUsize::new(0);
+    let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..3 {
+        let calls = calls.clone();
         let v = c
-            .get_or_load("k", || async {
+            .get_or_load("k", move || async move {
                 calls.fetch_add(1, SeqCst);
                 Ok::<_, DbDown>("v".to_string())
             })
@@ -175,7 +187,382 @@ fn blocking_get_or_load() {
         7
     );
     assert_eq!(
-        *c.get_or_load("e", || Err::<u32, _>(DbDown("db"))).unwrap_err(),
-        DbDown("db")
+        c.get_or_load("e", || Err::<u32, _>(DbDown("db")))
+            .unwrap_err()
+            .loader_error(),
+        Some(&DbDown("db"))
+    );
+}
+
+/// A loader that counts its runs and answers `value` after `delay`.
+fn counted(
+    calls: &Arc<AtomicUsize>,
+    value: &str,
+    delay: Duration,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, DbDown>> + Send>>
+       + Send
+       + 'static {
+    let (calls, value) = (calls.clone(), value.to_string());
+    move || {
+        Box::pin(async move {
+            calls.fetch_add(1, SeqCst);
+            tokio::time::sleep(delay).await;
+            Ok(value)
+        })
+    }
+}
+
+fn failing(
+    calls: &Arc<AtomicUsize>,
+) -> impl FnOnce() -> std::future::Ready<Result<String, DbDown>> + Send + 'static {
+    let calls = calls.clone();
+    move || {
+        calls.fetch_add(1, SeqCst);
+        std::future::ready(Err(DbDown("database down")))
+    }
+}
+
+/// A fail-safe cache whose entries are logically fresh for 1 s and kept 60 s more.
+fn fail_safe_opts(prefix: &str) -> CacheOptions {
+    CacheOptions::new(prefix)
+        .l2_ttl(Duration::from_secs(1))
+        .l1_ttl(Duration::from_secs(1))
+        .serializer("json")
+        .fail_safe_max_duration(Duration::from_secs(60))
+}
+
+async fn until_stale(c: &resilient_cache::Cache<String>, key: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), async || c.get(key).await.is_none()).await,
+        "the entry's TTL passed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_serves_the_stale_value_and_throttles_the_loader() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service.create_cache::<String>(fail_safe_opts("fs")).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let v1 = c.get_or_load("k", counted(&calls, "v1", Duration::ZERO)).await;
+    assert_eq!(v1.unwrap().as_str(), "v1");
+    // Stored format: the plain JSON bytes; the fail-safe time lives in the TTL.
+    assert_eq!(redis.get_raw("fs:k"), Some(b"\"v1\"".to_vec()));
+    let pttl: i64 = redis.cmd(&["PTTL", "fs:k"]);
+    assert!(
+        pttl > 30_000,
+        "physical TTL = 1 s + 60 s fail-safe, got {pttl} ms"
+    );
+    let ttl = c.get_ttl("k").await.expect("a TTL");
+    assert!(
+        ttl <= Duration::from_secs(1),
+        "get_ttl reports the logical TTL, got {ttl:?}"
+    );
+
+    until_stale(&c, "k").await;
+    assert!(c.is_on_cache("k").await, "physically kept for fail-safe");
+    let failures = Arc::new(AtomicUsize::new(0));
+    let opts = LoadOptions::new().fail_safe_throttle(Duration::from_millis(300));
+    let r = c.get_or_load_with("k", &opts, failing(&failures)).await;
+    assert_eq!(r.unwrap().as_str(), "v1", "stale value instead of the error");
+    let r = c.get_or_load_with("k", &opts, failing(&failures)).await;
+    assert_eq!(r.unwrap().as_str(), "v1");
+    assert_eq!(
+        failures.load(SeqCst),
+        1,
+        "throttled: the loader is not called again at once"
+    );
+    let stats = c.loader_stats();
+    assert_eq!(stats.stale_served, 2);
+    assert_eq!(stats.loader_errors, 1);
+
+    // After the throttle, the loader runs again and its value replaces the stale one.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let r = c
+                .get_or_load_with("k", &opts, counted(&calls, "v2", Duration::ZERO))
+                .await;
+            r.is_ok_and(|v| v.as_str() == "v2")
+        })
+        .await
+    );
+    assert_eq!(c.get("k").await.as_deref().map(String::as_str), Some("v2"));
+
+    // With no stale value, the error reaches the caller.
+    let r = c.get_or_load_with("absent", &opts, failing(&failures)).await;
+    assert_eq!(r.unwrap_err().loader_error(), Some(&DbDown("database down")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_survives_an_l2_outage_from_l1() {
+    let mut redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service
+        .create_cache::<String>(fail_safe_opts("fsl1").circuit_breaker_threshold(1))
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.get_or_load("k", counted(&calls, "v1", Duration::ZERO))
+        .await
+        .unwrap();
+    redis.kill();
+    until_stale(&c, "k").await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let r = c.get_or_load("k", failing(&failures)).await;
+    assert_eq!(
+        r.unwrap().as_str(),
+        "v1",
+        "the stale L1 copy serves while both Redis and the database are down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_returns_stale_at_once_and_the_load_completes_in_the_background() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service.create_cache::<String>(fail_safe_opts("soft")).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.get_or_load("k", counted(&calls, "v1", Duration::ZERO))
+        .await
+        .unwrap();
+    until_stale(&c, "k").await;
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Notify::new());
+    let loader = {
+        let (finished, gate) = (finished.clone(), gate.clone());
+        move || async move {
+            gate.notified().await;
+            finished.store(true, SeqCst);
+            Ok::<_, DbDown>("v2".to_string())
+        }
+    };
+    let opts = LoadOptions::new()
+        .soft_timeout(Duration::from_millis(20))
+        .hard_timeout(Duration::from_secs(30));
+    let r = c.get_or_load_with("k", &opts, loader).await;
+    assert_eq!(r.unwrap().as_str(), "v1", "stale after the soft timeout");
+    assert!(
+        !finished.load(SeqCst),
+        "returned while the loader was still running"
+    );
+    assert_eq!(c.loader_stats().timeouts, 1);
+    gate.notify_one();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            c.get("k").await.as_deref().map(String::as_str) == Some("v2")
+        })
+        .await,
+        "the background load refreshed the cache"
+    );
+    assert_eq!(redis.get_raw("soft:k"), Some(b"\"v2\"".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_timeout_without_a_stale_value_is_an_error() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service.create_cache::<String>(opts("hard")).unwrap();
+    let gate = Arc::new(Notify::new());
+    let loader = {
+        let gate = gate.clone();
+        move || async move {
+            gate.notified().await;
+            Ok::<_, DbDown>("late".to_string())
+        }
+    };
+    let opts = LoadOptions::new().hard_timeout(Duration::from_millis(50));
+    let r = c.get_or_load_with("k", &opts, loader).await;
+    assert!(matches!(r, Err(LoadError::Timeout(_))), "got {r:?}");
+    // The load was not abandoned: released, it stores its value.
+    gate.notify_one();
+    assert!(
+        eventually(Duration::from_secs(5), async || c.get("k").await.is_some()).await,
+        "the load finished in the background"
+    );
+    // Invalid per-call options are an error naming the option.
+    let bad = LoadOptions::new().eager_refresh(1.5);
+    let r = c
+        .get_or_load_with("k2", &bad, || async { Ok::<_, DbDown>(String::new()) })
+        .await;
+    match r {
+        Err(LoadError::InvalidOptions(m)) => assert!(m.contains("eager_refresh=1.5"), "{m}"),
+        other => panic!("expected InvalidOptions, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_keeps_a_hot_key_from_expiring() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service
+        .create_cache::<String>(
+            CacheOptions::new("eager")
+                .l2_ttl(Duration::from_secs(1))
+                .l1_ttl(Duration::from_secs(1))
+                .load(LoadOptions::new().eager_refresh(0.5)),
+        )
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut seen = std::collections::BTreeSet::new();
+    // Read for three TTLs; each refresh answers a new value.
+    let stop = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < stop {
+        let n = calls.load(SeqCst);
+        let v = c
+            .get_or_load("hot", counted(&calls, &format!("v{n}"), Duration::ZERO))
+            .await
+            .unwrap();
+        seen.insert(v.to_string());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = c.loader_stats();
+    assert!(
+        stats.eager_refreshes >= 2,
+        "refreshed in the background: {stats:?}"
+    );
+    assert!(seen.len() >= 3, "new values arrived: {seen:?}");
+    assert_eq!(
+        stats.waits, 1,
+        "only the cold first read waited for the loader: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_distributed_lock_gives_one_loader_run_across_instances() {
+    let redis = RedisServer::start();
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let b = CacheService::new(redis.config()).await.unwrap();
+    let o = opts("dl").load(LoadOptions::new().distributed_lock(true));
+    let caches = [
+        a.create_cache::<String>(o.clone()).unwrap(),
+        b.create_cache::<String>(o).unwrap(),
+    ];
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in &caches {
+        for _ in 0..100 {
+            let (c, calls) = (c.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_load("k", counted(&calls, "once", Duration::from_millis(200)))
+                    .await
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().as_str(), "once");
+    }
+    assert_eq!(calls.load(SeqCst), 1, "one loader run for two instances");
+    let waits = caches[0].loader_stats().lock_waits + caches[1].loader_stats().lock_waits;
+    assert_eq!(waits, 1, "the other instance waited on the lease");
+    assert!(
+        redis.keys().iter().all(|k| !k.starts_with("rc:lease")),
+        "lease released: {:?}",
+        redis.keys()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lock_owner_costs_one_bounded_wait() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let o = opts("dead").load(
+        LoadOptions::new()
+            .distributed_lock(true)
+            .lock_wait(Duration::from_millis(200)),
+    );
+    let c = service.create_cache::<String>(o).unwrap();
+    // An owner that took the lease and died: it would hold it for a minute.
+    let _: () = redis.cmd(&["SET", "rc:lease:{dead:k}", "12345", "PX", "60000"]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let r = c.get_or_load("k", counted(&calls, "mine", Duration::ZERO)).await;
+    assert_eq!(r.unwrap().as_str(), "mine");
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(c.loader_stats().lock_waits, 1);
+    assert_eq!(
+        redis.get_raw("dead:k"),
+        Some(b"\"mine\"".to_vec()),
+        "stored after taking the lease over"
+    );
+}
+
+/// Starts a load of `key` whose loader waits for `gate`; returns once the loader runs.
+async fn gated_load(
+    c: &resilient_cache::Cache<String>,
+    key: &'static str,
+    value: &'static str,
+    gate: &Arc<Notify>,
+) -> tokio::task::JoinHandle<Result<Arc<String>, LoadError<DbDown>>> {
+    let started = Arc::new(Notify::new());
+    let task = {
+        let (c, gate, started) = (c.clone(), gate.clone(), started.clone());
+        tokio::spawn(async move {
+            c.get_or_load(key, move || async move {
+                started.notify_one();
+                gate.notified().await;
+                Ok::<_, DbDown>(value.to_string())
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_loaded_before_a_delete_or_set_is_not_stored_after_it() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service.create_cache::<String>(opts("fence")).unwrap();
+
+    // delete while loading: the caller gets its value, the cache keeps nothing.
+    let gate = Arc::new(Notify::new());
+    let load = gated_load(&c, "d", "loaded-before-delete", &gate).await;
+    assert!(!c.delete("d").await);
+    gate.notify_one();
+    assert_eq!(load.await.unwrap().unwrap().as_str(), "loaded-before-delete");
+    assert_eq!(c.get("d").await, None, "not in L1 or L2");
+    assert_eq!(redis.get_raw("fence:d"), None);
+
+    // set while loading: the set wins in both levels.
+    let load = gated_load(&c, "s", "loaded-before-set", &gate).await;
+    c.set("s", "written".to_string()).await;
+    gate.notify_one();
+    load.await.unwrap().unwrap();
+    assert_eq!(c.get("s").await.as_deref().map(String::as_str), Some("written"));
+    assert_eq!(redis.get_raw("fence:s"), Some(b"\"written\"".to_vec()));
+    assert_eq!(c.loader_stats().stale_writes_prevented, 2);
+
+    // A load with no interference is stored.
+    let load = gated_load(&c, "n", "stored", &gate).await;
+    gate.notify_one();
+    load.await.unwrap().unwrap();
+    assert_eq!(redis.get_raw("fence:n"), Some(b"\"stored\"".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_another_instance_fences_the_load_too() {
+    let redis = RedisServer::start();
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let b = CacheService::new(redis.config()).await.unwrap();
+    let ca = a.create_cache::<String>(opts("xfence")).unwrap();
+    let cb = b.create_cache::<String>(opts("xfence")).unwrap();
+    let gate = Arc::new(Notify::new());
+    let load = gated_load(&ca, "k", "old", &gate).await;
+    cb.delete("k").await;
+    gate.notify_one();
+    assert_eq!(load.await.unwrap().unwrap().as_str(), "old");
+    assert_eq!(redis.get_raw("xfence:k"), None, "L2 kept the delete");
+    assert_eq!(ca.get("k").await, None, "and so did the loading instance's L1");
+
+    let load = gated_load(&ca, "k", "old", &gate).await;
+    cb.set("k", "new".to_string()).await;
+    gate.notify_one();
+    load.await.unwrap().unwrap();
+    assert_eq!(redis.get_raw("xfence:k"), Some(b"\"new\"".to_vec()));
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            ca.get("k").await.as_deref().map(String::as_str) == Some("new")
+        })
+        .await
     );
 }

@@ -68,10 +68,15 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
     /// Synchronous get (what the async method does).
     #[inline]
     pub fn get_sync(&self, key: &str) -> Option<T> {
+        self.get_sync_entry(key).map(|e| e.value)
+    }
+
+    #[inline]
+    fn get_sync_entry(&self, key: &str) -> Option<Entry<T>> {
         match self.live(key) {
             Some(e) => {
                 self.hits.incr();
-                Some(e.value)
+                Some(e)
             }
             None => {
                 self.misses.incr();
@@ -150,6 +155,14 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
         Ok(self
             .live(key)
             .map(|e| Duration::from_millis(e.expires_at_ms.saturating_sub(now_ms()))))
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
+        let now = now_ms();
+        Ok(self.get_sync_entry(key).map(|e| {
+            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
+            (e.value, Some(ttl))
+        }))
     }
 
     async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
@@ -265,6 +278,10 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
 
     async fn get_ttl(&self, _key: &str) -> Result<Option<Duration>> {
         Ok(None)
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
+        Ok(self.get_sync(key).map(|v| (v, None)))
     }
 
     async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {

@@ -71,4 +71,60 @@ pub trait CacheBackend: Send + Sync + 'static {
 
     /// Statistics known without any I/O (used while L2 is skipped).
     fn describe(&self) -> Self::Stats;
+
+    /// The value under `key` with its remaining TTL, in one call where the
+    /// backend can (fail-safe caches and eager refresh need both). The default
+    /// asks [`get`](Self::get), then [`get_ttl`](Self::get_ttl).
+    fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Self::Value, Option<Duration>)>>> + Send {
+        async move {
+            match self.get(key).await? {
+                Some(v) => Ok(Some((v, self.get_ttl(key).await?))),
+                None => Ok(None),
+            }
+        }
+    }
+
+    /// Takes the load lease of `key` for `token` (see the README, "Loading"):
+    /// with `exclusive`, only if no one holds it. `Ok(None)` means the backend
+    /// has no leases (the default), so loads are coordinated in-process only.
+    ///
+    /// A backend with leases ends the lease of a key on every
+    /// [`set`](Self::set), [`delete`](Self::delete) and [`clear`](Self::clear),
+    /// so that [`store_if_leased`](Self::store_if_leased) cannot write a value
+    /// loaded before them.
+    fn lease(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+        exclusive: bool,
+    ) -> impl Future<Output = Result<Option<bool>>> + Send {
+        let _ = (key, token, ttl, exclusive);
+        async { Ok(None) }
+    }
+
+    /// Stores `value`, atomically, only if `token` still holds the lease of
+    /// `key` (and, with `only_if_absent`, only if `key` is absent), ending the
+    /// lease. `Ok(Some(false))`: someone wrote or deleted `key` meanwhile.
+    /// `Ok(None)`: no leases here (the default).
+    fn store_if_leased(
+        &self,
+        key: &str,
+        token: u64,
+        value: Self::Value,
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> impl Future<Output = Result<Option<bool>>> + Send {
+        let _ = (key, token, value, ttl, only_if_absent);
+        async { Ok(None) }
+    }
+
+    /// Ends the lease of `key` if `token` holds it (a failed load).
+    fn release_lease(&self, key: &str, token: u64) -> impl Future<Output = Result<()>> + Send {
+        let _ = (key, token);
+        async { Ok(()) }
+    }
 }

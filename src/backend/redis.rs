@@ -199,11 +199,23 @@ impl RedisConnection {
     }
 
     /// Sends several commands in one round trip, bounded by the operation timeout.
-    pub(crate) async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<()> {
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
         let mut conn = self.manager.clone();
-        match tokio::time::timeout(self.op_timeout, pipe.query_async::<()>(&mut conn)).await {
+        match tokio::time::timeout(self.op_timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(r) => r.map_err(map_err),
             Err(_) => Err(Error::connection(Kind::Timeout, "pipeline timed out")),
+        }
+    }
+
+    /// Runs a Lua script (`EVALSHA`, loading it once if needed), bounded by the operation timeout.
+    pub(crate) async fn query_script<T: FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.manager.clone();
+        match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<T>(&mut conn)).await {
+            Ok(r) => r.map_err(map_err),
+            Err(_) => Err(Error::connection(Kind::Timeout, "script timed out")),
         }
     }
 
@@ -330,6 +342,13 @@ impl RedisBackend {
         &self.conn
     }
 
+    /// The key of `key`'s load lease. It is outside the namespace (so `list_keys`
+    /// never sees it) and hash-tagged with the data key, so that both live in
+    /// one cluster slot when the key has no braces of its own.
+    fn lease_key(&self, key: &str) -> String {
+        format!("rc:lease:{{{}{}}}", self.namespace, key)
+    }
+
     fn px(&self, ttl: Option<Duration>) -> u64 {
         ttl.unwrap_or(self.ttl).as_millis().clamp(1, i64::MAX as u128) as u64
     }
@@ -357,9 +376,17 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
-        let mut c = redis::cmd("SET");
-        c.arg(self.redis_key(key)).arg(value).arg("PX").arg(self.px(ttl));
-        self.conn.query::<()>(&c).await
+        // Ending the lease first (one round trip) fences out a load in flight:
+        // its conditional store can no longer land over this value.
+        let mut p = redis::pipe();
+        p.cmd("DEL").arg(self.lease_key(key)).ignore();
+        p.cmd("SET")
+            .arg(self.redis_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(self.px(ttl))
+            .ignore();
+        self.conn.query_pipeline::<()>(&p).await
     }
 
     async fn set_if_not_exist(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<bool> {
@@ -373,14 +400,22 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .query::<u64>(redis::cmd("UNLINK").arg(self.redis_key(key)))
-            .await?
-            > 0)
+        let mut p = redis::pipe();
+        p.cmd("DEL").arg(self.lease_key(key)).ignore();
+        p.cmd("UNLINK").arg(self.redis_key(key));
+        let (removed,): (u64,) = self.conn.query_pipeline(&p).await?;
+        Ok(removed > 0)
     }
 
     async fn clear(&self) -> Result<u64> {
+        let leases = format!("rc:lease:{{{}*", escape_glob(&self.namespace));
+        self.conn
+            .scan(&leases, |batch| {
+                let mut c = redis::cmd("UNLINK");
+                c.arg(batch);
+                Some(c)
+            })
+            .await?;
         let mut removed = 0u64;
         self.conn
             .scan(&self.pattern(None), |batch| {
@@ -437,6 +472,64 @@ impl CacheBackend for RedisBackend {
         } else {
             Err(Error::connection(Kind::Io, "stats unavailable"))
         }
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>> {
+        let k = self.redis_key(key);
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
+        let (value, ms): (Option<Vec<u8>>, i64) = self.conn.query_pipeline(&p).await?;
+        Ok(value.map(|v| (v, (ms >= 0).then(|| Duration::from_millis(ms as u64)))))
+    }
+
+    async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
+        let mut c = redis::cmd("SET");
+        c.arg(self.lease_key(key))
+            .arg(token)
+            .arg("PX")
+            .arg(self.px(Some(ttl)));
+        if exclusive {
+            c.arg("NX");
+        }
+        Ok(Some(self.conn.query::<Option<String>>(&c).await?.is_some()))
+    }
+
+    async fn store_if_leased(
+        &self,
+        key: &str,
+        token: u64,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> Result<Option<bool>> {
+        static STORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1",
+            )
+        });
+        let mut inv = STORE.prepare_invoke();
+        inv.key(self.redis_key(key))
+            .key(self.lease_key(key))
+            .arg(token)
+            .arg(value)
+            .arg(self.px(ttl))
+            .arg(if only_if_absent { "1" } else { "0" });
+        Ok(Some(self.conn.query_script::<u8>(inv).await? == 1))
+    }
+
+    async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
+        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
+            )
+        });
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(self.lease_key(key)).arg(token);
+        self.conn.query_script::<()>(inv).await
     }
 
     fn describe(&self) -> L2Stats {

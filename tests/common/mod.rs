@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod cli;
 pub mod coherence;
 pub mod loadgen;
+pub mod stampede;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
