@@ -21,4 +21,4 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 echo "using $(redis-server --version)"
 
-cargo test --all-features "$@"
+cargo test --workspace --all-features "$@"

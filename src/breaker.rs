@@ -56,6 +56,7 @@ const HALF_OPEN: u8 = 2;
 /// A lock-free circuit breaker.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    name: String,
     enabled: bool,
     threshold: u32,
     timeout_ms: u64,
@@ -110,6 +111,7 @@ impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(config: CircuitBreakerConfig) -> Self {
         Self {
+            name: "l2".to_string(),
             enabled: config.enabled,
             threshold: config.threshold.max(1),
             timeout_ms: config.timeout.as_millis().max(1) as u64,
@@ -123,6 +125,18 @@ impl CircuitBreaker {
             state_since_ms: AtomicU64::new(now_ms()),
             time_in_ms: Default::default(),
         }
+    }
+
+    /// Names the breaker in its logs and metrics (the service's shared
+    /// breaker is named after the endpoint, a cache's own after its namespace).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The name given by [`with_name`](Self::with_name) (`"l2"` by default).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The current state (a disabled breaker is always closed). An OPEN
@@ -263,18 +277,34 @@ impl CircuitBreaker {
         let now = now_ms();
         let since = self.state_since_ms.swap(now, AcqRel);
         self.time_in_ms[from as usize].fetch_add(now.saturating_sub(since), Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            let state = match to {
+                CircuitState::Closed => 0.0,
+                CircuitState::HalfOpen => 1.0,
+                CircuitState::Open => 2.0,
+            };
+            metrics::gauge!("resilient_cache_circuit_breaker_state", "breaker" => self.name.clone())
+                .set(state);
+            metrics::counter!("resilient_cache_circuit_breaker_transitions_total", "breaker" => self.name.clone())
+                .increment(1);
+        }
+        let breaker = self.name.as_str();
         match to {
             CircuitState::Open => tracing::warn!(
+                breaker,
                 from = from.as_str(),
                 to = "open",
                 "circuit breaker opened: L2 skipped"
             ),
             CircuitState::Closed => tracing::info!(
+                breaker,
                 from = from.as_str(),
                 to = "closed",
                 "circuit breaker closed: L2 back"
             ),
             CircuitState::HalfOpen => tracing::info!(
+                breaker,
                 from = from.as_str(),
                 to = "half_open",
                 "circuit breaker half-open: probing L2"

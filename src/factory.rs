@@ -116,6 +116,9 @@ macro_rules! impl_forwarding_backend {
             ) -> Result<Option<bool>> {
                 forward!(self, b => b.store_if_leased(key, token, value, ttl, only_if_absent).await, [$($variant : $feature),*])
             }
+            async fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64> {
+                forward!(self, b => b.clear_with_progress(progress).await, [$($variant : $feature),*])
+            }
             async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
                 forward!(self, b => b.release_lease(key, token).await, [$($variant : $feature),*])
             }
@@ -156,7 +159,7 @@ impl CacheFactory {
         Ok(Self {
             #[cfg(feature = "redis")]
             connection: RedisConnection::new(&config.redis)?,
-            breaker: Arc::new(CircuitBreaker::new(config.circuit_breaker)),
+            breaker: Arc::new(CircuitBreaker::new(config.circuit_breaker).with_name(config.redis.endpoint())),
             #[cfg(feature = "redis")]
             backplane: std::sync::OnceLock::new(),
             config,
@@ -195,7 +198,7 @@ impl CacheFactory {
         let breaker = if resolved.breaker_shared {
             self.breaker.clone()
         } else {
-            Arc::new(CircuitBreaker::new(resolved.breaker))
+            Arc::new(CircuitBreaker::new(resolved.breaker).with_name(resolved.prefix.clone()))
         };
         let settings = TwoLevelSettings {
             key_prefix: resolved.prefix,

@@ -69,13 +69,27 @@
 //! is back, before L2 values are promoted again, so nothing deleted during an
 //! outage comes back. See the README, "Failure modes".
 //!
+//! ## Loading
+//!
+//! [`get_or_load`](TwoLevelCache::get_or_load) replaces "get; if missing,
+//! load and set": one loader run per key per process (in its own task), and,
+//! opt-in, one across instances (a lease in L2). With fail-safe on, entries
+//! outlive their TTL as fallbacks for a failing loader; soft and hard
+//! timeouts bound the wait; eager refresh reloads hot keys before they
+//! expire. A value loaded while the key was written or deleted (here or on
+//! another instance) is returned but never stored over that write: every L2
+//! write ends the key's lease, and the loaded value is stored only while the
+//! lease holds. See [`load`].
+//!
 //! ## Modules
 //!
 //! [`config`] (keys and options), [`error`], [`serializer`] (named formats),
 //! [`backplane`] (cross-instance L1 invalidation),
 //! [`breaker`], [`backend`] (the [`CacheBackend`] trait; [`backend::memory`]
 //! and [`backend::redis`]), [`two_level`] (the composition), [`factory`],
-//! [`service`], [`stats`], and [`blocking`] (the same API without async).
+//! [`load`] (`get_or_load` and its options), [`service`], [`stats`],
+//! [`blocking`] (the same API without async), and, behind features, `axum`
+//! (handlers and a response-caching layer) and `metrics`.
 //!
 //! ## Cargo features
 //!
@@ -84,10 +98,14 @@
 //! | `l1` | yes | the `ttl` (quick_cache) and `lru` (moka) L1 backends |
 //! | `redis` | yes | the `redis` and `valkey` L2 backends (the `redis` crate) |
 //! | `tls` | no | `rediss://` for L2 (rustls, ring provider) |
+//! | `axum` | no | stats/health handlers and `ResponseCacheLayer` for axum |
+//! | `metrics` | no | metrics through the `metrics` facade |
 //! | `full` | no | everything above |
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod backend;
 pub mod backplane;
 pub mod blocking;
@@ -97,6 +115,8 @@ pub mod config;
 pub mod error;
 pub mod factory;
 pub mod load;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod recovery;
 pub mod serializer;
 pub mod service;
@@ -112,6 +132,6 @@ pub use error::{ConfigError, Error, Result};
 pub use factory::{Cache, CacheFactory};
 pub use load::{LoadError, LoadOptions, LoaderStats};
 pub use serializer::{get_serializer, list_serializers, register_serializer, CacheSerializer, Serializer};
-pub use service::CacheService;
+pub use service::{CacheService, Health};
 pub use stats::{CacheStats, ServiceStats};
 pub use two_level::{ClearReport, L2ClearStatus, TwoLevelCache, TwoLevelSettings};

@@ -90,6 +90,43 @@ impl CacheService {
         }
     }
 
+    /// Whether L2 is usable: `PING` under the shared breaker (so a health
+    /// check counts as traffic: it can open the breaker, and it is the probe
+    /// that closes it again after an outage), plus the state of every live
+    /// cache's breaker. Degraded means "serving from L1 only", not down.
+    pub async fn health(&self) -> Health {
+        let breaker = self.factory.circuit_breaker();
+        let ping = match breaker.try_acquire() {
+            Some(permit) => {
+                let r = self.ping().await;
+                match (&r, permit) {
+                    (Ok(_), p) => p.success(),
+                    (Err(e), p) if e.is_connection() => p.failure(),
+                    (Err(_), p) => p.success(),
+                }
+                r.ok()
+            }
+            None => None,
+        };
+        let stats = self.get_stats().await;
+        let open_breakers: Vec<String> = stats
+            .caches
+            .iter()
+            .filter(|(_, c)| c.l2.is_some() && c.circuit_breaker.state == crate::CircuitState::Open)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let healthy = ping.is_some() && open_breakers.is_empty();
+        Health {
+            status: if healthy { "healthy" } else { "degraded" },
+            reason: (!healthy).then_some("L2 unavailable"),
+            l2_endpoint: stats.l2_endpoint,
+            l2_ping_ms: ping.map(|d| d.as_secs_f64() * 1000.0),
+            circuit_breaker: breaker.state(),
+            open_breakers,
+            caches: stats.caches.len(),
+        }
+    }
+
     /// Stats of every live cache, by namespace.
     pub async fn get_stats(&self) -> ServiceStats {
         let sources: Vec<(String, Arc<dyn StatsSource>)> = {
@@ -108,5 +145,33 @@ impl CacheService {
             serializer: self.factory.config().serializer.clone(),
             caches: out,
         }
+    }
+}
+
+/// The answer of [`CacheService::health`] (serializable; the axum
+/// integration returns it with 200 or 503).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// `"healthy"` or `"degraded"` (L1 serving alone).
+    pub status: &'static str,
+    /// Why degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// `host:port/db`, without credentials.
+    pub l2_endpoint: String,
+    /// Round trip of the `PING`, when it answered.
+    pub l2_ping_ms: Option<f64>,
+    /// The service's shared breaker.
+    pub circuit_breaker: crate::CircuitState,
+    /// Namespaces whose breaker is open.
+    pub open_breakers: Vec<String>,
+    /// Live caches.
+    pub caches: usize,
+}
+
+impl Health {
+    /// `status == "healthy"`.
+    pub fn is_healthy(&self) -> bool {
+        self.status == "healthy"
     }
 }

@@ -128,6 +128,10 @@ pub struct CacheStats<L1 = L1Stats, L2 = L2Stats> {
     pub backplane: Option<crate::backplane::BackplaneStats>,
     /// `get_or_load` figures.
     pub loader: crate::load::LoaderStats,
+    /// L2 reads that found a value (L1 misses answered by L2).
+    pub l2_hits: u64,
+    /// L2 reads that found nothing.
+    pub l2_misses: u64,
 }
 
 /// Service-wide stats: one entry per cache, by namespace.

@@ -71,6 +71,8 @@ struct Inner<V, A, B> {
 
 #[derive(Default)]
 struct Errors {
+    l2_hits: Counter,
+    l2_misses: Counter,
     l2_timeout: Counter,
     l2_refused: Counter,
     l2_connection: Counter,
@@ -388,6 +390,7 @@ where
         match r {
             Ok(v) => {
                 permit.success();
+                tracing::trace!(cache = %self.inner.prefix, op, "L2 call done");
                 if self.inner.queue.is_active() {
                     self.kick_replay();
                 }
@@ -521,18 +524,23 @@ where
         let Some((l2, permit)) = self.l2() else {
             return Found::Miss;
         };
-        let (bytes, physical) = if want_ttl {
+        let read = if want_ttl {
             let r = l2.get_with_ttl(key).await;
-            match self.settle(permit, "get", r).ok().flatten() {
-                Some((bytes, ttl)) => (bytes, ttl),
-                None => return Found::Miss,
-            }
+            self.settle(permit, "get", r).ok()
         } else {
             let r = l2.get(key).await;
-            match self.settle(permit, "get", r).ok().flatten() {
-                Some(bytes) => (bytes, None),
-                None => return Found::Miss,
+            self.settle(permit, "get", r).ok().map(|b| b.map(|b| (b, None)))
+        };
+        let (bytes, physical) = match read {
+            Some(Some(found)) => {
+                self.inner.errors.l2_hits.incr();
+                found
             }
+            Some(None) => {
+                self.inner.errors.l2_misses.incr();
+                return Found::Miss;
+            }
+            None => return Found::Miss,
         };
         match self.logical(physical) {
             Ok(remaining) => {
@@ -977,6 +985,12 @@ where
     /// `"{prefix}:"`. The report says whether L2 was actually cleared; when it
     /// was not, L2 is cleared on recovery and not read for this cache until then.
     pub async fn clear(&self) -> ClearReport {
+        self.clear_with_progress(&|_| {}).await
+    }
+
+    /// [`clear`](Self::clear), calling `progress` with the number of L2 keys
+    /// removed so far after each batch (the `rcache clear` progress bar).
+    pub async fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> ClearReport {
         self.inner.guard.bump_epoch();
         let queue = &self.inner.queue;
         let (l2_items_removed, l2_status) = if self.inner.l2.is_none() {
@@ -986,7 +1000,7 @@ where
             self.kick_replay();
             (0, L2ClearStatus::Deferred)
         } else if let Some((l2, permit)) = self.l2() {
-            let r = l2.clear().await;
+            let r = l2.clear_with_progress(progress).await;
             match self.settle(permit, "clear", r) {
                 Outcome::Done(n) => {
                     self.announce(None);
@@ -1139,6 +1153,8 @@ where
             },
             backplane: self.inner.bus.as_ref().map(|b| b.stats()),
             loader: self.inner.flights.stats(),
+            l2_hits: e.l2_hits.get(),
+            l2_misses: e.l2_misses.get(),
         }
     }
 

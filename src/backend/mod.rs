@@ -122,6 +122,20 @@ pub trait CacheBackend: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// [`clear`](Self::clear), calling `progress` with the number of keys
+    /// removed so far after each batch (for progress bars). The default
+    /// reports once, at the end.
+    fn clear_with_progress(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> impl Future<Output = Result<u64>> + Send {
+        async move {
+            let n = self.clear().await?;
+            progress(n);
+            Ok(n)
+        }
+    }
+
     /// Ends the lease of `key` if `token` holds it (a failed load).
     fn release_lease(&self, key: &str, token: u64) -> impl Future<Output = Result<()>> + Send {
         let _ = (key, token);

@@ -189,22 +189,28 @@ impl RedisConnection {
                 r => r,
             }
         };
-        match tokio::time::timeout(self.op_timeout, run).await {
+        let timer = Timer::start();
+        let r = match tokio::time::timeout(self.op_timeout, run).await {
             Ok(r) => r.map_err(map_err),
             Err(_) => Err(Error::connection(
                 Kind::Timeout,
                 format!("no answer within {:?} from {}", self.op_timeout, self.endpoint),
             )),
-        }
+        };
+        timer.observe(|| command_name(cmd), &r);
+        r
     }
 
     /// Sends several commands in one round trip, bounded by the operation timeout.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
         let mut conn = self.manager.clone();
-        match tokio::time::timeout(self.op_timeout, pipe.query_async::<T>(&mut conn)).await {
+        let timer = Timer::start();
+        let r = match tokio::time::timeout(self.op_timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(r) => r.map_err(map_err),
             Err(_) => Err(Error::connection(Kind::Timeout, "pipeline timed out")),
-        }
+        };
+        timer.observe(|| "pipeline", &r);
+        r
     }
 
     /// Runs a Lua script (`EVALSHA`, loading it once if needed), bounded by the operation timeout.
@@ -213,10 +219,13 @@ impl RedisConnection {
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
         let mut conn = self.manager.clone();
-        match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<T>(&mut conn)).await {
+        let timer = Timer::start();
+        let r = match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<T>(&mut conn)).await {
             Ok(r) => r.map_err(map_err),
             Err(_) => Err(Error::connection(Kind::Timeout, "script timed out")),
-        }
+        };
+        timer.observe(|| "script", &r);
+        r
     }
 
     /// `PING`: round-trip time, bounded by the operation timeout.
@@ -271,6 +280,56 @@ impl RedisConnection {
     }
 }
 
+/// Times one L2 round trip for the `resilient_cache_l2_command_seconds`
+/// histogram (feature `metrics`; nothing at all without it).
+struct Timer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl Timer {
+    #[inline]
+    fn start() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    #[inline]
+    #[allow(unused_variables)]
+    fn observe<T>(self, command: impl FnOnce() -> &'static str, r: &Result<T>) {
+        #[cfg(feature = "metrics")]
+        metrics::histogram!(
+            "resilient_cache_l2_command_seconds",
+            "command" => command(),
+            "outcome" => if r.is_ok() { "ok" } else { "error" }
+        )
+        .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The command's name as a static label (unknown commands are `other`).
+#[cfg(feature = "metrics")]
+fn command_name(cmd: &Cmd) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "GET", "SET", "UNLINK", "DEL", "EXISTS", "PTTL", "SCAN", "INFO", "PING", "PUBLISH",
+    ];
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => KNOWN
+            .iter()
+            .find(|k| k.as_bytes().eq_ignore_ascii_case(name))
+            .copied()
+            .unwrap_or("other"),
+        _ => "other",
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+fn command_name(_: &Cmd) -> &'static str {
+    ""
+}
+
 /// Maps a client error to our kinds. Data problems (a key of another type)
 /// are serialization errors: they must not count against the breaker.
 fn map_err(e: RedisError) -> Error {
@@ -314,6 +373,7 @@ pub struct RedisBackend {
     prefix: String,
     ttl: Duration,
     serializer: String,
+    fence: bool,
 }
 
 impl RedisBackend {
@@ -326,6 +386,7 @@ impl RedisBackend {
             prefix: config.key_prefix.clone(),
             ttl: config.ttl,
             serializer: serializer.to_string(),
+            fence: config.lease_fence,
         }
     }
 
@@ -376,6 +437,11 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        if !self.fence {
+            let mut c = redis::cmd("SET");
+            c.arg(self.redis_key(key)).arg(value).arg("PX").arg(self.px(ttl));
+            return self.conn.query::<()>(&c).await;
+        }
         // Ending the lease first (one round trip) fences out a load in flight:
         // its conditional store can no longer land over this value.
         let mut p = redis::pipe();
@@ -400,6 +466,13 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
+        if !self.fence {
+            let n: u64 = self
+                .conn
+                .query(redis::cmd("UNLINK").arg(self.redis_key(key)))
+                .await?;
+            return Ok(n > 0);
+        }
         let mut p = redis::pipe();
         p.cmd("DEL").arg(self.lease_key(key)).ignore();
         p.cmd("UNLINK").arg(self.redis_key(key));
@@ -408,6 +481,10 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn clear(&self) -> Result<u64> {
+        self.clear_with_progress(&|_| {}).await
+    }
+
+    async fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64> {
         let leases = format!("rc:lease:{{{}*", escape_glob(&self.namespace));
         self.conn
             .scan(&leases, |batch| {
@@ -420,6 +497,7 @@ impl CacheBackend for RedisBackend {
         self.conn
             .scan(&self.pattern(None), |batch| {
                 removed += batch.len() as u64;
+                progress(removed);
                 let mut c = redis::cmd("UNLINK");
                 c.arg(batch);
                 Some(c)
@@ -483,6 +561,9 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
+        if !self.fence {
+            return Ok(None);
+        }
         let mut c = redis::cmd("SET");
         c.arg(self.lease_key(key))
             .arg(token)

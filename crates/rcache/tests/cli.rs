@@ -1,0 +1,220 @@
+//! `rcache` run as a process against a real `redis-server`.
+
+#[path = "../../../tests/common/server.rs"]
+mod server;
+
+use assert_cmd::Command;
+use server::RedisServer;
+
+fn rcache(redis: &RedisServer) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rcache"));
+    c.env_clear()
+        .env("CACHE_REDIS_URL", redis.url())
+        .env("CACHE_SERIALIZER", "json")
+        .env("CACHE_REDIS_SOCKET_TIMEOUT", "0.5");
+    c
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn ping_reports_the_round_trip() {
+    let redis = RedisServer::start();
+    let out = rcache(&redis).arg("ping").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("PONG from ") && text.contains(&format!("127.0.0.1:{}", redis.port)),
+        "{text}"
+    );
+    let out = rcache(&redis).args(["ping", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert!(v["rtt_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn set_get_ttl_keys_del_round_trip_in_the_configured_format() {
+    let redis = RedisServer::start();
+    let ok = |args: &[&str]| {
+        let out = rcache(&redis).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    ok(&[
+        "set",
+        "--prefix",
+        "users",
+        "42",
+        r#"{"name":"Ada","tags":["x"]}"#,
+        "--ttl",
+        "120",
+    ]);
+    ok(&["set", "--prefix", "users", "43*", r#""glob in key""#]);
+    ok(&["set", "--prefix", "users2", "42", "1"]);
+    // Encoded with the configured serializer: plain JSON bytes in Redis.
+    assert_eq!(
+        redis.get_raw("users:42"),
+        Some(br#"{"name":"Ada","tags":["x"]}"#.to_vec())
+    );
+    let got: serde_json::Value = serde_json::from_str(&ok(&["get", "--prefix", "users", "42"])).unwrap();
+    assert_eq!(got, serde_json::json!({"name": "Ada", "tags": ["x"]}));
+    let ttl: f64 = ok(&["ttl", "--prefix", "users", "42"]).trim().parse().unwrap();
+    assert!(ttl > 100.0 && ttl <= 120.0, "{ttl}");
+    assert_eq!(ok(&["keys", "--prefix", "users"]), "42\n43*\n");
+    // --match is literal text, not a glob.
+    assert_eq!(ok(&["keys", "--prefix", "users", "--match", "43*"]), "43*\n");
+    assert_eq!(ok(&["keys", "--prefix", "users", "--match", "4?"]), "");
+    let keys: Vec<String> = serde_json::from_str(&ok(&["keys", "--prefix", "users", "--json"])).unwrap();
+    assert_eq!(keys, ["42", "43*"]);
+    assert_eq!(ok(&["del", "--prefix", "users", "42"]), "deleted\n");
+    assert_eq!(redis.get_raw("users:42"), None);
+    assert_eq!(
+        redis.get_raw("users2:42"),
+        Some(b"1".to_vec()),
+        "other namespace untouched"
+    );
+
+    // A missing key is an error (1), one line, no backtrace.
+    let out = rcache(&redis)
+        .args(["get", "--prefix", "users", "42"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "rcache: users:42 not found\n");
+}
+
+#[test]
+fn undecodable_bytes_are_an_error_and_are_left_alone() {
+    let redis = RedisServer::start();
+    redis.set_raw("users:bad", &[0xff, 0x00, 0xfe]);
+    let out = rcache(&redis)
+        .args(["get", "--prefix", "users", "bad"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not decode with serializer json"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        redis.get_raw("users:bad"),
+        Some(vec![0xff, 0x00, 0xfe]),
+        "an operator tool does not delete"
+    );
+}
+
+#[test]
+fn clear_one_prefix_leaves_the_others_and_asks_first() {
+    let redis = RedisServer::start();
+    for k in ["users:1", "users:2", "users2:1", "usersX", "users", "other:1"] {
+        redis.set_raw(k, b"1");
+    }
+    // No terminal to confirm on and no --yes: refused as a usage error, nothing removed.
+    let out = rcache(&redis)
+        .args(["clear", "--prefix", "users"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--yes"));
+    assert_eq!(redis.keys().len(), 6);
+
+    let out = rcache(&redis)
+        .args(["clear", "--prefix", "users", "--yes", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["removed"], 2);
+    let mut left = redis.keys();
+    left.sort();
+    assert_eq!(left, ["other:1", "users", "users2:1", "usersX"]);
+}
+
+#[test]
+fn stats_and_bench_report_in_tables_or_json() {
+    let redis = RedisServer::start();
+    redis.set_raw("users:1", b"1");
+    let out = rcache(&redis)
+        .args(["stats", "--prefix", "users"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(|l| l.starts_with("keys") && l.ends_with(" 1")),
+        "{text}"
+    );
+    let out = rcache(&redis)
+        .args(["stats", "--prefix", "users", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["size"], 1);
+
+    let out = rcache(&redis)
+        .args(["bench", "--ops", "200", "--concurrency", "4", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<_> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(names, ["set", "l2_get", "l1_get"]);
+    assert!(rows.iter().all(|r| r["ops"].as_u64() == Some(200)), "{rows:?}");
+    assert!(
+        !redis.keys().iter().any(|k| k.starts_with("rcache-bench")),
+        "bench cleans up after itself"
+    );
+}
+
+#[test]
+fn exit_codes_for_redis_down_usage_and_bad_configuration() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    for args in [
+        &["ping"][..],
+        &["get", "--prefix", "users", "1"],
+        &["clear", "--prefix", "users", "--yes"],
+    ] {
+        let out = rcache(&redis).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("rcache: L2 unavailable at ") && err.contains("refused"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    let out = rcache(&redis).args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = rcache(&redis)
+        .args(["ping", "--redis-port", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("CACHE_REDIS_PORT"), "{}", stderr(&out));
+    let out = rcache(&redis)
+        .args(["set", "--prefix", "users", "k", "{not json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn flags_override_the_environment() {
+    let redis = RedisServer::start();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rcache"));
+    c.env_clear()
+        .env("CACHE_REDIS_HOST", "127.0.0.1")
+        .env("CACHE_REDIS_PORT", "1") // wrong on purpose
+        .args(["ping", "--redis-port", &redis.port.to_string()]);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -1,0 +1,250 @@
+//! The `redis-server` helper: starts a real server on a free 127.0.0.1 port,
+//! with no persistence, killed when dropped; tests can kill it, freeze it
+//! (SIGSTOP), thaw it (SIGCONT) and restart it on the same port. Shared by the
+//! integration tests of the library and of the `rcache` CLI.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use resilient_cache::CacheFactoryConfig;
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// Starts a fresh server. Panics (never skips) when `redis-server` is missing:
+    /// the test command installs it.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("resilient-cache-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Self {
+            child: None,
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--loglevel",
+                "warning",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}). The tests need a real Redis: run the README's test \
+                     command (scripts/test.sh), which installs it, or `apt-get install -y redis-server`."
+                )
+            });
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Service config pointing at this server, with short timeouts for tests.
+    pub fn config(&self) -> CacheFactoryConfig {
+        let mut c = CacheFactoryConfig::default();
+        c.redis.host = "127.0.0.1".into();
+        c.redis.port = self.port;
+        c.redis.connect_timeout = Duration::from_millis(500);
+        c.redis.socket_timeout = Duration::from_millis(500);
+        c
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("server is not running").id() as i32
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// SIGSTOP: the port stays open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGKILL and wait: connections are refused afterwards.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// A plain synchronous connection for inspecting the server from the test.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to test redis")
+    }
+
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    pub fn set_raw(&self, key: &str, bytes: &[u8]) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .query(&mut self.conn())
+            .unwrap();
+    }
+
+    pub fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
+        redis::cmd("GET").arg(key).query(&mut self.conn()).unwrap()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.cmd(&["KEYS", "*"]);
+        k.sort();
+        k
+    }
+
+    /// `calls` of each command since start or the last `CONFIG RESETSTAT`.
+    pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once(':')?;
+                let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn reset_stats(&self) {
+        let _: () = self.cmd(&["CONFIG", "RESETSTAT"]);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A frozen server ignores SIGKILL's effect only until it is thawed: thaw, then kill.
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid().to_string()])
+                .status();
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (a server starting up);
+/// panics with a clear message after about 10 s of nothing.
+pub fn wait_for_port(port: u16) {
+    for _ in 0..1000 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}: the server did not start");
+}
+
+/// The server given by `--redis-url`, or a fresh one started here; and its URL.
+pub fn server_or_url(url: Option<&str>) -> (Option<RedisServer>, String) {
+    match url {
+        Some(url) => (None, url.to_string()),
+        None => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    }
+}
+
+/// Service config for a server given by URL (the harnesses' `--redis-url`).
+pub fn config_for(url: &str) -> CacheFactoryConfig {
+    CacheFactoryConfig::from_map([("CACHE_REDIS_URL", url)]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Polls `f` until it is true or `timeout` passes; returns whether it became true.
+/// (For eventual conditions; never a speed assertion.)
+pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
