@@ -58,9 +58,11 @@ pub trait InvalidationBus: Send + Sync + 'static {
     fn stats(&self) -> BackplaneStats;
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 type Evict = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A cache that the backplane can evict from.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) trait Invalidate: Send + Sync {
     /// Evicts `key` (or everything) from L1 and moves the promotion guard.
     fn invalidate(self: Arc<Self>, key: Option<String>) -> Evict;
@@ -99,6 +101,7 @@ const OUTBOX: usize = 65_536;
 const BATCH: usize = 256;
 
 /// The service's backplane.
+#[cfg(feature = "redis")]
 pub(crate) struct Backplane {
     instance_id: u64,
     publisher: RedisConnection,
@@ -248,14 +251,14 @@ impl Backplane {
     /// Starts the subscriber: one task per service, stopped when the service goes.
     pub fn spawn_subscriber(
         self: &Arc<Self>,
-        client: redis::Client,
+        link: crate::backend::redis::RedisConnection,
         breaker: Arc<CircuitBreaker>,
         op_timeout: Duration,
     ) {
         let weak = Arc::downgrade(self);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(async move { subscriber(weak, client, breaker, op_timeout).await });
+                rt.spawn(async move { subscriber(weak, link, breaker, op_timeout).await });
             }
             Err(_) => tracing::warn!("no Tokio runtime: the backplane subscriber is not running"),
         }
@@ -334,7 +337,7 @@ async fn publish_batches(
 #[cfg(feature = "redis")]
 async fn subscriber(
     weak: Weak<Backplane>,
-    client: redis::Client,
+    link: crate::backend::redis::RedisConnection,
     breaker: Arc<CircuitBreaker>,
     op_timeout: Duration,
 ) {
@@ -363,6 +366,10 @@ async fn subscriber(
                 Ok::<(), redis::aio::SendError>(())
             });
         let connected = tokio::time::timeout(op_timeout * 2, async {
+            // Asked anew on each attempt: a cluster rotates nodes, sentinels name the primary.
+            let client = link.subscriber_client().await.map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Io, "backplane client", e.to_string()))
+            })?;
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;

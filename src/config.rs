@@ -53,6 +53,12 @@ pub mod keys {
     pub const MAX_KEY_BYTES: &str = "CACHE_MAX_KEY_BYTES";
     /// Whether caches with both levels invalidate each other's L1 over pub/sub.
     pub const BACKPLANE_ENABLED: &str = "CACHE_BACKPLANE_ENABLED";
+    /// Redis Cluster seed nodes, `host:port,host:port,…` (selects cluster mode).
+    pub const REDIS_CLUSTER_NODES: &str = "CACHE_REDIS_CLUSTER_NODES";
+    /// Sentinel nodes, `host:port,host:port,…` (selects sentinel mode).
+    pub const REDIS_SENTINEL_NODES: &str = "CACHE_REDIS_SENTINEL_NODES";
+    /// The name of the primary the sentinels watch (sentinel mode).
+    pub const REDIS_SENTINEL_MASTER: &str = "CACHE_REDIS_SENTINEL_MASTER";
 
     /// Every key this crate reads.
     pub const ALL: &[&str] = &[
@@ -74,6 +80,9 @@ pub mod keys {
         MAX_VALUE_BYTES,
         MAX_KEY_BYTES,
         BACKPLANE_ENABLED,
+        REDIS_CLUSTER_NODES,
+        REDIS_SENTINEL_NODES,
+        REDIS_SENTINEL_MASTER,
     ];
 }
 
@@ -202,6 +211,14 @@ pub struct RedisConfig {
     /// `CACHE_REDIS_TLS_CA`: PEM file of the authorities trusted for `rediss://`
     /// (default: the system's roots).
     pub tls_ca: Option<std::path::PathBuf>,
+    /// `CACHE_REDIS_CLUSTER_NODES`: seed nodes of a Redis Cluster (`host:port`,
+    /// or `rediss://host:port` for TLS). Non-empty selects cluster mode.
+    pub cluster_nodes: Vec<String>,
+    /// `CACHE_REDIS_SENTINEL_NODES`: Sentinel nodes (`host:port`). Non-empty
+    /// selects sentinel mode, with [`sentinel_master`](Self::sentinel_master).
+    pub sentinel_nodes: Vec<String>,
+    /// `CACHE_REDIS_SENTINEL_MASTER`: the name of the watched primary.
+    pub sentinel_master: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -216,6 +233,9 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             socket_timeout: Duration::from_secs(5),
             tls_ca: None,
+            cluster_nodes: Vec::new(),
+            sentinel_nodes: Vec::new(),
+            sentinel_master: None,
         }
     }
 }
@@ -224,10 +244,72 @@ impl RedisConfig {
     /// Where L2 lives, without any credential: `host:port/db`, or the URL with
     /// its user info removed.
     pub fn endpoint(&self) -> String {
+        if !self.cluster_nodes.is_empty() {
+            let nodes: Vec<String> = self.cluster_nodes.iter().map(|n| redact_url(n)).collect();
+            return format!("cluster[{}]", nodes.join(","));
+        }
+        if !self.sentinel_nodes.is_empty() {
+            let master = self.sentinel_master.as_deref().unwrap_or("");
+            return format!("sentinel[{master}@{}]/{}", self.sentinel_nodes.join(","), self.db);
+        }
         match &self.url {
             Some(url) => redact_url(url.expose()),
             None => format!("{}:{}/{}", self.host, self.port, self.db),
         }
+    }
+
+    /// Which kind of deployment L2 is.
+    pub fn mode(&self) -> RedisMode {
+        if !self.cluster_nodes.is_empty() {
+            RedisMode::Cluster
+        } else if !self.sentinel_nodes.is_empty() {
+            RedisMode::Sentinel
+        } else {
+            RedisMode::Standalone
+        }
+    }
+}
+
+/// The kinds of Redis deployment L2 can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server (`CACHE_REDIS_URL` or host/port).
+    Standalone,
+    /// Redis Cluster (`CACHE_REDIS_CLUSTER_NODES`): keys sharded over primaries.
+    Cluster,
+    /// A Sentinel-managed primary (`CACHE_REDIS_SENTINEL_NODES` + `_MASTER`).
+    Sentinel,
+}
+
+/// `a:1, b:2` → `["a:1", "b:2"]`.
+fn node_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `host:port`, or a `redis://` / `rediss://` URL with host and port.
+fn check_node(key: &str, node: &str) -> Result<()> {
+    let bare = node
+        .strip_prefix("redis://")
+        .or_else(|| node.strip_prefix("rediss://"))
+        .unwrap_or(node);
+    let bare = bare.rsplit('@').next().unwrap_or(bare).trim_end_matches('/');
+    let ok = match bare.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(config_err(
+            key,
+            &redact_url(node),
+            "a comma-separated list of host:port",
+        ))
     }
 }
 
@@ -400,6 +482,36 @@ impl CacheFactoryConfig {
         if let Some(v) = get(keys::MAX_KEY_BYTES) {
             c.max_key_bytes = parse_int(keys::MAX_KEY_BYTES, v, 1, 1 << 20)? as usize;
         }
+        let single_node = [keys::REDIS_URL, keys::REDIS_HOST, keys::REDIS_PORT]
+            .into_iter()
+            .find(|k| get(k).is_some());
+        for (key, other) in [
+            (keys::REDIS_CLUSTER_NODES, single_node),
+            (keys::REDIS_SENTINEL_NODES, single_node),
+            (
+                keys::REDIS_CLUSTER_NODES,
+                get(keys::REDIS_SENTINEL_NODES).map(|_| keys::REDIS_SENTINEL_NODES),
+            ),
+        ] {
+            if let (Some(v), Some(other)) = (get(key), other) {
+                return Err(config_err(
+                    key,
+                    &redact_url(v),
+                    format!(
+                        "not allowed together with {other}: choose one of a single server \
+                         (CACHE_REDIS_URL or CACHE_REDIS_HOST/PORT), a cluster \
+                         (CACHE_REDIS_CLUSTER_NODES) or sentinels (CACHE_REDIS_SENTINEL_NODES)"
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = get(keys::REDIS_CLUSTER_NODES) {
+            c.redis.cluster_nodes = node_list(v);
+        }
+        if let Some(v) = get(keys::REDIS_SENTINEL_NODES) {
+            c.redis.sentinel_nodes = node_list(v);
+        }
+        c.redis.sentinel_master = get(keys::REDIS_SENTINEL_MASTER).map(|v| v.trim().to_string());
         c.validate()?;
         Ok(c)
     }
@@ -430,6 +542,57 @@ impl CacheFactoryConfig {
             }
             #[cfg(feature = "redis")]
             crate::backend::redis::check_url(u)?;
+        }
+        for n in &r.cluster_nodes {
+            check_node(keys::REDIS_CLUSTER_NODES, n)?;
+        }
+        for n in &r.sentinel_nodes {
+            check_node(keys::REDIS_SENTINEL_NODES, n)?;
+        }
+        if !r.cluster_nodes.is_empty() {
+            if !r.sentinel_nodes.is_empty() {
+                return Err(config_err(
+                    keys::REDIS_SENTINEL_NODES,
+                    &r.sentinel_nodes.join(","),
+                    "empty in cluster mode: a cluster and sentinels are two different deployments",
+                ));
+            }
+            if r.url.is_some() {
+                return Err(config_err(
+                    keys::REDIS_URL,
+                    "(set)",
+                    "unset in cluster mode (the seed nodes say where the cluster is)",
+                ));
+            }
+            if r.db != 0 {
+                return Err(config_err(
+                    keys::REDIS_DB,
+                    &r.db.to_string(),
+                    "0 in cluster mode (Redis Cluster has database 0 only)",
+                ));
+            }
+        }
+        if !r.sentinel_nodes.is_empty() {
+            if r.url.is_some() {
+                return Err(config_err(
+                    keys::REDIS_URL,
+                    "(set)",
+                    "unset in sentinel mode (the sentinels say where the primary is)",
+                ));
+            }
+            if r.sentinel_master.as_deref().is_none_or(|m| m.trim().is_empty()) {
+                return Err(config_err(
+                    keys::REDIS_SENTINEL_MASTER,
+                    "unset",
+                    "the name of the primary the sentinels watch (sentinel monitor <name> …)",
+                ));
+            }
+        } else if let Some(m) = &r.sentinel_master {
+            return Err(config_err(
+                keys::REDIS_SENTINEL_MASTER,
+                m,
+                "unset unless CACHE_REDIS_SENTINEL_NODES is set",
+            ));
         }
         if let Some(ca) = &r.tls_ca {
             if !ca.is_file() {
@@ -932,6 +1095,7 @@ pub(crate) struct ResolvedOptions {
     pub replay_capacity: usize,
     pub max_value_bytes: usize,
     pub max_key_bytes: usize,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub backplane: bool,
     pub l1_ttl: Duration,
     pub fail_safe_max_duration: Option<Duration>,
@@ -946,6 +1110,73 @@ mod tests {
         CacheFactoryConfig::from_map([(key, value)])
             .unwrap_err()
             .to_string()
+    }
+
+    fn err_of(entries: &[(&str, &str)]) -> String {
+        CacheFactoryConfig::from_map(entries.iter().copied())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn cluster_and_sentinel_settings_are_checked() {
+        let c =
+            CacheFactoryConfig::from_map([("CACHE_REDIS_CLUSTER_NODES", " 10.0.0.1:7000, 10.0.0.2:7001 ,")])
+                .unwrap();
+        assert_eq!(c.redis.cluster_nodes, ["10.0.0.1:7000", "10.0.0.2:7001"]);
+        assert_eq!(c.redis.mode(), RedisMode::Cluster);
+        assert_eq!(c.redis.endpoint(), "cluster[10.0.0.1:7000,10.0.0.2:7001]");
+        let s = CacheFactoryConfig::from_map([
+            ("CACHE_REDIS_SENTINEL_NODES", "10.0.0.1:26379"),
+            ("CACHE_REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.mode(), RedisMode::Sentinel);
+        assert_eq!(s.redis.endpoint(), "sentinel[mymaster@10.0.0.1:26379]/0");
+
+        // Mutually exclusive with a single server, and with each other: the error names both.
+        for other in [
+            ("CACHE_REDIS_URL", "redis://h:1/0"),
+            ("CACHE_REDIS_HOST", "h"),
+            ("CACHE_REDIS_PORT", "6380"),
+        ] {
+            let e = err_of(&[("CACHE_REDIS_CLUSTER_NODES", "a:1"), other]);
+            assert!(
+                e.contains("CACHE_REDIS_CLUSTER_NODES") && e.contains(other.0),
+                "{e}"
+            );
+            let e = err_of(&[
+                ("CACHE_REDIS_SENTINEL_NODES", "a:1"),
+                ("CACHE_REDIS_SENTINEL_MASTER", "m"),
+                other,
+            ]);
+            assert!(
+                e.contains("CACHE_REDIS_SENTINEL_NODES") && e.contains(other.0),
+                "{e}"
+            );
+        }
+        let e = err_of(&[
+            ("CACHE_REDIS_CLUSTER_NODES", "a:1"),
+            ("CACHE_REDIS_SENTINEL_NODES", "b:2"),
+        ]);
+        assert!(e.contains("CACHE_REDIS_SENTINEL_NODES"), "{e}");
+        // Bad node lists, a missing master name, a database other than 0 on a cluster.
+        for bad in ["a", "a:", ":1", "a:0", "a:99999", "a:1,b"] {
+            let e = err("CACHE_REDIS_CLUSTER_NODES", bad);
+            assert!(
+                e.contains("CACHE_REDIS_CLUSTER_NODES") && e.contains("host:port"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err("CACHE_REDIS_SENTINEL_NODES", "a:1");
+        assert!(e.contains("CACHE_REDIS_SENTINEL_MASTER"), "{e}");
+        let e = err("CACHE_REDIS_SENTINEL_MASTER", "m");
+        assert!(e.contains("CACHE_REDIS_SENTINEL_NODES"), "{e}");
+        let e = err_of(&[("CACHE_REDIS_CLUSTER_NODES", "a:1"), ("CACHE_REDIS_DB", "2")]);
+        assert!(e.contains("CACHE_REDIS_DB") && e.contains("cluster"), "{e}");
+        // A password in a node URL never shows.
+        let e = err("CACHE_REDIS_CLUSTER_NODES", "redis://u:hunter2@a");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

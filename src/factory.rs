@@ -236,12 +236,11 @@ impl CacheFactory {
         self.backplane
             .get_or_init(|| {
                 let bp = crate::backplane::Backplane::new(self.connection.clone());
-                match self.connection.resp3_client() {
-                    Ok(client) => {
-                        bp.spawn_subscriber(client, self.breaker.clone(), self.connection.op_timeout())
-                    }
-                    Err(e) => tracing::warn!(error = %e, "backplane subscriber not started"),
-                }
+                bp.spawn_subscriber(
+                    self.connection.clone(),
+                    self.breaker.clone(),
+                    self.connection.op_timeout(),
+                );
                 bp
             })
             .clone()

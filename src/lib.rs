@@ -126,7 +126,7 @@ pub mod two_level;
 pub use backend::CacheBackend;
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use config::{
-    CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2BackendKind, L2Config, Secret,
+    CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2BackendKind, L2Config, RedisMode, Secret,
 };
 pub use error::{ConfigError, Error, Result};
 pub use factory::{Cache, CacheFactory};

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use crate::backend::CacheBackend;
 use crate::clock::now_ms;
-use crate::two_level::{CacheValue, Found, TwoLevelCache};
+use crate::two_level::{CacheValue, Found, Lease, TwoLevelCache};
 
 /// How [`get_or_load_with`](TwoLevelCache::get_or_load_with) loads. A cache's
 /// defaults come from [`CacheOptions::load`](crate::CacheOptions::load).
@@ -567,7 +567,7 @@ where
             let before = this.snapshot(key);
             let lease = token();
             let mut leased = this.take_lease(key, lease, &opts).await;
-            if leased == Some(false) {
+            if leased == Lease::Busy {
                 // Another instance is loading: wait for its value, or its lease to end.
                 bump(&counters.lock_waits);
                 let deadline = tokio::time::Instant::now() + opts.lock_wait;
@@ -580,7 +580,7 @@ where
                         return;
                     }
                     leased = this.take_lease(key, lease, &opts).await;
-                    if leased != Some(false) {
+                    if leased != Lease::Busy {
                         break;
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -594,13 +594,19 @@ where
                     }
                 }
             }
-            let held = (leased == Some(true)).then_some(lease);
+            let held = match leased {
+                Lease::Held(token) => Some(token),
+                _ => None,
+            };
             bump(&counters.loads);
             let result = match loader().await {
                 Ok(v) => {
                     let v = Arc::new(v);
                     this.flights().unthrottle(key);
-                    if !this.store_loaded(key, &v, opts.ttl, before, held, was_miss).await {
+                    if !this
+                        .store_loaded(key, &v, opts.ttl, before, leased, was_miss)
+                        .await
+                    {
                         bump(&counters.stale_writes_prevented);
                         tracing::debug!(cache = %this.key_prefix(), "loaded value not stored: the key changed while loading");
                     }
@@ -621,15 +627,19 @@ where
         let _ = flight.abort.set(task.abort_handle());
     }
 
-    /// `Some(true)`: this load holds the lease; `Some(false)`: another does
-    /// (exclusive only); `None`: no lease (no L2, L2 unavailable, or a
-    /// backend without leases).
-    async fn take_lease(&self, key: &str, token: u64, opts: &LoadOptions) -> Option<bool> {
-        self.with_l2("lease", |l2| {
-            l2.lease(key, token, opts.lock_ttl, opts.distributed_lock)
-        })
-        .await
-        .flatten()
+    /// Takes the load lease of `key` in L2 (exclusively with the distributed lock).
+    async fn take_lease(&self, key: &str, token: u64, opts: &LoadOptions) -> Lease {
+        match self
+            .with_l2("lease", |l2| {
+                l2.lease(key, token, opts.lock_ttl, opts.distributed_lock)
+            })
+            .await
+        {
+            None => Lease::Unavailable,
+            Some(None) => Lease::Unsupported,
+            Some(Some(true)) => Lease::Held(token),
+            Some(Some(false)) => Lease::Busy,
+        }
     }
 
     /// Loader figures of this cache.

@@ -185,10 +185,12 @@ impl Counter {
 /// owns a stripe, so counts are exact; beyond that, two threads sharing a
 /// stripe can, rarely, lose an increment.
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "l1"), allow(dead_code))]
 pub(crate) struct HotCounter([Stripe; HOT_STRIPES]);
 
 pub(crate) const HOT_STRIPES: usize = 16;
 
+#[cfg_attr(not(feature = "l1"), allow(dead_code))]
 impl HotCounter {
     #[inline]
     pub fn incr(&self) {

@@ -183,6 +183,19 @@ impl PromotionGuard {
     }
 }
 
+/// A load's lease on its key in L2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// Held with this token: the loaded value is stored only while it holds.
+    Held(u64),
+    /// Another load holds it (distributed lock).
+    Busy,
+    /// The L2 backend has no leases: the loaded value is written like a `set`.
+    Unsupported,
+    /// No L2, or it is unavailable: the loaded value stays in L1.
+    Unavailable,
+}
+
 /// Which level answered a lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Level {
@@ -684,14 +697,24 @@ where
         value: &Arc<V>,
         ttl: Option<Duration>,
         before: Snapshot,
-        lease: Option<u64>,
+        lease: Lease,
         only_if_absent: bool,
     ) -> bool {
         if self.check_key(key).is_err() {
             return false;
         }
         let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
-        if let (Some(l2), Some(token)) = (&self.inner.l2, lease) {
+        if lease == Lease::Unsupported && self.inner.l2.is_some() {
+            if !self.inner.guard.may_promote(key, before) {
+                return false;
+            }
+            let l2_ttl = l2_ttl.unwrap_or(self.inner.l2_ttl);
+            if let Ok(bytes) = self.encode_bounded(value) {
+                self.write_l2(key, PendingOp::set(bytes, l2_ttl, false), Some(&**value))
+                    .await;
+            }
+        }
+        if let (Some(l2), Lease::Held(token)) = (&self.inner.l2, lease) {
             let bytes = match self.encode_bounded(value) {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -714,15 +737,8 @@ where
             match stored {
                 Some(Some(true)) => self.announce(Some(key)),
                 Some(Some(false)) => return false,
-                // No leases in this backend: an ordinary write.
-                Some(None) => {
-                    if let Ok(bytes) = self.inner.serializer.encode(&**value) {
-                        let op = PendingOp::set(bytes, l2_ttl, false);
-                        self.write_l2(key, op, Some(&**value)).await;
-                    }
-                }
-                // L2 failed: the value stays in L1 only.
-                None => {}
+                // L2 failed (or dropped its leases meanwhile): the value stays in L1 only.
+                _ => {}
             }
         }
         let Some(l1) = &self.inner.l1 else {
@@ -1195,6 +1211,7 @@ where
     A: CacheBackend<Value = Arc<V>>,
     B: CacheBackend<Value = Vec<u8>>,
 {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn invalidation_target(&self) -> Weak<dyn Invalidate> {
         let weak: Weak<Inner<V, A, B>> = Arc::downgrade(&self.inner);
         weak

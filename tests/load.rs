@@ -566,3 +566,30 @@ async fn a_delete_on_another_instance_fences_the_load_too() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_leases_loaded_values_are_written_like_a_set() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let c = service
+        .create_cache::<String>(opts("nolease").lease_fence(false))
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let v = c
+        .get_or_load("k", counted(&calls, "loaded", Duration::ZERO))
+        .await;
+    assert_eq!(v.unwrap().as_str(), "loaded");
+    assert_eq!(
+        redis.get_raw("nolease:k"),
+        Some(b"\"loaded\"".to_vec()),
+        "stored in L2"
+    );
+    c.set("k2", "x".into()).await;
+    c.delete("k2").await;
+    let calls_by_name = redis.command_calls();
+    assert!(
+        !calls_by_name.contains_key("del"),
+        "no lease DEL on writes: {calls_by_name:?}"
+    );
+    assert!(redis.keys().iter().all(|k| !k.starts_with("rc:lease")));
+}

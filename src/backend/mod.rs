@@ -16,6 +16,8 @@ use crate::error::Result;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub(crate) mod topology;
 
 /// One level of a cache. Keys are the caller's keys, without any namespace:
 /// a backend that shares a server with others adds its own prefix.

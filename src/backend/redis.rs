@@ -13,11 +13,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError};
 
+use crate::backend::topology::Link;
 use crate::backend::CacheBackend;
-use crate::config::{keys, redact_url, L2BackendKind, L2Config, RedisConfig};
+use crate::config::{keys, redact_url, L2BackendKind, L2Config, RedisConfig, RedisMode};
 use crate::error::{config_err, ConnectionErrorKind as Kind, Error, Result};
 use crate::stats::L2Stats;
 
@@ -45,11 +45,11 @@ impl KindName for RedisError {
 /// The service's shared L2 connection. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisConnection {
-    manager: ConnectionManager,
-    client: redis::Client,
+    link: Link,
     op_timeout: Duration,
     endpoint: String,
     db: i64,
+    mode: RedisMode,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -61,110 +61,87 @@ impl std::fmt::Debug for RedisConnection {
     }
 }
 
+/// A client for `info`, with the configured TLS roots for `rediss://`.
+pub(crate) fn open_client(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<redis::Client> {
+    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let unusable = |e: RedisError| {
+        config_err(
+            keys::REDIS_URL,
+            &config.endpoint(),
+            format!("a usable Redis address ({})", e.category()),
+        )
+    };
+    if !tls {
+        return redis::Client::open(info).map_err(unusable);
+    }
+    #[cfg(feature = "tls")]
+    {
+        let root_cert = match &config.tls_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                config_err(
+                    keys::REDIS_TLS_CA,
+                    &path.display().to_string(),
+                    format!("a readable PEM file ({e})"),
+                )
+            })?),
+            None => None,
+        };
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert,
+        };
+        redis::Client::build_with_tls(info, certs).map_err(|e| {
+            config_err(
+                keys::REDIS_TLS_CA,
+                &config
+                    .tls_ca
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                format!("PEM certificates the TLS client accepts ({})", e.category()),
+            )
+        })
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = unusable;
+        Err(config_err(
+            keys::REDIS_URL,
+            &config.endpoint(),
+            "a redis:// URL in this build: rediss:// (TLS) needs the Cargo feature `tls` of resilient-cache",
+        ))
+    }
+}
+
 impl RedisConnection {
     /// Builds the connection without connecting (must run inside a Tokio runtime).
     pub fn new(config: &RedisConfig) -> Result<Self> {
-        let info = match &config.url {
-            Some(url) => {
-                check_url(url.expose())?;
-                url.expose().into_connection_info().expect("checked above")
-            }
-            None => {
-                let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
-                    .into_connection_info()
-                    .map_err(|_| config_err(keys::REDIS_HOST, &config.host, "a valid host name"))?;
-                let mut redis = info.redis_settings().clone().set_db(config.db);
-                if let Some(user) = &config.username {
-                    redis = redis.set_username(user.expose());
-                }
-                if let Some(pw) = &config.password {
-                    redis = redis.set_password(pw.expose());
-                }
-                info.set_redis_settings(redis)
-            }
+        let link = Link::new(config)?;
+        let db = match &link {
+            Link::Single(s) => s.client.get_connection_info().redis_settings().db(),
+            _ => config.db,
         };
-        let db = info.redis_settings().db();
-        let client = Self::client(config, info)?;
-        // No retries inside the manager: a refused connection fails at once, and
-        // the next call allowed by the breaker is what tries again. No response
-        // timeout inside either: `query` bounds the whole call (connection
-        // included) with one timer, and a second one per command costs CPU.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(config.connect_timeout.min(config.socket_timeout)))
-            .set_response_timeout(None);
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| Error::connection(Kind::Io, e.to_string()))?;
         Ok(Self {
-            manager,
-            client,
+            link,
             op_timeout: config.socket_timeout,
             endpoint: config.endpoint(),
             db,
+            mode: config.mode(),
         })
     }
 
-    fn client(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<redis::Client> {
-        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-        let unusable = |e: RedisError| {
-            config_err(
-                keys::REDIS_URL,
-                &config.endpoint(),
-                format!("a usable Redis address ({})", e.category()),
-            )
-        };
-        if !tls {
-            return redis::Client::open(info).map_err(unusable);
-        }
-        #[cfg(feature = "tls")]
-        {
-            let root_cert = match &config.tls_ca {
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    config_err(
-                        keys::REDIS_TLS_CA,
-                        &path.display().to_string(),
-                        format!("a readable PEM file ({e})"),
-                    )
-                })?),
-                None => None,
-            };
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert,
-            };
-            redis::Client::build_with_tls(info, certs).map_err(|e| {
-                config_err(
-                    keys::REDIS_TLS_CA,
-                    &config
-                        .tls_ca
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    format!("PEM certificates the TLS client accepts ({})", e.category()),
-                )
-            })
-        }
-        #[cfg(not(feature = "tls"))]
-        {
-            let _ = unusable;
-            Err(config_err(
-                keys::REDIS_URL,
-                &config.endpoint(),
-                "a redis:// URL in this build: rediss:// (TLS) needs the Cargo feature `tls` of resilient-cache",
-            ))
-        }
+    /// A RESP3 client for the backplane's subscriber connection (see
+    /// [`topology`](super::topology) for which node it reaches).
+    pub(crate) async fn subscriber_client(&self) -> Result<redis::Client> {
+        self.link
+            .subscriber_client()
+            .await
+            .map_err(|e| Error::connection(Kind::Io, format!("backplane client: {}", e.category())))
     }
 
-    /// A client for the same server speaking RESP3 (push messages), for the
-    /// backplane's subscriber connection.
-    pub(crate) fn resp3_client(&self) -> Result<redis::Client> {
-        let info = self.client.get_connection_info().clone();
-        let redis = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        redis::Client::open(info.set_redis_settings(redis))
-            .map_err(|e| Error::connection(Kind::Io, format!("backplane client: {}", e.category())))
+    /// Standalone, cluster or sentinel.
+    pub fn mode(&self) -> RedisMode {
+        self.mode
     }
 
     /// `host:port/db` (or the redacted URL).
@@ -179,8 +156,8 @@ impl RedisConnection {
 
     /// Runs one command, bounded by the operation timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        let mut conn = self.manager.clone();
         let run = async {
+            let mut conn = self.link.handle().await?;
             match cmd.query_async::<T>(&mut conn).await {
                 // A refusal is reported before the command is sent. It may be the
                 // stale result of an earlier attempt (the manager has just started
@@ -190,25 +167,38 @@ impl RedisConnection {
             }
         };
         let timer = Timer::start();
-        let r = match tokio::time::timeout(self.op_timeout, run).await {
-            Ok(r) => r.map_err(map_err),
-            Err(_) => Err(Error::connection(
-                Kind::Timeout,
-                format!("no answer within {:?} from {}", self.op_timeout, self.endpoint),
-            )),
-        };
+        let r = self.bounded(run).await;
         timer.observe(|| command_name(cmd), &r);
         r
     }
 
+    /// Bounds a call by the operation timeout; tells the link about failures.
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.link.failed(Some(&e));
+                Err(map_err(e))
+            }
+            Err(_) => {
+                self.link.failed(None);
+                Err(Error::connection(
+                    Kind::Timeout,
+                    format!("no answer within {:?} from {}", self.op_timeout, self.endpoint),
+                ))
+            }
+        }
+    }
+
     /// Sends several commands in one round trip, bounded by the operation timeout.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let mut conn = self.manager.clone();
         let timer = Timer::start();
-        let r = match tokio::time::timeout(self.op_timeout, pipe.query_async::<T>(&mut conn)).await {
-            Ok(r) => r.map_err(map_err),
-            Err(_) => Err(Error::connection(Kind::Timeout, "pipeline timed out")),
-        };
+        let r = self
+            .bounded(async {
+                let mut conn = self.link.handle().await?;
+                pipe.query_async::<T>(&mut conn).await
+            })
+            .await;
         timer.observe(|| "pipeline", &r);
         r
     }
@@ -218,12 +208,13 @@ impl RedisConnection {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
-        let mut conn = self.manager.clone();
         let timer = Timer::start();
-        let r = match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<T>(&mut conn)).await {
-            Ok(r) => r.map_err(map_err),
-            Err(_) => Err(Error::connection(Kind::Timeout, "script timed out")),
-        };
+        let r = self
+            .bounded(async {
+                let mut conn = self.link.handle().await?;
+                invocation.invoke_async::<T>(&mut conn).await
+            })
+            .await;
         timer.observe(|| "script", &r);
         r
     }
@@ -260,13 +251,40 @@ impl RedisConnection {
             .collect())
     }
 
-    /// Every key matching `pattern`, by `SCAN` (each round trip bounded).
+    /// Every key matching `pattern`, by `SCAN` (each round trip bounded); on
+    /// a cluster, on every primary in turn.
     pub async fn scan(&self, pattern: &str, mut each: impl FnMut(Vec<String>) -> Option<Cmd>) -> Result<()> {
+        match self
+            .bounded(async { self.link.primaries().await.transpose() })
+            .await?
+        {
+            None => self.scan_node(pattern, None, &mut each).await,
+            Some(primaries) => {
+                for (host, port) in primaries {
+                    self.scan_node(pattern, Some((&host, port)), &mut each).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn scan_node(
+        &self,
+        pattern: &str,
+        node: Option<(&str, u16)>,
+        each: &mut impl FnMut(Vec<String>) -> Option<Cmd>,
+    ) -> Result<()> {
         let mut cursor: u64 = 0;
         loop {
             let mut c = redis::cmd("SCAN");
             c.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-            let (next, batch): (u64, Vec<String>) = self.query(&c).await?;
+            let (next, batch): (u64, Vec<String>) = match node {
+                None => self.query(&c).await?,
+                Some((host, port)) => {
+                    let v = self.bounded(self.link.query_node(&c, host, port)).await?;
+                    redis::from_redis_value(v).map_err(|e| Error::Serialization(e.to_string()))?
+                }
+            };
             if !batch.is_empty() {
                 if let Some(follow_up) = each(batch) {
                     self.query::<redis::Value>(&follow_up).await?;
@@ -403,11 +421,15 @@ impl RedisBackend {
         &self.conn
     }
 
-    /// The key of `key`'s load lease. It is outside the namespace (so `list_keys`
-    /// never sees it) and hash-tagged with the data key, so that both live in
-    /// one cluster slot when the key has no braces of its own.
-    fn lease_key(&self, key: &str) -> String {
-        format!("rc:lease:{{{}{}}}", self.namespace, key)
+    /// The key of `key`'s load lease, or `None` when this namespace has no
+    /// leases. It is outside the namespace (so `list_keys` never sees it) and
+    /// hash-tagged with the data key, so both share a cluster slot — except
+    /// for keys with braces of their own, which get no lease on a cluster.
+    fn lease_key(&self, key: &str) -> Option<String> {
+        if !self.fence || (self.conn.mode() == RedisMode::Cluster && key.contains(['{', '}'])) {
+            return None;
+        }
+        Some(format!("rc:lease:{{{}{}}}", self.namespace, key))
     }
 
     fn px(&self, ttl: Option<Duration>) -> u64 {
@@ -437,15 +459,15 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
-        if !self.fence {
+        let Some(lease) = self.lease_key(key) else {
             let mut c = redis::cmd("SET");
             c.arg(self.redis_key(key)).arg(value).arg("PX").arg(self.px(ttl));
             return self.conn.query::<()>(&c).await;
-        }
+        };
         // Ending the lease first (one round trip) fences out a load in flight:
         // its conditional store can no longer land over this value.
         let mut p = redis::pipe();
-        p.cmd("DEL").arg(self.lease_key(key)).ignore();
+        p.cmd("DEL").arg(lease).ignore();
         p.cmd("SET")
             .arg(self.redis_key(key))
             .arg(value)
@@ -466,15 +488,15 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        if !self.fence {
+        let Some(lease) = self.lease_key(key) else {
             let n: u64 = self
                 .conn
                 .query(redis::cmd("UNLINK").arg(self.redis_key(key)))
                 .await?;
             return Ok(n > 0);
-        }
+        };
         let mut p = redis::pipe();
-        p.cmd("DEL").arg(self.lease_key(key)).ignore();
+        p.cmd("DEL").arg(lease).ignore();
         p.cmd("UNLINK").arg(self.redis_key(key));
         let (removed,): (u64,) = self.conn.query_pipeline(&p).await?;
         Ok(removed > 0)
@@ -561,14 +583,11 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
-        if !self.fence {
+        let Some(lease) = self.lease_key(key) else {
             return Ok(None);
-        }
+        };
         let mut c = redis::cmd("SET");
-        c.arg(self.lease_key(key))
-            .arg(token)
-            .arg("PX")
-            .arg(self.px(Some(ttl)));
+        c.arg(lease).arg(token).arg("PX").arg(self.px(Some(ttl)));
         if exclusive {
             c.arg("NX");
         }
@@ -592,9 +611,12 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1",
             )
         });
+        let Some(lease) = self.lease_key(key) else {
+            return Ok(None);
+        };
         let mut inv = STORE.prepare_invoke();
         inv.key(self.redis_key(key))
-            .key(self.lease_key(key))
+            .key(lease)
             .arg(token)
             .arg(value)
             .arg(self.px(ttl))
@@ -608,8 +630,11 @@ return 1",
                 r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
             )
         });
+        let Some(lease) = self.lease_key(key) else {
+            return Ok(());
+        };
         let mut inv = RELEASE.prepare_invoke();
-        inv.key(self.lease_key(key)).arg(token);
+        inv.key(lease).arg(token);
         self.conn.query_script::<()>(inv).await
     }
 

@@ -10,6 +10,8 @@ pub mod cli;
 pub mod coherence;
 pub mod loadgen;
 pub mod stampede;
+pub mod topology;
+pub mod topology_bench;
 
 mod server;
 pub use server::*;

@@ -16,9 +16,11 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// A config file passed first (sentinels need one they can rewrite).
+    config_file: Option<PathBuf>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
         .local_addr()
@@ -42,6 +44,25 @@ impl RedisServer {
             port,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            config_file: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// A Sentinel (`redis-server <conf> --sentinel`) with the given configuration.
+    pub fn start_sentinel(conf: &str) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("resilient-cache-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sentinel.conf");
+        std::fs::write(&file, conf).unwrap();
+        let mut s = Self {
+            child: None,
+            port,
+            dir,
+            extra: vec!["--sentinel".to_string()],
+            config_file: Some(file),
         };
         s.spawn();
         s
@@ -49,7 +70,11 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(file) = &self.config_file {
+            cmd.arg(file);
+        }
+        let child = cmd
             .args([
                 "--port",
                 &port,
@@ -137,6 +162,16 @@ impl RedisServer {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// A connection, or `None` when the server does not answer within 2 s.
+    pub fn try_conn(&self) -> Option<redis::Connection> {
+        let c = redis::Client::open(self.url())
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        Some(c)
     }
 
     /// A plain synchronous connection for inspecting the server from the test.

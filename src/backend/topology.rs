@@ -1,0 +1,430 @@
+//! How the service reaches Redis: one server, a Redis Cluster, or the
+//! primary that Sentinel names. [`RedisConnection`](super::redis::RedisConnection)
+//! runs every command through a [`Link`] and does not care which.
+//!
+//! - **Single**: one lazily connecting, auto-reconnecting `ConnectionManager`.
+//! - **Cluster**: the `redis` crate's async cluster client (slot routing,
+//!   `MOVED`/`ASK`, topology refresh), connected on first use. Commands that
+//!   must see every key (`SCAN`) are sent to each primary in turn.
+//! - **Sentinel**: a `ConnectionManager` to the primary the sentinels name,
+//!   asked on first use and asked again after any connection failure or
+//!   `READONLY` answer, so a failover is followed without a restart.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError, RedisFuture, Value};
+
+use crate::config::{keys, redact_url, RedisConfig};
+use crate::error::{config_err, ConnectionErrorKind as Kind, Error, Result};
+
+/// A connection to run one command on (cheap clones of shared, multiplexed connections).
+pub(crate) enum Handle {
+    Manager(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Handle::Manager(c) => c.req_packed_command(cmd),
+            Handle::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Handle::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Handle::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Handle::Manager(c) => c.get_db(),
+            Handle::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum Link {
+    Single(Arc<SingleLink>),
+    Cluster(Arc<ClusterLink>),
+    Sentinel(Arc<SentinelLink>),
+}
+
+pub(crate) struct SingleLink {
+    pub(crate) manager: ConnectionManager,
+    pub(crate) client: redis::Client,
+}
+
+pub(crate) struct ClusterLink {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+    /// Seeds, for the backplane's subscriber (rotated on each reconnect).
+    seeds: Vec<ConnectionInfo>,
+    next_seed: AtomicUsize,
+}
+
+pub(crate) struct SentinelLink {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    primary: Mutex<Option<(ConnectionManager, redis::Client)>>,
+    manager_config: ConnectionManagerConfig,
+}
+
+/// No retries inside the connection: a refused connection fails at once, and
+/// the next call allowed by the breaker tries again. No response timeout
+/// inside either: each call is bounded by one timer around it.
+fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(0)
+        .set_connection_timeout(Some(config.connect_timeout.min(config.socket_timeout)))
+        .set_response_timeout(None)
+}
+
+/// `host:port` or a URL → connection info with the configured credentials.
+fn node_info(key: &str, node: &str, config: &RedisConfig) -> Result<ConnectionInfo> {
+    let url = if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("redis://{node}")
+    };
+    let info = url
+        .as_str()
+        .into_connection_info()
+        .map_err(|_| config_err(key, &redact_url(node), "a comma-separated list of host:port"))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &config.username {
+        settings = settings.set_username(user.expose());
+    }
+    if let Some(pw) = &config.password {
+        settings = settings.set_password(pw.expose());
+    }
+    Ok(info.set_redis_settings(settings))
+}
+
+/// The same server, speaking RESP3 (push messages): for the backplane's subscriber.
+fn resp3(info: ConnectionInfo) -> std::result::Result<redis::Client, RedisError> {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
+impl Link {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self> {
+        if !config.cluster_nodes.is_empty() {
+            return Self::cluster(config);
+        }
+        if !config.sentinel_nodes.is_empty() {
+            return Self::sentinel(config);
+        }
+        let info = match &config.url {
+            Some(url) => {
+                super::redis::check_url(url.expose())?;
+                url.expose().into_connection_info().expect("checked above")
+            }
+            None => {
+                let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
+                    .into_connection_info()
+                    .map_err(|_| config_err(keys::REDIS_HOST, &config.host, "a valid host name"))?;
+                let mut redis = info.redis_settings().clone().set_db(config.db);
+                if let Some(user) = &config.username {
+                    redis = redis.set_username(user.expose());
+                }
+                if let Some(pw) = &config.password {
+                    redis = redis.set_password(pw.expose());
+                }
+                info.set_redis_settings(redis)
+            }
+        };
+        let client = super::redis::open_client(config, info)?;
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(config))
+            .map_err(|e| Error::connection(Kind::Io, e.to_string()))?;
+        Ok(Link::Single(Arc::new(SingleLink { manager, client })))
+    }
+
+    fn cluster(config: &RedisConfig) -> Result<Self> {
+        let key = keys::REDIS_CLUSTER_NODES;
+        let seeds = config
+            .cluster_nodes
+            .iter()
+            .map(|n| node_info(key, n, config))
+            .collect::<Result<Vec<_>>>()?;
+        let tls = seeds
+            .iter()
+            .any(|s| matches!(s.addr(), ConnectionAddr::TcpTls { .. }));
+        // The client retries a redirect or a dead node's slot after a short
+        // pause; the whole call stays bounded by the operation timeout.
+        let mut builder = ClusterClient::builder(seeds.clone())
+            .connection_timeout(config.connect_timeout.min(config.socket_timeout))
+            .response_timeout(config.socket_timeout)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100);
+        if tls {
+            #[cfg(feature = "tls")]
+            {
+                builder = builder.tls(redis::TlsMode::Secure);
+                if let Some(path) = &config.tls_ca {
+                    let root_cert = std::fs::read(path).map_err(|e| {
+                        config_err(
+                            keys::REDIS_TLS_CA,
+                            &path.display().to_string(),
+                            format!("a readable PEM file ({e})"),
+                        )
+                    })?;
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    });
+                }
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(config_err(
+                key,
+                &config.cluster_nodes.join(","),
+                "redis:// nodes in this build: rediss:// (TLS) needs the Cargo feature `tls` of resilient-cache",
+            ));
+        }
+        if let Some(user) = &config.username {
+            builder = builder.username(user.expose());
+        }
+        if let Some(pw) = &config.password {
+            builder = builder.password(pw.expose());
+        }
+        let client = builder.build().map_err(|e| {
+            config_err(
+                key,
+                &config.cluster_nodes.join(","),
+                format!("usable cluster seed nodes ({e})"),
+            )
+        })?;
+        Ok(Link::Cluster(Arc::new(ClusterLink {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            seeds,
+            next_seed: AtomicUsize::new(0),
+        })))
+    }
+
+    fn sentinel(config: &RedisConfig) -> Result<Self> {
+        let key = keys::REDIS_SENTINEL_NODES;
+        let mut sentinels = Vec::new();
+        for n in &config.sentinel_nodes {
+            let info = node_info(key, n, config)?;
+            match info.addr() {
+                ConnectionAddr::Tcp(host, port) => sentinels.push(ConnectionAddr::Tcp(host.clone(), *port)),
+                _ => {
+                    return Err(config_err(
+                        key,
+                        &redact_url(n),
+                        "plain host:port sentinels (TLS to sentinels is not supported yet)",
+                    ))
+                }
+            }
+        }
+        let master = config.sentinel_master.clone().unwrap_or_default();
+        let mut builder = SentinelClientBuilder::new(sentinels, &master, SentinelServerType::Master)
+            .map_err(|e| {
+                config_err(
+                    key,
+                    &config.sentinel_nodes.join(","),
+                    format!("usable sentinels ({e})"),
+                )
+            })?
+            .set_client_to_redis_db(config.db);
+        if let Some(user) = &config.username {
+            builder = builder.set_client_to_redis_username(user.expose());
+        }
+        if let Some(pw) = &config.password {
+            builder = builder.set_client_to_redis_password(pw.expose());
+        }
+        let sentinel = builder.build().map_err(|e| {
+            config_err(
+                key,
+                &config.sentinel_nodes.join(","),
+                format!("usable sentinels ({e})"),
+            )
+        })?;
+        Ok(Link::Sentinel(Arc::new(SentinelLink {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            primary: Mutex::new(None),
+            manager_config: manager_config(config),
+        })))
+    }
+
+    /// A connection for the next command (connecting or discovering lazily).
+    pub(crate) async fn handle(&self) -> std::result::Result<Handle, RedisError> {
+        match self {
+            Link::Single(s) => Ok(Handle::Manager(s.manager.clone())),
+            Link::Cluster(c) => Ok(Handle::Cluster(c.connection().await?)),
+            Link::Sentinel(s) => Ok(Handle::Manager(erased(s.primary()).await?.0)),
+        }
+    }
+
+    /// After a failed call: a sentinel link forgets the primary when the
+    /// failure may mean it moved (connection lost, timeout, `READONLY`).
+    pub(crate) fn failed(&self, e: Option<&RedisError>) {
+        if let Link::Sentinel(s) = self {
+            let moved = e.is_none_or(|e| {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.code() == Some("READONLY")
+            });
+            if moved {
+                *s.primary.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+
+    /// A RESP3 client for the backplane's subscriber: the server, a cluster
+    /// node (classic pub/sub reaches every node; the next seed on each
+    /// reconnect), or the current primary.
+    pub(crate) async fn subscriber_client(&self) -> std::result::Result<redis::Client, RedisError> {
+        match self {
+            Link::Single(s) => resp3(s.client.get_connection_info().clone()),
+            Link::Cluster(c) => {
+                let i = c.next_seed.fetch_add(1, Relaxed) % c.seeds.len();
+                resp3(c.seeds[i].clone())
+            }
+            Link::Sentinel(s) => resp3(s.primary().await?.1.get_connection_info().clone()),
+        }
+    }
+
+    /// The primaries of a cluster (`None` for other links): where `SCAN` must go.
+    pub(crate) async fn primaries(&self) -> Option<std::result::Result<Vec<(String, u16)>, RedisError>> {
+        let Link::Cluster(c) = self else { return None };
+        let mut conn = match c.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Some(Err(e)),
+        };
+        let nodes = conn
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await;
+        Some(nodes.and_then(|v| {
+            let text: String = redis::from_redis_value(v)?;
+            Ok(parse_primaries(&text))
+        }))
+    }
+
+    /// Runs `cmd` on the cluster node at `host:port`.
+    pub(crate) async fn query_node(
+        &self,
+        cmd: &Cmd,
+        host: &str,
+        port: u16,
+    ) -> std::result::Result<Value, RedisError> {
+        let Handle::Cluster(mut conn) = self.handle().await? else {
+            return Err(RedisError::from((redis::ErrorKind::Client, "not a cluster")));
+        };
+        conn.route_command(
+            cmd.clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.to_string(),
+                port,
+            }),
+        )
+        .await
+    }
+}
+
+type Erased<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Type-erases the connection set-up futures of the cluster and sentinel
+/// clients: they nest deeply, and without this every future that awaits an
+/// L2 call (in this crate and in its users') would carry their whole type.
+fn erased<'a, T>(f: impl std::future::Future<Output = T> + Send + 'a) -> Erased<'a, T> {
+    Box::pin(f)
+}
+
+impl ClusterLink {
+    /// The cluster connection, connected on first use.
+    async fn connection(&self) -> std::result::Result<ClusterConnection, RedisError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| erased(self.client.get_async_connection()))
+            .await?;
+        Ok(conn.clone())
+    }
+}
+
+impl SentinelLink {
+    /// The current primary's connection, asking the sentinels when unknown.
+    async fn primary(&self) -> std::result::Result<(ConnectionManager, redis::Client), RedisError> {
+        if let Some(p) = self.primary.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(p);
+        }
+        let mut sentinel = self.sentinel.lock().await;
+        // Someone may have found it while we waited for the lock.
+        if let Some(p) = self.primary.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(p);
+        }
+        let client = sentinel.async_get_client().await?;
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config.clone())?;
+        tracing::info!(primary = %client.get_connection_info().addr(), "sentinel: using primary");
+        *self.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some((manager.clone(), client.clone()));
+        Ok((manager, client))
+    }
+}
+
+/// Primaries from `CLUSTER NODES`: `id ip:port@cport[,host] flags …`; healthy masters only.
+fn parse_primaries(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let healthy_master = flags.split(',').any(|f| f == "master")
+                && !flags
+                    .split(',')
+                    .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"));
+            if !healthy_master {
+                return None;
+            }
+            let addr = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primaries_are_parsed_from_cluster_nodes() {
+        let text = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+a2 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-10922
+a3 127.0.0.1:7002@17002,host.example master,fail - 0 1 3 connected
+a4 127.0.0.1:7003@17003 slave a1 0 1 1 connected
+a5 127.0.0.1:7004@17004 master - 0 1 5 connected 10923-16383
+";
+        assert_eq!(
+            parse_primaries(text),
+            vec![
+                ("127.0.0.1".to_string(), 7000),
+                ("127.0.0.1".to_string(), 7001),
+                ("127.0.0.1".to_string(), 7004)
+            ]
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! L2 on a real Redis Cluster (3 primaries + 3 replicas) and on a real
+//! Sentinel set-up (1 primary, 1 replica, 3 sentinels): every operation,
+//! SCAN over every primary, and failover without errors or restarts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::eventually;
+use common::topology::{RedisCluster, RedisSentinels};
+use resilient_cache::{Cache, CacheOptions, CacheService, CircuitState, LoadOptions};
+
+/// Tasks reading (expecting the value set before) and writing `keys` in a
+/// loop, each call under a 10 s hang guard, until `finish`.
+struct Callers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+fn spawn_callers(c: &Cache<String>, keys: &[String]) -> Callers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = (0..4)
+        .map(|_| {
+            let (c, keys, stop) = (c.clone(), keys.to_vec(), stop.clone());
+            tokio::spawn(async move {
+                let mut rounds = 0;
+                while !stop.load(SeqCst) {
+                    for k in &keys {
+                        let got = tokio::time::timeout(Duration::from_secs(10), c.get(k))
+                            .await
+                            .expect("bounded");
+                        assert!(got.is_some(), "{k} is served during the failover");
+                        tokio::time::timeout(Duration::from_secs(10), c.set(k, (*got.unwrap()).clone()))
+                            .await
+                            .expect("bounded");
+                    }
+                    rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                rounds
+            })
+        })
+        .collect();
+    Callers { stop, tasks }
+}
+
+impl Callers {
+    async fn finish(self) -> u64 {
+        self.stop.store(true, SeqCst);
+        let mut total = 0;
+        for t in self.tasks {
+            total += t.await.expect("no caller panicked");
+        }
+        total
+    }
+}
+
+fn opts(prefix: &str) -> CacheOptions {
+    CacheOptions::new(prefix)
+        .l2_ttl(Duration::from_secs(300))
+        .serializer("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_works_on_a_cluster_and_scans_every_primary() {
+    let cluster = RedisCluster::start();
+    let service = CacheService::new(cluster.config()).await.unwrap();
+    let users = service.create_cache::<String>(opts("users")).unwrap();
+    let l2_only = service
+        .create_cache::<String>(opts("users").l1_enabled(false))
+        .unwrap();
+    let other = service.create_cache::<String>(opts("other")).unwrap();
+
+    let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    for k in &keys {
+        users.set(k, format!("v-{k}")).await;
+    }
+    other.set("o1", "x".to_string()).await;
+    // Keys spread over all three primaries.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    for &p in &primaries {
+        let n = cluster
+            .keys_on(p)
+            .iter()
+            .filter(|k| k.starts_with("users:"))
+            .count();
+        assert!(n > 30, "primary {p} holds {n} of the namespace's keys");
+    }
+    // Reads route by slot (L1 off: every read is an L2 GET).
+    for k in &keys {
+        assert_eq!(l2_only.get(k).await.as_deref(), Some(&format!("v-{k}")), "{k}");
+    }
+    assert_eq!(l2_only.get_stats().await.errors.l2_connection, 0);
+    assert!(l2_only
+        .get_ttl("user-1")
+        .await
+        .is_some_and(|t| t > Duration::from_secs(200)));
+    assert!(!users.set_if_not_exist("user-1", "again".into(), None).await);
+    assert!(users.set_if_not_exist("fresh", "new".into(), None).await);
+    assert!(users.delete("fresh").await);
+    assert!(!l2_only.is_on_cache("fresh").await);
+
+    // list_keys and get_size: the union over every primary.
+    let listed: BTreeSet<String> = l2_only.list_keys(None).await.into_iter().collect();
+    assert_eq!(listed, keys.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(l2_only.list_keys(Some("user-29")).await.len(), 11); // user-29, user-290..299
+    let stats = l2_only.get_stats().await;
+    assert_eq!(stats.l2.unwrap().size, Some(300));
+
+    // get_or_load with the distributed lock: the lease shares the key's slot.
+    let loaded = users
+        .get_or_load_with("loaded", &LoadOptions::new().distributed_lock(true), || async {
+            Ok::<_, std::io::Error>("from-db".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(*loaded, "from-db");
+    assert_eq!(
+        l2_only.get("loaded").await.as_deref().map(String::as_str),
+        Some("from-db")
+    );
+
+    // clear: the namespace on every primary, and nothing else.
+    let report = users.clear().await;
+    assert!(report.l2_cleared, "{report:?}");
+    assert_eq!(report.l2_items_removed, 301);
+    assert_eq!(
+        users.get_stats().await.errors.l2_connection,
+        0,
+        "no CROSSSLOT or other error"
+    );
+    for &p in &primaries {
+        assert!(
+            !cluster.keys_on(p).iter().any(|k| k.starts_with("users:")),
+            "primary {p} still holds users:*"
+        );
+    }
+    assert_eq!(other.get("o1").await.as_deref().map(String::as_str), Some("x"));
+    assert_eq!(users.breaker_state(), CircuitState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_works_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let a = CacheService::new(cluster.config()).await.unwrap();
+    let b = CacheService::new(cluster.config()).await.unwrap();
+    let ca = a.create_cache::<String>(opts("bp")).unwrap();
+    let cb = b.create_cache::<String>(opts("bp")).unwrap();
+    for c in [&ca, &cb] {
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                c.get_stats().await.backplane.is_some_and(|s| s.connected)
+            })
+            .await
+        );
+    }
+    ca.set("k", "v1".into()).await;
+    assert_eq!(cb.get("k").await.as_deref().map(String::as_str), Some("v1")); // now in B's L1
+    ca.set("k", "v2".into()).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            cb.get("k").await.as_deref().map(String::as_str) == Some("v2")
+        })
+        .await,
+        "B's L1 copy was invalidated through the cluster's pub/sub"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_cluster_primary_costs_no_errors_and_l2_comes_back_after_failover() {
+    let cluster = RedisCluster::start();
+    let mut config = cluster.config();
+    config.circuit_breaker.threshold = 3;
+    config.circuit_breaker.timeout = Duration::from_secs(1);
+    let service = CacheService::new(config).await.unwrap();
+    let c = service.create_cache::<String>(opts("fo")).unwrap();
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        c.set(k, "before".into()).await;
+    }
+    let victim = cluster.owner_of("fo:k0").expect("k0 is stored");
+    let victim_keys: Vec<String> = keys
+        .iter()
+        .filter(|k| cluster.keys_on(victim).contains(&format!("fo:{k}")))
+        .cloned()
+        .collect();
+    assert!(!victim_keys.is_empty());
+
+    // Callers run through the whole failover: every call returns (bounded),
+    // and reads of cached keys are served (from L1 while L2 is off).
+    let callers = spawn_callers(&c, &keys);
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster.kill_primary(victim);
+        cluster
+    })
+    .await
+    .unwrap();
+    let rounds = callers.finish().await;
+    assert!(rounds >= 1, "callers kept going during the failover");
+
+    // After the promotion, writes and reads of the dead primary's slots go through L2 again.
+    let moved = &victim_keys[0];
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            c.set(moved, "through-l2".into()).await;
+            cluster.owner_of(&format!("fo:{moved}")).is_some_and(|i| {
+                cluster.nodes[i].get_raw(&format!("fo:{moved}")) == Some(b"\"through-l2\"".to_vec())
+            })
+        })
+        .await,
+        "the promoted replica took the write"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || c.breaker_state()
+            == CircuitState::Closed)
+        .await
+    );
+    // Every write reaches the promoted replica's slots (directly or replayed).
+    for k in &victim_keys[1..] {
+        c.set(k, "after".into()).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            victim_keys[1..].iter().all(|k| {
+                let raw = format!("fo:{k}");
+                cluster.owner_of(&raw).map(|i| cluster.nodes[i].get_raw(&raw))
+                    == Some(Some(b"\"after\"".to_vec()))
+            })
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_mode_follows_a_failover_without_restart() {
+    let set = RedisSentinels::start();
+    let mut config = set.config();
+    config.circuit_breaker.threshold = 3;
+    config.circuit_breaker.timeout = Duration::from_secs(1);
+    let service = CacheService::new(config).await.unwrap();
+    let c = service.create_cache::<String>(opts("sen")).unwrap();
+    c.set("a", "1".into()).await;
+    assert_eq!(
+        set.primary.get_raw("sen:a"),
+        Some(b"\"1\"".to_vec()),
+        "written to the primary"
+    );
+    assert!(service.health().await.is_healthy());
+
+    let callers = spawn_callers(&c, &["a".to_string()]);
+    let set = tokio::task::spawn_blocking(move || {
+        let mut set = set;
+        set.kill_primary_and_fail_over();
+        set
+    })
+    .await
+    .unwrap();
+    let rounds = callers.finish().await;
+    assert!(rounds >= 1, "callers kept going during the failover");
+    for i in 0..20 {
+        c.set(&format!("w{i}"), "x".into()).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            c.set("b", "2".into()).await;
+            set.replica.get_raw("sen:b") == Some(b"\"2\"".to_vec())
+        })
+        .await,
+        "writes reach the promoted replica"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || service
+            .health()
+            .await
+            .is_healthy())
+        .await
+    );
+    // Writes made while L2 was unreachable were replayed into the new primary.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            (0..20).all(|i| set.replica.get_raw(&format!("sen:w{i}")).is_some())
+        })
+        .await
+    );
+}
