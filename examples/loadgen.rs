@@ -80,12 +80,12 @@ fn main() {
     let report = cli::run(run(p, Some(live)));
     cli::write_json(&args, json.as_deref(), &report);
     println!(
-        "{:<8} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8}",
+        "{:<9} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8}",
         "scenario", "c", "ops/s", "p50 us", "p99 us", "p999 us", "raw ops/s", "raw p50", "ops x", "p50 x"
     );
     for s in &report.scenarios {
         println!(
-            "{:<8} {:>4} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>13.0} {:>9.3} {:>8.2} {:>8.2}",
+            "{:<9} {:>4} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>13.0} {:>9.3} {:>8.2} {:>8.2}",
             s.name,
             s.concurrency,
             s.ops_per_sec,

@@ -418,6 +418,7 @@ where
                     ConnectionErrorKind::Auth => errs.l2_auth.incr(),
                     _ => errs.l2_connection.incr(),
                 }
+                tracing::trace!(cache = %self.inner.prefix, op, error = %c, "L2 call failed");
                 if let Some(suppressed) = errs.log.admit() {
                     tracing::warn!(cache = %self.inner.prefix, op, error = %c, suppressed, "L2 unavailable; serving from L1");
                 }

@@ -169,10 +169,24 @@ async fn the_response_layer_honours_no_store_no_cache_and_cookies() {
     let (x, _) = app.raw("/report?v=2", &[]).await;
     assert_eq!(x, "miss", "no-store kept nothing");
 
+    // Neither is a response that is not 200.
+    for _ in 0..2 {
+        let r = app
+            .http
+            .get(format!("{}/report/missing", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers()["x-cache"], "miss");
+    }
     // A response that sets a cookie is never cached.
     for _ in 0..2 {
         let (x, _) = app.raw("/report/personal", &[]).await;
         assert_eq!(x, "miss");
     }
-    assert!(!redis.keys().iter().any(|k| k.contains("personal")));
+    assert!(!redis
+        .keys()
+        .iter()
+        .any(|k| k.contains("personal") || k.contains("missing")));
 }

@@ -118,6 +118,10 @@ pub fn app(service: CacheService) -> resilient_cache::Result<(Router, AppState)>
                 .layer(pages.clone()),
         )
         .route(
+            "/report/missing",
+            get(|| async { (StatusCode::NOT_FOUND, "no such report") }).layer(pages.clone()),
+        )
+        .route(
             "/report/personal",
             get(|| async {
                 (

@@ -229,6 +229,15 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                 .l1_maxsize(2000),
         )
         .unwrap();
+    let plain: Cache<User> = service
+        .create_cache(
+            CacheOptions::new("lg-plain")
+                .l2_ttl(Duration::from_secs(600))
+                .l1_maxsize(2000)
+                .backplane(false)
+                .lease_fence(false),
+        )
+        .unwrap();
     let raw_l1: &'static quick_cache::sync::Cache<String, Arc<User>> =
         Box::leak(Box::new(quick_cache::sync::Cache::new(2000)));
     for (i, k) in hot.iter().enumerate() {
@@ -332,36 +341,39 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             .await,
         );
 
-        let (cache, ks, conn, rk, ser) = (
-            l1.clone(),
-            hot.clone(),
-            raw_conn.clone(),
-            keys(1024, "lg-l1:"),
-            msgpack.clone(),
-        );
-        scenarios.push(
-            compare(
-                &p,
-                "set",
-                c,
-                1,
-                move |i| {
-                    let (cache, ks) = (cache.clone(), ks.clone());
-                    async move {
-                        let n = i as usize % ks.len();
-                        cache.set(&ks[n], user(n as u64)).await;
-                    }
-                },
-                move |i| {
-                    let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
-                    async move {
-                        let n = i as usize % rk.len();
-                        raw_set(&mut conn, &rk[n], ser.encode(&user(n as u64)).unwrap()).await;
-                    }
-                },
-            )
-            .await,
-        );
+        // `set` as configured by default (backplane announcement + lease fence),
+        // then `set_plain` without either: what those two cost.
+        for (name, cache) in [("set", l1.clone()), ("set_plain", plain.clone())] {
+            let (ks, conn, rk, ser) = (
+                hot.clone(),
+                raw_conn.clone(),
+                keys(1024, "lg-l1:"),
+                msgpack.clone(),
+            );
+            scenarios.push(
+                compare(
+                    &p,
+                    name,
+                    c,
+                    1,
+                    move |i| {
+                        let (cache, ks) = (cache.clone(), ks.clone());
+                        async move {
+                            let n = i as usize % ks.len();
+                            cache.set(&ks[n], user(n as u64)).await;
+                        }
+                    },
+                    move |i| {
+                        let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
+                        async move {
+                            let n = i as usize % rk.len();
+                            raw_set(&mut conn, &rk[n], ser.encode(&user(n as u64)).unwrap()).await;
+                        }
+                    },
+                )
+                .await,
+            );
+        }
 
         // Mixed: 90 % get / 10 % set over many keys, Zipf-like; ours has L1 in front.
         let mixed: Cache<User> = service

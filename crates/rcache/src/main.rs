@@ -95,6 +95,8 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// A guided tour: load, L1 hit, L2 hit, stats; works without Redis (L1 only).
+    Demo,
     /// Quick latency benchmark through the cache: set, L2 get (L1 off), L1 get.
     Bench {
         /// Operations per scenario.
@@ -409,11 +411,101 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
                 println!("removed {n} keys from {prefix}:*")
             });
         }
+        Cmd::Demo => demo(&ctx).await?,
         Cmd::Bench { ops, concurrency } => {
             ctx.require_l2().await?;
             bench(&ctx, ops.max(1), concurrency.clamp(1, 1024)).await?;
         }
     }
+    Ok(())
+}
+
+/// The quickstart as a command: what each level does, timed. Never fails
+/// because Redis is down: that is the point of the cache.
+async fn demo(ctx: &Ctx) -> Outcome {
+    let l2 = ctx.service.ping().await.ok();
+    let endpoint = ctx.config.redis.endpoint();
+    let prefix = format!("rcache-demo-{}", std::process::id());
+    let make = |l1: bool| {
+        ctx.service
+            .create_cache::<Value>(
+                CacheOptions::new(&prefix)
+                    .l2_ttl(Duration::from_secs(60))
+                    .l1_enabled(l1)
+                    .circuit_breaker_threshold(1),
+            )
+            .map_err(|e| Failure(USAGE, e.to_string()))
+    };
+    let (cache, l2_only) = (make(true)?, make(false)?);
+    let mut steps: Vec<(String, String)> = Vec::new();
+    let mut step = |what: &str, took: Duration, result: String| {
+        let line = (
+            what.to_string(),
+            format!("{:>10.1} us  {result}", took.as_secs_f64() * 1e6),
+        );
+        if !ctx.json {
+            println!("{:<34} {}", line.0, line.1);
+        }
+        steps.push(line);
+    };
+    if !ctx.json {
+        match l2 {
+            Some(rtt) => println!(
+                "L2 {endpoint}: reachable (PING {:.2} ms)
+",
+                rtt.as_secs_f64() * 1e3
+            ),
+            None => println!(
+                "L2 {endpoint}: unreachable — running on L1 only, degraded but alive
+"
+            ),
+        }
+    }
+    let t = Instant::now();
+    let user = cache
+        .get_or_load("user:42", || async {
+            tokio::time::sleep(Duration::from_millis(50)).await; // a slow database
+            Ok::<_, std::io::Error>(json!({"id": 42, "name": "Ada Lovelace"}))
+        })
+        .await
+        .map_err(|e| Failure(ERROR, e.to_string()))?;
+    step("get_or_load (miss: 50 ms loader)", t.elapsed(), user.to_string());
+    let t = Instant::now();
+    let hit = cache.get("user:42").await;
+    step("get (L1 hit)", t.elapsed(), format!("{}", hit.is_some()));
+    let t = Instant::now();
+    let l2_hit = l2_only.get("user:42").await;
+    step(
+        "get with L1 off (L2 hit)",
+        t.elapsed(),
+        if l2_hit.is_some() {
+            "true".into()
+        } else {
+            "miss: L2 unavailable".into()
+        },
+    );
+    let t = Instant::now();
+    let deleted = cache.delete("user:42").await;
+    step("delete (both levels)", t.elapsed(), format!("{deleted}"));
+    let stats = cache.get_stats().await;
+    let summary = json!({
+        "l2_reachable": l2.is_some(),
+        "endpoint": endpoint,
+        "l1_hits": stats.l1.as_ref().map(|s| s.hits),
+        "l2_hits": l2_only.get_stats().await.l2_hits,
+        "loads": stats.loader.loads,
+        "breaker": stats.circuit_breaker.state,
+        "steps": steps.iter().map(|(k, v)| json!({"step": k, "result": v.trim()})).collect::<Vec<_>>(),
+    });
+    cache.clear().await;
+    ctx.print(summary, || {
+        println!(
+            "\nbreaker {:?}; L1 hits {}; loads {}. Namespace {prefix}:* removed.",
+            stats.circuit_breaker.state,
+            stats.l1.as_ref().map_or(0, |s| s.hits),
+            stats.loader.loads
+        )
+    });
     Ok(())
 }
 

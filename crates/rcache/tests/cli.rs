@@ -208,6 +208,22 @@ fn exit_codes_for_redis_down_usage_and_bad_configuration() {
 }
 
 #[test]
+fn demo_runs_with_and_without_redis() {
+    let mut redis = RedisServer::start();
+    let out = rcache(&redis).args(["demo", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["l2_reachable"], true);
+    assert_eq!(v["l2_hits"], 1, "{v}");
+    assert_eq!(v["loads"], 1);
+    assert!(redis.keys().is_empty(), "the demo cleans up: {:?}", redis.keys());
+    redis.kill();
+    let out = rcache(&redis).arg("demo").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "degraded but alive: {}", stderr(&out));
+    assert!(stdout(&out).contains("running on L1 only"), "{}", stdout(&out));
+}
+
+#[test]
 fn flags_override_the_environment() {
     let redis = RedisServer::start();
     let mut c = Command::new(env!("CARGO_BIN_EXE_rcache"));
