@@ -69,6 +69,11 @@
 //! is back, before L2 values are promoted again, so nothing deleted during an
 //! outage comes back. See the README, "Failure modes".
 //!
+//! L2 can be one server, a Redis Cluster (`CACHE_REDIS_CLUSTER_NODES`: keys
+//! route by slot, namespace-wide operations scan every primary) or a
+//! Sentinel-managed primary (`CACHE_REDIS_SENTINEL_NODES`: followed across
+//! failovers); the rules above hold on all three.
+//!
 //! ## Loading
 //!
 //! [`get_or_load`](TwoLevelCache::get_or_load) replaces "get; if missing,
