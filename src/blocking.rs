@@ -78,6 +78,11 @@ impl CacheService {
         self.rt.block_on(self.inner.get_stats())
     }
 
+    /// See [`crate::CacheService::health`].
+    pub fn health(&self) -> crate::Health {
+        self.rt.block_on(self.inner.health())
+    }
+
     /// The async service behind this one.
     pub fn as_async(&self) -> &crate::CacheService {
         &self.inner
@@ -167,6 +172,11 @@ impl<V: CacheValue> Cache<V> {
     /// See [`crate::TwoLevelCache::clear`].
     pub fn clear(&self) -> ClearReport {
         self.rt.block_on(self.inner.clear())
+    }
+
+    /// See [`crate::TwoLevelCache::clear_with_progress`].
+    pub fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> ClearReport {
+        self.rt.block_on(self.inner.clear_with_progress(progress))
     }
 
     /// See [`crate::TwoLevelCache::is_on_cache`].

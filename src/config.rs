@@ -582,9 +582,10 @@ impl CacheFactoryConfig {
             }
             if r.sentinel_master.as_deref().is_none_or(|m| m.trim().is_empty()) {
                 return Err(config_err(
-                    keys::REDIS_SENTINEL_MASTER,
-                    "unset",
-                    "the name of the primary the sentinels watch (sentinel monitor <name> …)",
+                    keys::REDIS_SENTINEL_NODES,
+                    &r.sentinel_nodes.join(","),
+                    "usable only with CACHE_REDIS_SENTINEL_MASTER set to the name of the primary \
+                     the sentinels watch (sentinel monitor <name> …)",
                 ));
             }
         } else if let Some(m) = &r.sentinel_master {

@@ -27,9 +27,17 @@ fn blocking_api_round_trip() {
     c.set_with_ttl("t", vec![], Some(Duration::from_secs(9)));
     assert!(c.get_stats().l2.unwrap().available);
     assert!(service.get_stats().caches.contains_key("blk"));
+    assert!(service.health().is_healthy());
     let report = c.clear();
     assert!(report.l2_cleared);
     assert_eq!(report.l2_items_removed, 2);
+    // The progress callback sees the running count of removed keys.
+    c.set("p1", vec![]);
+    c.set("p2", vec![]);
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    let progress = |n| seen.store(n, std::sync::atomic::Ordering::SeqCst);
+    let report = c.clear_with_progress(&progress);
+    assert_eq!((report.l2_items_removed, seen.into_inner()), (2, 2));
     assert_eq!(c.breaker_state(), CircuitState::Closed);
 }
 
