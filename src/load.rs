@@ -393,6 +393,17 @@ fn token() -> u64 {
     RandomState::new().hash_one(SEQ.fetch_add(1, Relaxed)) | 1
 }
 
+/// What a load started from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Nothing cached: the loaded value is stored only if the key is still absent.
+    Miss,
+    /// A stale (fail-safe) value.
+    Stale,
+    /// A fresh value, reloaded early (eager refresh).
+    Refresh,
+}
+
 enum Waited<V, E> {
     Done(Result<Arc<V>, Arc<E>>),
     TimedOut(Duration),
@@ -482,7 +493,7 @@ where
                                 if created {
                                     bump(&counters.eager_refreshes);
                                     flight.detached.store(true, Relaxed);
-                                    self.launch(key, flight, opts, l, false);
+                                    self.launch(key, flight, opts, l, Start::Refresh);
                                 }
                             }
                         }
@@ -502,7 +513,12 @@ where
             let (flight, created) = self.flights().join(key);
             if created {
                 let l = loader.take().expect("a caller starts at most one load");
-                self.launch(key, flight.clone(), opts, l, stale.is_none());
+                let start = if stale.is_none() {
+                    Start::Miss
+                } else {
+                    Start::Stale
+                };
+                self.launch(key, flight.clone(), opts, l, start);
             }
             bump(&counters.waits);
             let waiter = Waiter::new(&flight);
@@ -546,7 +562,7 @@ where
     }
 
     /// Starts the load task of `flight`.
-    fn launch<F, Fut, E>(&self, key: &str, flight: Arc<Flight>, opts: &LoadOptions, loader: F, was_miss: bool)
+    fn launch<F, Fut, E>(&self, key: &str, flight: Arc<Flight>, opts: &LoadOptions, loader: F, start: Start)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
@@ -598,13 +614,24 @@ where
                 Lease::Held(token) => Some(token),
                 _ => None,
             };
+            if let (Some(token), false) = (held, start == Start::Refresh) {
+                // Another instance may have stored the value and ended its
+                // lease just before we took ours: look once more (a refresh
+                // starts from a fresh value, so it does not).
+                if let Found::Fresh { value, .. } = this.lookup(key, false).await {
+                    this.with_l2("release_lease", |l2| l2.release_lease(key, token))
+                        .await;
+                    let _ = end.flight.result.set(Box::new(Ok::<_, Arc<E>>(value)));
+                    return;
+                }
+            }
             bump(&counters.loads);
             let result = match loader().await {
                 Ok(v) => {
                     let v = Arc::new(v);
                     this.flights().unthrottle(key);
                     if !this
-                        .store_loaded(key, &v, opts.ttl, before, leased, was_miss)
+                        .store_loaded(key, &v, opts.ttl, before, leased, start == Start::Miss)
                         .await
                     {
                         bump(&counters.stale_writes_prevented);
