@@ -27,7 +27,7 @@ fn main() {
     cli::write_json(&args, json.as_deref(), &r);
     println!(
         "l2_hit c{}: single {:.0} ops/s, 3-primary cluster {:.0} ops/s ({:.2}x)\n\
-         failover gap (served from L1 only): cluster {} ms, sentinel {} ms; hung calls {}\n({})",
+         failover gap (served from L1 only): cluster {:?} ms, sentinel {:?} ms; hung calls {}\n({})",
         r.concurrency,
         r.single_l2_hit_ops_per_sec,
         r.cluster_l2_hit_ops_per_sec,

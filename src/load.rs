@@ -377,7 +377,8 @@ where
             map.remove(&self.key);
         }
         drop(map);
-        if self.flight.result.get().is_none() {
+        // A panicking loader is a loader error; an aborted load (every caller gone) is not.
+        if std::thread::panicking() {
             bump(&flights.counters.loader_errors);
         }
         self.flight

@@ -26,7 +26,8 @@ use crate::{CacheService, CircuitState};
 
 /// Publishes every live cache's counters of `service` to the installed recorder.
 pub async fn record(service: &CacheService) {
-    let stats = service.get_stats().await;
+    // Counters only: a scrape must not scan every namespace in L2.
+    let stats = service.stats_asking_l2(false).await;
     for (name, c) in stats.caches {
         let total = |metric: &'static str, v: u64| counter!(metric, "cache" => name.clone()).absolute(v);
         if let Some(l1) = &c.l1 {

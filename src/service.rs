@@ -108,7 +108,8 @@ impl CacheService {
             }
             None => None,
         };
-        let stats = self.get_stats().await;
+        // Breaker states only: a health check must not scan every namespace.
+        let stats = self.stats_asking_l2(false).await;
         let open_breakers: Vec<String> = stats
             .caches
             .iter()
@@ -129,6 +130,11 @@ impl CacheService {
 
     /// Stats of every live cache, by namespace.
     pub async fn get_stats(&self) -> ServiceStats {
+        self.stats_asking_l2(true).await
+    }
+
+    /// Stats; with `ask_l2` false, without any L2 I/O (no `SCAN`, no `INFO`).
+    pub(crate) async fn stats_asking_l2(&self, ask_l2: bool) -> ServiceStats {
         let sources: Vec<(String, Arc<dyn StatsSource>)> = {
             let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
             caches
@@ -138,7 +144,7 @@ impl CacheService {
         };
         let mut out = BTreeMap::new();
         for (name, source) in sources {
-            out.insert(name, source.stats().await);
+            out.insert(name, source.stats(ask_l2).await);
         }
         ServiceStats {
             l2_endpoint: self.factory.config().redis.endpoint(),

@@ -559,9 +559,8 @@ where
         match self.logical(physical) {
             Ok(remaining) => {
                 // A fail-safe entry promoted into L1 keeps L2's deadline, not a fresh one.
-                let l1_ttl = self.physical_ttls(None).0;
                 let promote_ttl = match (self.inner.fail_safe, physical) {
-                    (Some(_), Some(p)) => l1_ttl.map(|t| t.min(p)),
+                    (Some(_), Some(p)) => self.physical_ttls(None).0.map(|t| t.min(p)),
                     _ => None,
                 };
                 match self.decode(key, &bytes, Some((before, promote_ttl))).await {
@@ -1059,13 +1058,7 @@ where
         self.inner.l2.as_ref().is_some() && {
             match self.pending(key) {
                 Some(present) => present,
-                None => match self.l2() {
-                    Some((l2, permit)) => {
-                        let r = l2.exists(key).await;
-                        self.settle(permit, "exists", r).ok().unwrap_or(false)
-                    }
-                    None => false,
-                },
+                None => self.with_l2("exists", |l2| l2.exists(key)).await.unwrap_or(false),
             }
         }
     }
@@ -1097,11 +1090,8 @@ where
         if self.pending(key).is_some() {
             return None;
         }
-        let (l2, permit) = self.l2()?;
-        let r = l2.get_ttl(key).await;
-        self.logical(self.settle(permit, "get_ttl", r).ok().flatten())
-            .ok()
-            .flatten()
+        let ttl = self.with_l2("get_ttl", |l2| l2.get_ttl(key)).await.flatten();
+        self.logical(ttl).ok().flatten()
     }
 
     /// Keys (without the namespace) in L1 or L2 that start with `prefix`
@@ -1114,10 +1104,11 @@ where
         if let Some(l1) = &self.inner.l1 {
             keys.extend(l1.list_keys(prefix).await.unwrap_or_default());
         }
-        if let Some((l2, permit)) = self.l2() {
-            let r = l2.list_keys(prefix).await;
-            keys.extend(self.settle(permit, "list_keys", r).ok().unwrap_or_default());
-        }
+        keys.extend(
+            self.with_l2("list_keys", |l2| l2.list_keys(prefix))
+                .await
+                .unwrap_or_default(),
+        );
         keys.into_iter().collect()
     }
 
@@ -1125,6 +1116,12 @@ where
     /// recovery queue. L2 is asked only while the breaker is closed (bounded by
     /// the operation timeout).
     pub async fn get_stats(&self) -> CacheStats<A::Stats, B::Stats> {
+        self.stats_asking_l2(true).await
+    }
+
+    /// Stats; with `ask_l2` false, L2's part is what is known without I/O
+    /// (health checks and metrics scrapes must not scan namespaces).
+    pub(crate) async fn stats_asking_l2(&self, ask_l2: bool) -> CacheStats<A::Stats, B::Stats> {
         let l1 = match &self.inner.l1 {
             Some(l1) => l1.get_stats().await.ok(),
             None => None,
@@ -1133,6 +1130,7 @@ where
             None => None,
             // Only a closed breaker lets stats reach L2: stats must not spend
             // the single half-open probe meant for real traffic.
+            Some(l2) if !ask_l2 => Some(l2.describe()),
             Some(l2) => Some(match self.inner.breaker.try_acquire().filter(|p| !p.is_probe()) {
                 Some(permit) => {
                     let r = l2.get_stats().await;
@@ -1221,7 +1219,8 @@ where
 
 /// What the service keeps of each cache to report its stats.
 pub(crate) trait StatsSource: Send + Sync {
-    fn stats(self: Arc<Self>) -> Pin<Box<dyn Future<Output = CacheStats> + Send>>;
+    /// See [`TwoLevelCache::stats_asking_l2`].
+    fn stats(self: Arc<Self>, ask_l2: bool) -> Pin<Box<dyn Future<Output = CacheStats> + Send>>;
 }
 
 impl<V, A, B> StatsSource for Inner<V, A, B>
@@ -1230,8 +1229,8 @@ where
     A: CacheBackend<Value = Arc<V>, Stats = L1Stats>,
     B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>,
 {
-    fn stats(self: Arc<Self>) -> Pin<Box<dyn Future<Output = CacheStats> + Send>> {
-        Box::pin(async move { TwoLevelCache { inner: self }.get_stats().await })
+    fn stats(self: Arc<Self>, ask_l2: bool) -> Pin<Box<dyn Future<Output = CacheStats> + Send>> {
+        Box::pin(async move { TwoLevelCache { inner: self }.stats_asking_l2(ask_l2).await })
     }
 }
 

@@ -104,14 +104,22 @@ fn node_info(key: &str, node: &str, config: &RedisConfig) -> Result<ConnectionIn
         .as_str()
         .into_connection_info()
         .map_err(|_| config_err(key, &redact_url(node), "a comma-separated list of host:port"))?;
+    Ok(with_credentials(info, config, None))
+}
+
+/// `info` with the configured username and password (and database, if given).
+fn with_credentials(info: ConnectionInfo, config: &RedisConfig, db: Option<i64>) -> ConnectionInfo {
     let mut settings = info.redis_settings().clone();
+    if let Some(db) = db {
+        settings = settings.set_db(db);
+    }
     if let Some(user) = &config.username {
         settings = settings.set_username(user.expose());
     }
     if let Some(pw) = &config.password {
         settings = settings.set_password(pw.expose());
     }
-    Ok(info.set_redis_settings(settings))
+    info.set_redis_settings(settings)
 }
 
 /// The same server, speaking RESP3 (push messages): for the backplane's subscriber.
@@ -140,14 +148,7 @@ impl Link {
                 let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
                     .into_connection_info()
                     .map_err(|_| config_err(keys::REDIS_HOST, &config.host, "a valid host name"))?;
-                let mut redis = info.redis_settings().clone().set_db(config.db);
-                if let Some(user) = &config.username {
-                    redis = redis.set_username(user.expose());
-                }
-                if let Some(pw) = &config.password {
-                    redis = redis.set_password(pw.expose());
-                }
-                info.set_redis_settings(redis)
+                with_credentials(info, config, Some(config.db))
             }
         };
         let client = super::redis::open_client(config, info)?;

@@ -243,13 +243,24 @@ impl Drop for RedisServer {
 /// Waits until something listens on 127.0.0.1:`port` (a server starting up);
 /// panics with a clear message after about 10 s of nothing.
 pub fn wait_for_port(port: u16) {
-    for _ in 0..1000 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+    wait_until(
+        &format!("a server on 127.0.0.1:{port}"),
+        1000,
+        Duration::from_millis(10),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+}
+
+/// Polls `ok` every `pause`, `attempts` times at most, then panics naming
+/// `what`. (A bounded wait for a state, never a speed check.)
+pub fn wait_until(what: &str, attempts: u32, pause: Duration, mut ok: impl FnMut() -> bool) {
+    for _ in 0..attempts {
+        if ok() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(pause);
     }
-    panic!("nothing listens on 127.0.0.1:{port}: the server did not start");
+    panic!("gave up waiting for {what}");
 }
 
 /// The server given by `--redis-url`, or a fresh one started here; and its URL.

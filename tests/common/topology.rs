@@ -5,19 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use resilient_cache::CacheFactoryConfig;
 
-use super::{free_port, RedisServer};
+use super::{free_port, wait_until, RedisServer};
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How often the deployments are polled while waiting (300 polls: ~30 s at most).
+const POLL: Duration = Duration::from_millis(100);
 
 /// A node's view of `CLUSTER NODES`: port → (is primary, failed).
 fn cluster_nodes(node: &RedisServer) -> Option<BTreeMap<u16, (bool, bool)>> {
@@ -87,7 +82,7 @@ impl RedisCluster {
     /// Every live node says `cluster_state:ok` and sees 3 healthy primaries,
     /// and every live replica has synced with its primary.
     pub fn wait_healthy(&self) {
-        wait_until("the cluster to be ok", Duration::from_secs(30), || {
+        wait_until("the cluster to be ok", 300, POLL, || {
             self.nodes.iter().filter(|n| n.is_running()).all(|n| {
                 let Some(mut c) = n.try_conn() else { return false };
                 let info: String = redis::cmd("CLUSTER")
@@ -166,11 +161,7 @@ impl RedisCluster {
                 })
             })
         };
-        wait_until(
-            "the dead primary to be flagged and replaced",
-            Duration::from_secs(30),
-            replaced,
-        );
+        wait_until("the dead primary to be flagged and replaced", 300, POLL, replaced);
         self.wait_healthy();
     }
 
@@ -205,7 +196,7 @@ impl RedisSentinels {
         // The replica syncs at once (not after the default 5 s diskless-sync wait).
         let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
-        wait_until("the replica to sync", Duration::from_secs(30), || {
+        wait_until("the replica to sync", 300, POLL, || {
             let info: Option<String> = replica
                 .try_conn()
                 .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok());
@@ -227,7 +218,8 @@ impl RedisSentinels {
         // Sentinels find the replica and each other through hello messages.
         wait_until(
             "the sentinels to know the replica and each other",
-            Duration::from_secs(30),
+            300,
+            POLL,
             || {
                 s.sentinels.iter().all(|sen| {
                     let Some(mut c) = sen.try_conn() else { return false };
@@ -288,12 +280,10 @@ impl RedisSentinels {
     /// Waits until the sentinels name the replica as primary and it takes writes.
     pub fn wait_failover(&self) {
         let replica = self.replica.port;
-        wait_until(
-            "the sentinels to promote the replica",
-            Duration::from_secs(30),
-            || self.primary_port() == Some(replica),
-        );
-        wait_until("the replica to accept writes", Duration::from_secs(30), || {
+        wait_until("the sentinels to promote the replica", 300, POLL, || {
+            self.primary_port() == Some(replica)
+        });
+        wait_until("the replica to accept writes", 300, POLL, || {
             self.replica
                 .try_conn()
                 .and_then(|mut c| {

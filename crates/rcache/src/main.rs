@@ -362,9 +362,10 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
         Cmd::Del { prefix, key } => {
             ctx.require_l2().await?;
             let cache = ctx.cache(&prefix, Duration::from_secs(3600))?;
-            let existed = ctx.backend(&prefix)?.exists(&key).await.map_err(l2_err)?;
+            let backend = ctx.backend(&prefix)?;
+            let existed = backend.exists(&key).await.map_err(l2_err)?;
             cache.delete(&key).await;
-            if ctx.backend(&prefix)?.exists(&key).await.map_err(l2_err)? {
+            if backend.exists(&key).await.map_err(l2_err)? {
                 return fail(UNAVAILABLE, "L2 did not take the delete");
             }
             flush_backplane(&cache).await;
