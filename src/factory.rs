@@ -103,6 +103,10 @@ macro_rules! impl_forwarding_backend {
             async fn get_with_ttl(&self, key: &str) -> Result<Option<($value, Option<Duration>)>> {
                 forward!(self, b => b.get_with_ttl(key).await, [$($variant : $feature),*])
             }
+            #[inline]
+            fn get_with_ttl_now(&self, key: &str) -> Option<Option<($value, Option<Duration>)>> {
+                forward!(self, b => b.get_with_ttl_now(key), [$($variant : $feature),*])
+            }
             async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
                 forward!(self, b => b.lease(key, token, ttl, exclusive).await, [$($variant : $feature),*])
             }

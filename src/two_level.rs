@@ -216,6 +216,31 @@ pub(crate) enum Found<V> {
     Miss,
 }
 
+impl<V> Found<V> {
+    /// The value, if fresh.
+    #[inline]
+    fn fresh(self) -> Option<Arc<V>> {
+        match self {
+            Found::Fresh { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// Where a lookup stands after its first, non-awaiting step.
+enum LookupStep<V> {
+    Done(Found<V>),
+    /// L1 must be awaited.
+    AwaitL1 {
+        want_ttl: bool,
+    },
+    /// L1 had no fresh entry (maybe a stale one): ask L2.
+    AskL2 {
+        want_ttl: bool,
+        stale: Option<Arc<V>>,
+    },
+}
+
 /// How an L2 call went, once the breaker has been told.
 enum Outcome<T> {
     Done(T),
@@ -469,46 +494,93 @@ where
     /// L2 failures and undecodable bytes all read as `None`. An L1 hit hands
     /// out the stored `Arc`, never a copy.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        match self.lookup(key, false).await {
-            Found::Fresh { value, .. } => Some(value),
-            _ => None,
-        }
+        let found = match self.lookup_now(key, false) {
+            LookupStep::Done(found) => found,
+            step => Box::pin(self.lookup_on(key, step)).await,
+        };
+        found.fresh()
     }
 
     /// What the cache holds for `key`: fresh, stale (fail-safe caches only),
     /// or nothing. With `want_ttl`, a fresh entry comes with its logical TTL left.
     pub(crate) async fn lookup(&self, key: &str, want_ttl: bool) -> Found<V> {
+        match self.lookup_now(key, want_ttl) {
+            LookupStep::Done(found) => found,
+            step => Box::pin(self.lookup_on(key, step)).await,
+        }
+    }
+
+    /// The first step of a lookup, without awaiting: L1, when it answers at
+    /// once (the memory backends do). An L1 hit, the hot path, is then a
+    /// plain call; the rest ([`lookup_on`](Self::lookup_on)) is boxed by the
+    /// callers, so their futures stay a few words long (the L2 path's future
+    /// is over a kilobyte, and a round trip dwarfs one allocation).
+    #[inline]
+    fn lookup_now(&self, key: &str, want_ttl: bool) -> LookupStep<V> {
         if self.check_key(key).is_err() {
-            return Found::Miss;
+            return LookupStep::Done(Found::Miss);
         }
         let want_ttl = want_ttl || self.inner.fail_safe.is_some();
-        let mut stale = None;
-        if let Some(l1) = &self.inner.l1 {
-            if !want_ttl {
-                if let Ok(Some(value)) = l1.get(key).await {
-                    return Found::Fresh {
-                        value,
-                        remaining: None,
-                        level: Level::L1,
-                    };
-                }
-            } else if let Ok(Some((value, ttl))) = l1.get_with_ttl(key).await {
-                match self.logical(ttl) {
-                    Ok(remaining) => {
-                        return Found::Fresh {
-                            value,
-                            remaining,
-                            level: Level::L1,
-                        }
-                    }
-                    Err(()) => stale = Some(value),
+        let stale = match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
+            Some(Some(read)) => match self.l1_verdict(read, want_ttl) {
+                Ok(found) => return LookupStep::Done(found),
+                Err(stale) => stale,
+            },
+            Some(None) => return LookupStep::AwaitL1 { want_ttl },
+            None => None,
+        };
+        if self.inner.l2.is_none() {
+            return LookupStep::Done(stale.map_or(Found::Miss, Found::Stale));
+        }
+        LookupStep::AskL2 { want_ttl, stale }
+    }
+
+    /// The rest of a lookup after [`lookup_now`](Self::lookup_now).
+    async fn lookup_on(&self, key: &str, step: LookupStep<V>) -> Found<V> {
+        let (want_ttl, stale) = match step {
+            LookupStep::Done(found) => return found,
+            LookupStep::AskL2 { want_ttl, stale } => (want_ttl, stale),
+            LookupStep::AwaitL1 { want_ttl } => {
+                let Some(l1) = &self.inner.l1 else {
+                    return Found::Miss;
+                };
+                let read = if want_ttl {
+                    l1.get_with_ttl(key).await
+                } else {
+                    l1.get(key).await.map(|v| v.map(|v| (v, None)))
+                };
+                match self.l1_verdict(read.ok().flatten(), want_ttl) {
+                    Ok(found) => return found,
+                    Err(stale) if self.inner.l2.is_none() => return stale.map_or(Found::Miss, Found::Stale),
+                    Err(stale) => (want_ttl, stale),
                 }
             }
-        }
-        let l2_found = self.lookup_l2(key, want_ttl).await;
-        match (l2_found, stale) {
+        };
+        match (self.lookup_l2(key, want_ttl).await, stale) {
             (Found::Miss, Some(v)) => Found::Stale(v),
             (found, _) => found,
+        }
+    }
+
+    /// What an L1 read means: `Ok` is the answer (a fresh entry), `Err` says
+    /// to ask L2, carrying the stale entry (fail-safe) found in L1, if any.
+    #[inline]
+    fn l1_verdict(
+        &self,
+        read: Option<(Arc<V>, Option<Duration>)>,
+        want_ttl: bool,
+    ) -> Result<Found<V>, Option<Arc<V>>> {
+        let Some((value, ttl)) = read else {
+            return Err(None);
+        };
+        let remaining = if want_ttl { self.logical(ttl) } else { Ok(None) };
+        match remaining {
+            Ok(remaining) => Ok(Found::Fresh {
+                value,
+                remaining,
+                level: Level::L1,
+            }),
+            Err(()) => Err(Some(value)),
         }
     }
 

@@ -53,10 +53,10 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
         now_ms().saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64)
     }
 
-    /// The live entry under `key`, without touching the hit counters.
-    fn live(&self, key: &str) -> Option<Entry<T>> {
+    /// The live entry under `key` at time `now`, without touching the hit counters.
+    fn live(&self, key: &str, now: u64) -> Option<Entry<T>> {
         let entry = self.cache.get(key)?;
-        if entry.expires_at_ms > now_ms() {
+        if entry.expires_at_ms > now {
             Some(entry)
         } else {
             // Remove only the expired entry we saw, not a fresh one set meanwhile.
@@ -68,12 +68,12 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
     /// Synchronous get (what the async method does).
     #[inline]
     pub fn get_sync(&self, key: &str) -> Option<T> {
-        self.get_sync_entry(key).map(|e| e.value)
+        self.get_sync_entry(key, now_ms()).map(|e| e.value)
     }
 
     #[inline]
-    fn get_sync_entry(&self, key: &str) -> Option<Entry<T>> {
-        match self.live(key) {
+    fn get_sync_entry(&self, key: &str, now: u64) -> Option<Entry<T>> {
+        match self.live(key, now) {
             Some(e) => {
                 self.hits.incr();
                 Some(e)
@@ -148,18 +148,24 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.live(key).is_some())
+        Ok(self.live(key, now_ms()).is_some())
     }
 
     async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
+        let now = now_ms();
         Ok(self
-            .live(key)
-            .map(|e| Duration::from_millis(e.expires_at_ms.saturating_sub(now_ms()))))
+            .live(key, now)
+            .map(|e| Duration::from_millis(e.expires_at_ms.saturating_sub(now))))
     }
 
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
+        Ok(self.get_with_ttl_now(key).flatten())
+    }
+
+    #[inline]
+    fn get_with_ttl_now(&self, key: &str) -> Option<Option<(T, Option<Duration>)>> {
         let now = now_ms();
-        Ok(self.get_sync_entry(key).map(|e| {
+        Some(self.get_sync_entry(key, now).map(|e| {
             let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
             (e.value, Some(ttl))
         }))
@@ -282,6 +288,11 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
 
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
         Ok(self.get_sync(key).map(|v| (v, None)))
+    }
+
+    #[inline]
+    fn get_with_ttl_now(&self, key: &str) -> Option<Option<(T, Option<Duration>)>> {
+        Some(self.get_sync(key).map(|v| (v, None)))
     }
 
     async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {

@@ -89,6 +89,16 @@ pub trait CacheBackend: Send + Sync + 'static {
         }
     }
 
+    /// [`get_with_ttl`](Self::get_with_ttl) answered at once, for backends
+    /// that need no I/O: `Some(answer)` (counting the hit or miss as `get`
+    /// does), or `None` when the backend must be awaited (the default, right
+    /// for networked backends). The two-level cache asks L1 this way first,
+    /// so an L1 hit is a plain function call, not a future.
+    fn get_with_ttl_now(&self, key: &str) -> Option<Option<(Self::Value, Option<Duration>)>> {
+        let _ = key;
+        None
+    }
+
     /// Takes the load lease of `key` for `token` (see the README, "Loading"):
     /// with `exclusive`, only if no one holds it. `Ok(None)` means the backend
     /// has no leases (the default), so loads are coordinated in-process only.
