@@ -496,7 +496,7 @@ where
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
         let found = match self.lookup_now(key, false) {
             LookupStep::Done(found) => found,
-            step => Box::pin(self.lookup_on(key, step)).await,
+            step => self.lookup_on(key, step).await,
         };
         found.fresh()
     }
@@ -506,15 +506,16 @@ where
     pub(crate) async fn lookup(&self, key: &str, want_ttl: bool) -> Found<V> {
         match self.lookup_now(key, want_ttl) {
             LookupStep::Done(found) => found,
-            step => Box::pin(self.lookup_on(key, step)).await,
+            step => self.lookup_on(key, step).await,
         }
     }
 
     /// The first step of a lookup, without awaiting: L1, when it answers at
     /// once (the memory backends do). An L1 hit, the hot path, is then a
-    /// plain call; the rest ([`lookup_on`](Self::lookup_on)) is boxed by the
-    /// callers, so their futures stay a few words long (the L2 path's future
-    /// is over a kilobyte, and a round trip dwarfs one allocation).
+    /// plain call, its result never copied through a future's state. (The
+    /// rest, [`lookup_on`](Self::lookup_on), is not boxed to shrink the
+    /// caller's future: a 1.3 KB allocation per L2 read cost 8–10 % of L2
+    /// throughput at 64 tasks.)
     #[inline]
     fn lookup_now(&self, key: &str, want_ttl: bool) -> LookupStep<V> {
         if self.check_key(key).is_err() {
