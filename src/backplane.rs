@@ -75,9 +75,10 @@ pub struct BackplaneStats {
     pub instance_id: String,
     /// Whether the subscriber connection is up.
     pub connected: bool,
-    /// Messages published by this instance.
+    /// Writes announced by this instance (announcements close together
+    /// share one message).
     pub messages_sent: u64,
-    /// Messages received from other instances.
+    /// Messages received from other instances (each may carry several keys).
     pub messages_received: u64,
     /// Received messages that evicted something in a local L1.
     pub messages_applied: u64,
@@ -99,6 +100,9 @@ const OUTBOX: usize = 65_536;
 /// Announcements sent in one pipeline.
 #[cfg(feature = "redis")]
 const BATCH: usize = 256;
+/// How long the publisher gathers announcements under a stream of writes.
+#[cfg(feature = "redis")]
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The service's backplane.
 #[cfg(feature = "redis")]
@@ -308,6 +312,12 @@ impl InvalidationBus for Backplane {
 
 /// Sends queued announcements, as many as are waiting (up to a batch) per
 /// round trip: one message per namespace, carrying all its keys.
+///
+/// A lone write is announced at once. Under a stream of writes (the previous
+/// round trip less than [`GATHER`] ago) the publisher gathers for one timer
+/// tick first: waking it for every write put a scheduler wake-up on every
+/// `set`'s path (p50 96 µs against 13 µs without the backplane, one task
+/// writing in a loop), for announcements that are one tick later instead.
 #[cfg(feature = "redis")]
 async fn publish_batches(
     conn: RedisConnection,
@@ -315,7 +325,15 @@ async fn publish_batches(
     instance_id: u64,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut last_sent: Option<std::time::Instant> = None;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if last_sent.is_some_and(|t| t.elapsed() < GATHER) {
+            tokio::time::sleep(GATHER).await;
+            while batch.len() < BATCH {
+                let Ok(item) = rx.try_recv() else { break };
+                batch.push(item);
+            }
+        }
         let mut by_prefix: HashMap<String, Vec<Option<String>>> = HashMap::new();
         for (prefix, key) in batch.drain(..) {
             by_prefix.entry(prefix).or_default().push(key);
@@ -331,6 +349,7 @@ async fn publish_batches(
         // Lost announcements only leave other instances' L1 stale until their
         // TTL or their subscriber's next reconnect clear; nothing to retry here.
         let _ = conn.query_pipeline::<()>(&pipe).await;
+        last_sent = Some(std::time::Instant::now());
     }
 }
 

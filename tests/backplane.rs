@@ -61,8 +61,11 @@ async fn update_delete_and_clear_on_a_reach_the_l1_of_b() {
 
     let sa = ca.get_stats().await.backplane.unwrap();
     let sb = cb.get_stats().await.backplane.unwrap();
-    assert!(sa.messages_sent >= 5, "{sa:?}");
-    assert!(sb.messages_received >= 5 && sb.messages_applied >= 5, "{sb:?}");
+    assert!(sa.messages_sent >= 5, "five writes announced: {sa:?}");
+    // Announcements that follow each other within the publisher's gathering
+    // window share one message; the update, the delete and the clear were
+    // each awaited on B before the next write, so they are at least three.
+    assert!(sb.messages_received >= 3 && sb.messages_applied >= 3, "{sb:?}");
     assert!(sb.last_message_age_s.is_some());
     assert_ne!(sa.instance_id, sb.instance_id);
     // A ignored its own messages and kept its own (fresh) L1 entries meanwhile.
