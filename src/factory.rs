@@ -103,7 +103,7 @@ macro_rules! impl_forwarding_backend {
             async fn get_with_ttl(&self, key: &str) -> Result<Option<($value, Option<Duration>)>> {
                 forward!(self, b => b.get_with_ttl(key).await, [$($variant : $feature),*])
             }
-            #[inline]
+            #[inline(always)]
             fn get_with_ttl_now(&self, key: &str) -> Option<Option<($value, Option<Duration>)>> {
                 forward!(self, b => b.get_with_ttl_now(key), [$($variant : $feature),*])
             }

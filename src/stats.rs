@@ -159,6 +159,7 @@ struct Stripe(AtomicU64);
 
 /// A small number per thread, handed out in order of first use: threads that
 /// count get distinct stripes while there are fewer of them than stripes.
+#[inline]
 fn thread_index() -> usize {
     use std::sync::atomic::AtomicUsize;
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -54,6 +54,7 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
     }
 
     /// The live entry under `key` at time `now`, without touching the hit counters.
+    #[inline(always)]
     fn live(&self, key: &str, now: u64) -> Option<Entry<T>> {
         let entry = self.cache.get(key)?;
         if entry.expires_at_ms > now {
@@ -71,7 +72,7 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
         self.get_sync_entry(key, now_ms()).map(|e| e.value)
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_sync_entry(&self, key: &str, now: u64) -> Option<Entry<T>> {
         match self.live(key, now) {
             Some(e) => {
@@ -162,7 +163,7 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
         Ok(self.get_with_ttl_now(key).flatten())
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_with_ttl_now(&self, key: &str) -> Option<Option<(T, Option<Duration>)>> {
         let now = now_ms();
         Some(self.get_sync_entry(key, now).map(|e| {
