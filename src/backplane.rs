@@ -4,7 +4,9 @@
 //! publishes a small message on `rc:inv:{prefix}`: the writer's instance id and
 //! the keys (or "all" for a clear), never the values. Announcements that pile
 //! up while one is being sent go out together: one message per namespace, one
-//! pipeline per round trip. Every other instance of
+//! pipeline per round trip; under a stream of writes the publisher also
+//! gathers for one timer tick (1 ms) rather than wake for each write, while a
+//! lone write is announced at once. Every other instance of
 //! the service evicts that key from its L1; an instance ignores its own
 //! messages. Evicting also moves the key's promotion guard, so a read that
 //! fetched the old value from L2 just before the message arrived does not put

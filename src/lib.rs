@@ -60,8 +60,9 @@
 //! L2 is the shared truth; each process's L1 is a short-lived copy of it. A
 //! process always reads its own writes. With the backplane (the default for
 //! caches with both levels, see [`backplane`]), every write announces itself
-//! over Redis pub/sub and other instances evict their L1 copy within about a
-//! millisecond; without it, another process may read a value that was since
+//! over Redis pub/sub and other instances evict their L1 copy within a few
+//! milliseconds (a lone write in well under one; a stream of writes is
+//! announced once per millisecond); without it, another process may read a value that was since
 //! changed or deleted elsewhere until its L1 entry expires: keep `l1_ttl`
 //! short (it defaults to 60 s, and should be shorter than `l2_ttl`).
 //! While L2 is unavailable each process works from its own L1; its writes and
