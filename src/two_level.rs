@@ -500,6 +500,8 @@ where
     /// L2 failures and undecodable bytes all read as `None`. An L1 hit hands
     /// out the stored `Arc`, never a copy.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
+        // `lookup`'s two steps, spelled out: awaiting `lookup` would carry a
+        // hit's result through that future's state.
         let found = match self.lookup_now(key, false) {
             LookupStep::Done(found) => found,
             step => self.lookup_on(key, step).await,
@@ -558,7 +560,6 @@ where
                 };
                 match self.l1_verdict(read.ok().flatten(), want_ttl) {
                     Ok(found) => return found,
-                    Err(stale) if self.inner.l2.is_none() => return stale.map_or(Found::Miss, Found::Stale),
                     Err(stale) => (want_ttl, stale),
                 }
             }

@@ -288,7 +288,7 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
     }
 
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
-        Ok(self.get_sync(key).map(|v| (v, None)))
+        Ok(self.get_with_ttl_now(key).flatten())
     }
 
     #[inline]
