@@ -20,12 +20,24 @@ pub struct RedisServer {
     config_file: Option<PathBuf>,
 }
 
+/// A free loopback port, never one handed out before in this process: tests
+/// run in parallel, and the OS may offer a just-released port twice, so two
+/// servers could race for it and a test could end up talking to another
+/// test's server (which that test then kills).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0")
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -107,6 +119,13 @@ impl RedisServer {
             });
         self.child = Some(child);
         wait_for_port(self.port);
+        // The port answers; make sure it is this server that answers.
+        let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "redis-server on port {} exited at start ({exited:?})",
+            self.port
+        );
     }
 
     pub fn url(&self) -> String {
