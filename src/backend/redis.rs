@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError};
 
-use crate::backend::topology::Link;
+use crate::backend::topology::{Handle, Link};
 use crate::backend::CacheBackend;
 use crate::config::{keys, redact_url, L2BackendKind, L2Config, RedisConfig, RedisMode};
 use crate::error::{config_err, ConnectionErrorKind as Kind, Error, Result};
@@ -156,19 +156,38 @@ impl RedisConnection {
 
     /// Runs one command, bounded by the operation timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.call(Request::Cmd(cmd)).await
+    }
+
+    /// Sends several commands in one round trip, bounded by the operation timeout.
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        self.call(Request::Pipeline(pipe)).await
+    }
+
+    /// Runs a Lua script (`EVALSHA`, loading it once if needed), bounded by the operation timeout.
+    pub(crate) async fn query_script<T: FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.call(Request::Script(&invocation)).await
+    }
+
+    /// Every request: on a connection from the link, bounded by the operation
+    /// timeout, its time observed under the request's name.
+    async fn call<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
+        let timer = Timer::start();
         let run = async {
             let mut conn = self.link.handle().await?;
-            match cmd.query_async::<T>(&mut conn).await {
-                // A refusal is reported before the command is sent. It may be the
+            match request.send::<T>(&mut conn).await {
+                // A refusal is reported before anything is sent. It may be the
                 // stale result of an earlier attempt (the manager has just started
                 // a fresh one), so one retry is safe and finds a recovered server.
-                Err(e) if e.is_connection_refusal() => cmd.query_async::<T>(&mut conn).await,
+                Err(e) if e.is_connection_refusal() => request.send::<T>(&mut conn).await,
                 r => r,
             }
         };
-        let timer = Timer::start();
         let r = self.bounded(run).await;
-        timer.observe(|| command_name(cmd), &r);
+        timer.observe(|| request.name(), &r);
         r
     }
 
@@ -188,35 +207,6 @@ impl RedisConnection {
                 ))
             }
         }
-    }
-
-    /// Sends several commands in one round trip, bounded by the operation timeout.
-    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let timer = Timer::start();
-        let r = self
-            .bounded(async {
-                let mut conn = self.link.handle().await?;
-                pipe.query_async::<T>(&mut conn).await
-            })
-            .await;
-        timer.observe(|| "pipeline", &r);
-        r
-    }
-
-    /// Runs a Lua script (`EVALSHA`, loading it once if needed), bounded by the operation timeout.
-    pub(crate) async fn query_script<T: FromRedisValue>(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T> {
-        let timer = Timer::start();
-        let r = self
-            .bounded(async {
-                let mut conn = self.link.handle().await?;
-                invocation.invoke_async::<T>(&mut conn).await
-            })
-            .await;
-        timer.observe(|| "script", &r);
-        r
     }
 
     /// `PING`: round-trip time, bounded by the operation timeout.
@@ -294,6 +284,32 @@ impl RedisConnection {
                 return Ok(());
             }
             cursor = next;
+        }
+    }
+}
+
+/// What one L2 call sends.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Cmd(&'a Cmd),
+    Pipeline(&'a redis::Pipeline),
+    Script(&'a redis::ScriptInvocation<'a>),
+}
+
+impl Request<'_> {
+    async fn send<T: FromRedisValue>(self, conn: &mut Handle) -> redis::RedisResult<T> {
+        match self {
+            Request::Cmd(c) => c.query_async(conn).await,
+            Request::Pipeline(p) => p.query_async(conn).await,
+            Request::Script(s) => s.invoke_async(conn).await,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Request::Cmd(c) => command_name(c),
+            Request::Pipeline(_) => "pipeline",
+            Request::Script(_) => "script",
         }
     }
 }
