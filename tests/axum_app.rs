@@ -34,24 +34,23 @@ impl Running {
         }
     }
 
+    async fn send(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        let r = self.send(path, &[]).await;
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     async fn raw(&self, path: &str, headers: &[(&str, &str)]) -> (String, String) {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await.unwrap();
+        let r = self.send(path, headers).await;
         assert_eq!(r.status(), 200);
         let x_cache = r.headers()["x-cache"].to_str().unwrap().to_string();
         (x_cache, r.text().await.unwrap())
@@ -171,12 +170,7 @@ async fn the_response_layer_honours_no_store_no_cache_and_cookies() {
 
     // Neither is a response that is not 200.
     for _ in 0..2 {
-        let r = app
-            .http
-            .get(format!("{}/report/missing", app.base))
-            .send()
-            .await
-            .unwrap();
+        let r = app.send("/report/missing", &[]).await;
         assert_eq!(r.status(), 404);
         assert_eq!(r.headers()["x-cache"], "miss");
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::eventually;
 use common::topology::{RedisCluster, RedisSentinels};
-use resilient_cache::{Cache, CacheOptions, CacheService, CircuitState, LoadOptions};
+use resilient_cache::{Cache, CacheFactoryConfig, CacheOptions, CacheService, CircuitState, LoadOptions};
 
 /// Tasks reading (expecting the value set before) and writing `keys` in a
 /// loop, each call under a 10 s hang guard, until `finish`.
@@ -170,13 +170,18 @@ async fn the_backplane_works_on_a_cluster() {
     );
 }
 
+/// A service whose breaker opens after 3 failures and probes after 1 s, so a
+/// failover's outage is short-circuited and its end noticed soon.
+async fn failing_over_service(mut config: CacheFactoryConfig) -> CacheService {
+    config.circuit_breaker.threshold = 3;
+    config.circuit_breaker.timeout = Duration::from_secs(1);
+    CacheService::new(config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_cluster_primary_costs_no_errors_and_l2_comes_back_after_failover() {
     let cluster = RedisCluster::start();
-    let mut config = cluster.config();
-    config.circuit_breaker.threshold = 3;
-    config.circuit_breaker.timeout = Duration::from_secs(1);
-    let service = CacheService::new(config).await.unwrap();
+    let service = failing_over_service(cluster.config()).await;
     let c = service.create_cache::<String>(opts("fo")).unwrap();
     let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
     for k in &keys {
@@ -239,10 +244,7 @@ async fn a_dead_cluster_primary_costs_no_errors_and_l2_comes_back_after_failover
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_mode_follows_a_failover_without_restart() {
     let set = RedisSentinels::start();
-    let mut config = set.config();
-    config.circuit_breaker.threshold = 3;
-    config.circuit_breaker.timeout = Duration::from_secs(1);
-    let service = CacheService::new(config).await.unwrap();
+    let service = failing_over_service(set.config()).await;
     let c = service.create_cache::<String>(opts("sen")).unwrap();
     c.set("a", "1".into()).await;
     assert_eq!(

@@ -229,26 +229,26 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
     let msgpack = Serializer::msgpack();
     let mut scenarios = Vec::new();
 
-    // Commands per L2 get, counted first: before any cache with both levels
-    // exists, so the backplane's subscriber (and its keepalive PING once a
-    // second, on its own connection) has not started and cannot be counted.
-    let counted: Cache<User> = service
+    // L2 only: our cache vs a raw GET + decode on the same kind of connection.
+    // Commands per L2 get are counted on it first: before any cache with both
+    // levels exists, so the backplane's subscriber (and its keepalive PING once
+    // a second, on its own connection) has not started and cannot be counted.
+    let hot = keys(1024, "");
+    let l2: Cache<User> = service
         .create_cache(
-            CacheOptions::new("lg-count")
+            CacheOptions::new("lg-l2")
                 .l2_ttl(Duration::from_secs(600))
                 .l1_enabled(false),
         )
         .unwrap();
-    let count_keys = keys(1000, "");
-    for (i, k) in count_keys.iter().enumerate() {
-        counted.set(k, user(i as u64)).await;
+    for (i, k) in hot.iter().enumerate() {
+        l2.set(k, user(i as u64)).await;
     }
-    let l2_commands_per_get = commands_per_get(&client, &counted, &count_keys).await;
+    let l2_commands_per_get = commands_per_get(&client, &l2, &hot).await;
 
     // L1: our cache vs quick_cache holding the same Arc<User>. Both get room
     // for twice the hot set: quick_cache's bound is approximate, and a hit
     // scenario must not measure evictions.
-    let hot = keys(1024, "");
     let l1: Cache<User> = service
         .create_cache(
             CacheOptions::new("lg-l1")
@@ -270,17 +270,6 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
     for (i, k) in hot.iter().enumerate() {
         l1.set(k, user(i as u64)).await;
         raw_l1.insert(k.clone(), Arc::new(user(i as u64)));
-    }
-    // L2 only: our cache vs a raw GET + decode on the same kind of connection.
-    let l2: Cache<User> = service
-        .create_cache(
-            CacheOptions::new("lg-l2")
-                .l2_ttl(Duration::from_secs(600))
-                .l1_enabled(false),
-        )
-        .unwrap();
-    for (i, k) in hot.iter().enumerate() {
-        l2.set(k, user(i as u64)).await;
     }
     let raw_keys = keys(1024, "lg-l2:");
     let absent = keys(1000, "absent-");

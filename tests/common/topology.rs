@@ -102,11 +102,7 @@ impl RedisCluster {
 
     /// `host:port` of every node, for `CACHE_REDIS_CLUSTER_NODES`.
     pub fn seeds(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
+        host_ports(&self.nodes)
     }
 
     pub fn config(&self) -> CacheFactoryConfig {
@@ -240,12 +236,9 @@ impl RedisSentinels {
         s
     }
 
+    /// `host:port` of every sentinel, for `CACHE_REDIS_SENTINEL_NODES`.
     pub fn seeds(&self) -> String {
-        self.sentinels
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
+        host_ports(&self.sentinels)
     }
 
     pub fn config(&self) -> CacheFactoryConfig {
@@ -297,4 +290,13 @@ impl RedisSentinels {
         });
         let _: () = self.replica.cmd(&["DEL", "rc-probe"]);
     }
+}
+
+/// `127.0.0.1:port,…` of `servers`.
+fn host_ports(servers: &[RedisServer]) -> String {
+    servers
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",")
 }
