@@ -1,8 +1,9 @@
 //! Micro-benchmarks: `cargo bench --bench cache`.
 //!
 //! Each of ours runs beside the raw operation it is built on, same value type:
-//! - `l1_hit`: our `get` (L1 hit) vs quick_cache's get (the crate `ttl` builds
-//!   on) vs moka's get (the other candidate), all holding `Arc<User>`.
+//! - `l1_hit`: our `get` (L1 hit; async and `blocking`) vs quick_cache's get
+//!   (the crate `ttl` builds on) vs moka's get (the other candidate), all
+//!   holding `Arc<User>`.
 //! - `l2_hit`: our `get` with L1 off vs a raw `GET` + MessagePack decode on a
 //!   `ConnectionManager` (against a `redis-server` the bench starts itself).
 //! - `set`: our `set` (L1 + L2) vs encode + `SET PX`.
@@ -51,6 +52,17 @@ fn l1_hit(c: &mut Criterion) {
         }
         c
     });
+    let blocking_service = resilient_cache::blocking::CacheService::new(server.config()).unwrap();
+    let blocking = blocking_service
+        .create_cache::<User>(
+            CacheOptions::new("bench-l1-blocking")
+                .l2_ttl(Duration::from_secs(600))
+                .l1_maxsize(2048),
+        )
+        .unwrap();
+    for (i, k) in ks.iter().enumerate() {
+        blocking.set(k, user(i as u64));
+    }
     let quick = quick_cache::sync::Cache::<String, Arc<User>>::new(2048);
     let moka = moka::sync::Cache::<String, Arc<User>>::new(2048);
     for (i, k) in ks.iter().enumerate() {
@@ -65,6 +77,12 @@ fn l1_hit(c: &mut Criterion) {
             let k = &ks[i];
             let ours = &ours;
             async move { black_box(ours.get(k).await) }
+        })
+    });
+    g.bench_function("resilient_cache_blocking", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(blocking.get(&ks[i]))
         })
     });
     g.bench_function("quick_cache_raw", |b| {

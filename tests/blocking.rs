@@ -42,6 +42,27 @@ fn blocking_api_round_trip() {
 }
 
 #[test]
+fn blocking_get_falls_through_to_l2_and_promotes_into_l1() {
+    let redis = RedisServer::start();
+    let options = || CacheOptions::new("blk").l2_ttl(Duration::from_secs(60));
+    let writer = blocking::CacheService::new(redis.config()).unwrap();
+    let reader = blocking::CacheService::new(redis.config()).unwrap();
+    writer.create_cache::<u32>(options()).unwrap().set("k", 7);
+    let c = reader.create_cache::<u32>(options()).unwrap();
+    let counts = || {
+        let s = c.get_stats();
+        (s.l1.unwrap().hits, s.l2_hits, s.l2_misses)
+    };
+    // Not in this L1: answered by L2, then by L1; an absent key is a miss.
+    assert_eq!(c.get("k").as_deref(), Some(&7));
+    assert_eq!(counts(), (0, 1, 0));
+    assert_eq!(c.get("k").as_deref(), Some(&7));
+    assert_eq!(counts(), (1, 1, 0));
+    assert_eq!(c.get("absent"), None);
+    assert_eq!(counts(), (1, 1, 1));
+}
+
+#[test]
 fn blocking_api_without_redis_serves_from_l1() {
     let mut redis = RedisServer::start();
     redis.kill();
