@@ -149,13 +149,19 @@ impl<V: CacheValue> Cache<V> {
         E: Send + Sync + 'static,
         F: FnOnce() -> std::result::Result<V, E> + Send + 'static,
     {
-        self.rt
-            .block_on(self.inner.get_or_load_with(key, opts, || async move {
-                match tokio::task::spawn_blocking(loader).await {
-                    Ok(r) => r,
-                    Err(e) => std::panic::resume_unwind(e.into_panic()),
-                }
-            }))
+        opts.validate().map_err(LoadError::InvalidOptions)?;
+        // As in `get`: an L1 hit is answered here, without the runtime.
+        let first = match self.inner.read_through_hit(key, opts) {
+            Ok(value) => return Ok(value),
+            Err(step) => step,
+        };
+        let loader = || async move {
+            match tokio::task::spawn_blocking(loader).await {
+                Ok(r) => r,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        };
+        self.rt.block_on(self.inner.load_from(key, opts, loader, first))
     }
 
     /// See [`crate::TwoLevelCache::loader_stats`].

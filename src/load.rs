@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use crate::backend::CacheBackend;
 use crate::clock::now_ms;
-use crate::two_level::{CacheValue, Found, Lease, TwoLevelCache};
+use crate::two_level::{CacheValue, Found, Lease, LookupStep, TwoLevelCache};
 
 /// How [`get_or_load_with`](TwoLevelCache::get_or_load_with) loads. A cache's
 /// defaults come from [`CacheOptions::load`](crate::CacheOptions::load).
@@ -477,10 +477,48 @@ where
         E: Send + Sync + 'static,
     {
         opts.validate().map_err(LoadError::InvalidOptions)?;
+        let first = match self.read_through_hit(key, opts) {
+            Ok(value) => return Ok(value),
+            Err(step) => step,
+        };
+        self.load_from(key, opts, loader, first).await
+    }
+
+    /// The first step of a read-through (`opts` checked): `Ok` is a fresh L1
+    /// hit that needs nothing more (no eager refresh to consider), `Err` the
+    /// step to go on from. Returned from inside the match, like `get`'s hit.
+    #[inline(always)]
+    pub(crate) fn read_through_hit(&self, key: &str, opts: &LoadOptions) -> Result<Arc<V>, LookupStep<V>> {
+        match self.lookup_now(key, opts.eager_refresh.is_some()) {
+            LookupStep::Done(Found::Fresh { value, .. }) if opts.eager_refresh.is_none() => Ok(value),
+            step => Err(step),
+        }
+    }
+
+    /// [`get_or_load_with`](Self::get_or_load_with) with `opts` checked, on
+    /// from the lookup's `first` step (later rounds look up afresh).
+    pub(crate) async fn load_from<F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &LoadOptions,
+        loader: F,
+        first: LookupStep<V>,
+    ) -> Result<Arc<V>, LoadError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Send + Sync + 'static,
+    {
         let counters = &self.flights().counters;
         let mut loader = Some(loader);
+        let mut first = Some(first);
         loop {
-            let stale = match self.lookup(key, opts.eager_refresh.is_some()).await {
+            let found = match first.take() {
+                Some(LookupStep::Done(found)) => found,
+                Some(step) => self.lookup_on(key, step).await,
+                None => self.lookup(key, opts.eager_refresh.is_some()).await,
+            };
+            let stale = match found {
                 Found::Fresh {
                     value,
                     remaining,

@@ -192,6 +192,23 @@ fn blocking_get_or_load() {
             .loader_error(),
         Some(&DbDown("db"))
     );
+    // Options are checked before L1 is read: refused even for a key L1 holds.
+    let bad = LoadOptions::new().eager_refresh(1.5);
+    assert!(matches!(
+        c.get_or_load_with("k", &bad, || Ok::<_, DbDown>(0)),
+        Err(LoadError::InvalidOptions(_))
+    ));
+    // Another instance finds the value in L2 without loading; its L1 miss and
+    // L2 hit are each counted once.
+    let other = blocking::CacheService::new(redis.config()).unwrap();
+    let c2 = other.create_cache::<u32>(opts("blk")).unwrap();
+    assert_eq!(
+        *c2.get_or_load("k", || Err::<u32, _>(DbDown("not called")))
+            .unwrap(),
+        7
+    );
+    let s = c2.get_stats();
+    assert_eq!((s.l1.unwrap().misses, s.l2_hits), (1, 1));
 }
 
 /// A loader that counts its runs and answers `value` after `delay`.
