@@ -3,7 +3,9 @@
 //!
 //! The service owns a small Tokio runtime (one worker thread) that drives the
 //! L2 connection. Do not call these methods from inside an async runtime (use
-//! the async API there); Tokio panics if asked to block inside one.
+//! the async API there); Tokio panics if asked to block inside one. (An L1 hit
+//! of `get` or `get_or_load` is answered on the calling thread without the
+//! runtime, as fast as the async one, so that mistake shows only on a miss.)
 //!
 //! ```no_run
 //! use std::time::Duration;
