@@ -2,8 +2,10 @@
 //!
 //! - [`TtlBackend`] (`ttl`, the default): `quick_cache`, a sharded concurrent
 //!   cache (≈ 20 ns per hit), bounded by entry count. `quick_cache` has no TTL,
-//!   so each entry carries its expiry time, checked on read against a coarse
-//!   monotonic clock; an expired entry reads as a miss and is removed.
+//!   so each entry carries its expiry time, checked on read (`get`) against
+//!   the ticker-kept clock (one atomic load; may lag real time by a tick or
+//!   more, see the `clock` module) and elsewhere against a coarse monotonic
+//!   clock; an expired entry reads as a miss and is removed.
 //! - [`LruBackend`] (`lru`): `moka` with its strict LRU eviction policy,
 //!   bounded by entry count, without expiry (as the original's `LRUCache`).
 //!
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::CacheBackend;
-use crate::clock::now_ms;
+use crate::clock::{now_ms, recent_ms};
 use crate::config::L1Config;
 use crate::error::Result;
 use crate::stats::{HotCounter, L1Stats};
@@ -69,7 +71,7 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
     /// Synchronous get (what the async method does).
     #[inline]
     pub fn get_sync(&self, key: &str) -> Option<T> {
-        self.get_sync_entry(key, now_ms()).map(|e| e.value)
+        self.get_sync_entry(key, recent_ms()).map(|e| e.value)
     }
 
     #[inline(always)]
@@ -165,7 +167,7 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
 
     #[inline(always)]
     fn get_with_ttl_now(&self, key: &str) -> Option<Option<(T, Option<Duration>)>> {
-        let now = now_ms();
+        let now = recent_ms();
         Some(self.get_sync_entry(key, now).map(|e| {
             let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
             (e.value, Some(ttl))
