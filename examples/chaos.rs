@@ -60,12 +60,14 @@ fn main() {
         );
     }
     println!(
-        "caller errors {}, panics {}, recovery {} ms, resurrected deletes {} (of {}), lost writes {} (of {}), replayed {}",
+        "caller errors {}, panics {}, recovery {} ms, resurrected deletes {} (of {}; outage deletes never rewritten: {} of {}), lost writes {} (of {}), replayed {}",
         report.caller_errors_total,
         report.panics,
         report.recovery_ms,
         report.resurrected_deletes,
         report.deletes_checked,
+        report.outage_deletes_resurrected,
+        report.outage_deletes_checked,
         report.lost_writes,
         report.writes_checked,
         report.replayed

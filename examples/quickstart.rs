@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use resilient_cache::{CacheFactoryConfig, CacheOptions, CacheService, CircuitState};
+use resilient_cache::{CacheFactoryConfig, CacheOptions, CacheService, CircuitState, L2ClearStatus};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,16 +86,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set_if_not_exist("lock:report", load_user(98).await, None)
         .await;
     println!("\nset_if_not_exist: first call stored={first}, second call stored={second}");
-    println!("get_ttl(\"1\"): {:?}", users.get_ttl("1").await);
-    println!("list_keys(None): {:?}", users.list_keys(None).await);
+    match users.get_ttl("1").await {
+        Some(ttl) => println!("get_ttl(\"1\"): {:.1} s left", ttl.as_secs_f64()),
+        None => println!("get_ttl(\"1\"): absent"),
+    }
+    println!("list_keys(): {}", users.list_keys(None).await.join(", "));
 
-    println!("\nMisses on keys nobody has (each one asks L2 while the breaker allows it):");
+    // A cache with a breaker of its own starts closed, so each miss below
+    // shows what the breaker makes of it (the `users` cache's breaker has
+    // already seen the calls above).
+    let probes = service.create_cache::<User>(
+        CacheOptions::new("quickstart-probes")
+            .l2_ttl(Duration::from_secs(300))
+            .circuit_breaker_threshold(3)
+            .circuit_breaker_timeout(Duration::from_secs(5)),
+    )?;
+    println!("\nMisses on keys nobody has, on a cache whose breaker opens after 3 failures:");
     for i in 0..5 {
-        users.get(&format!("nobody-{i}")).await;
+        probes.get(&format!("nobody-{i}")).await;
+        // The breaker itself, not get_stats: stats would ask L2 too.
+        let cb = probes.circuit_breaker();
+        let what = match cb.state() {
+            CircuitState::Closed if l2_up => "L2 answered (a miss is an answer)".to_string(),
+            CircuitState::Closed => format!("L2 failed, {} of 3 failures", cb.failure_count()),
+            CircuitState::Open => "L2 skipped: no call, no wait".to_string(),
+            CircuitState::HalfOpen => "probing L2".to_string(),
+        };
         println!(
-            "  after miss {}: breaker {}",
+            "  after miss {}: breaker {:<6} {what}",
             i + 1,
-            users.breaker_state().as_str()
+            cb.state().as_str()
         );
     }
 
@@ -112,26 +132,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         l1.hit_rate * 100.0
     );
     if let Some(l2) = &stats.l2 {
+        let keys = l2
+            .size
+            .map_or("not asked (L2 unavailable)".to_string(), |n| n.to_string());
         println!(
-            "  L2 ({}) {}  available {}  keys in namespace {:?}",
-            l2.backend, l2.endpoint, l2.available, l2.size
+            "  L2 ({}) {}  available {}  keys in namespace: {keys}",
+            l2.backend, l2.endpoint, l2.available
         );
     }
     let cb = &stats.circuit_breaker;
+    let e = &stats.errors;
+    let errors: Vec<String> = [
+        ("refused", e.l2_refused),
+        ("timeout", e.l2_timeout),
+        ("connection", e.l2_connection),
+        ("authentication", e.l2_auth),
+        ("skipped (breaker open)", e.l2_skipped),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(what, n)| format!("{n} {what}"))
+    .collect();
     println!(
-        "  circuit breaker: {}  failures {}/{}  L2 errors: {} connection, {} timeout, {} skipped",
+        "  circuit breaker: {} ({} consecutive failures; opens at {})",
         cb.state.as_str(),
         cb.failure_count,
-        cb.threshold,
-        stats.errors.l2_connection,
-        stats.errors.l2_timeout,
-        stats.errors.l2_skipped
+        cb.threshold
+    );
+    println!(
+        "  L2 calls that failed or were skipped: {}",
+        if errors.is_empty() {
+            "none".to_string()
+        } else {
+            errors.join(", ")
+        }
     );
 
     let report = users.clear().await;
+    let l2_clear = match report.l2_status {
+        L2ClearStatus::Cleared => "cleared",
+        L2ClearStatus::SkippedBreakerOpen => "skipped (breaker open): it will be cleared when L2 is back",
+        L2ClearStatus::Failed => "failed: it will be cleared when L2 is back",
+        L2ClearStatus::Deferred => "queued behind the writes waiting for L2",
+        L2ClearStatus::Disabled => "no L2",
+    };
     println!(
-        "\nclear: {} L1 entries and {} L2 keys removed; L2 cleared: {} ({:?})",
-        report.l1_items_removed, report.l2_items_removed, report.l2_cleared, report.l2_status
+        "\nclear: {} L1 entries and {} L2 keys removed; L2 {l2_clear}",
+        report.l1_items_removed, report.l2_items_removed
     );
     if !l2_up {
         assert_ne!(

@@ -22,3 +22,6 @@ fi
 echo "using $(redis-server --version)"
 
 cargo test --workspace --all-features "$@"
+# The library's own unit tests once more with the default features, for the
+# rules that depend on a feature being absent (e.g. rediss:// without `tls`).
+cargo test -p resilient-cache --lib "$@"

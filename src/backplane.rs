@@ -185,6 +185,15 @@ impl Backplane {
         }
     }
 
+    /// Messages were dropped since the last look ([`forward`] set `lost`):
+    /// any key may be stale, so every backplane L1 of the service is cleared.
+    async fn settle_overflow(&self, lost: &AtomicBool) {
+        if lost.swap(false, Relaxed) {
+            self.clear_all().await;
+            self.overflow_clears.incr();
+        }
+    }
+
     /// `instance id (8 bytes, big-endian)`, then one or more entries: `k`,
     /// the key's length (4 bytes, big-endian) and the key; or `c` for a clear.
     fn encode<'a>(instance_id: u64, keys: impl IntoIterator<Item = Option<&'a str>>) -> Vec<u8> {
@@ -381,9 +390,7 @@ async fn subscriber(
             .set_connection_timeout(Some(op_timeout))
             .set_response_timeout(Some(op_timeout))
             .set_push_sender(move |info: redis::PushInfo| {
-                if tx.try_send(info).is_err() {
-                    lost_in_sender.store(true, Relaxed);
-                }
+                forward(&tx, &lost_in_sender, info);
                 Ok::<(), redis::aio::SendError>(())
             });
         let connected = tokio::time::timeout(op_timeout * 2, async {
@@ -443,10 +450,7 @@ async fn subscriber(
                 }
                 _ = tick.tick() => {
                     let Some(bp) = weak.upgrade() else { return };
-                    if lost.swap(false, Relaxed) {
-                        bp.clear_all().await;
-                        bp.overflow_clears.incr();
-                    }
+                    bp.settle_overflow(&lost).await;
                     let ping = tokio::time::timeout(op_timeout, redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await;
                     if !matches!(ping, Ok(Ok(_))) {
                         break;
@@ -460,9 +464,73 @@ async fn subscriber(
     }
 }
 
+/// Hands one push message to the subscriber through the bounded buffer; a
+/// message that does not fit is dropped and `lost` remembers it, so memory
+/// stays bounded under a flood and the next tick clears instead.
+#[cfg(feature = "redis")]
+fn forward<T>(tx: &tokio::sync::mpsc::Sender<T>, lost: &AtomicBool, item: T) {
+    if tx.try_send(item).is_err() {
+        lost.store(true, Relaxed);
+    }
+}
+
 #[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
+
+    /// Counts what the backplane asks of it.
+    #[derive(Default)]
+    struct Target {
+        clears: AtomicU64,
+    }
+
+    impl Invalidate for Target {
+        fn invalidate(self: Arc<Self>, key: Option<String>) -> Evict {
+            if key.is_none() {
+                self.clears.fetch_add(1, Relaxed);
+            }
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_beyond_the_buffer_is_dropped_and_replaced_by_a_clear() {
+        let conn = RedisConnection::new(&crate::config::RedisConfig::default()).unwrap();
+        let bp = Backplane::new(conn);
+        let target = Arc::new(Target::default());
+        let weak: Weak<dyn Invalidate> = Arc::downgrade(&(target.clone() as Arc<dyn Invalidate>));
+        bp.register("users", weak);
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(4);
+        let lost = AtomicBool::new(false);
+        for i in 0..4 {
+            forward(&tx, &lost, i);
+        }
+        bp.settle_overflow(&lost).await;
+        assert_eq!(
+            target.clears.load(Relaxed),
+            0,
+            "within the buffer: nothing lost, no clear"
+        );
+
+        for i in 4..10_000 {
+            forward(&tx, &lost, i);
+        }
+        let mut kept = 0;
+        while rx.try_recv().is_ok() {
+            kept += 1;
+        }
+        assert_eq!(kept, 4, "memory stays bounded by the buffer");
+        bp.settle_overflow(&lost).await;
+        assert_eq!(
+            target.clears.load(Relaxed),
+            1,
+            "the flood became one clear of every L1"
+        );
+        assert_eq!(bp.stats().overflow_clears, 1);
+        bp.settle_overflow(&lost).await;
+        assert_eq!(target.clears.load(Relaxed), 1, "once per flood");
+    }
 
     #[test]
     fn messages_are_compact_and_round_trip() {

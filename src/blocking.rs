@@ -26,7 +26,7 @@ use crate::config::{CacheFactoryConfig, CacheOptions};
 use crate::error::{Error, Result};
 use crate::load::{LoadError, LoadOptions, LoaderStats};
 use crate::stats::{CacheStats, ServiceStats};
-use crate::two_level::{CacheValue, ClearReport, LookupStep};
+use crate::two_level::{CacheValue, ClearReport, L2Budget, LookupStep};
 
 /// Blocking [`crate::CacheService`].
 #[derive(Clone, Debug)]
@@ -104,7 +104,10 @@ impl<V: CacheValue> Cache<V> {
     pub fn get(&self, key: &str) -> Option<Arc<V>> {
         match self.inner.lookup_now(key, false) {
             LookupStep::Done(found) => found.fresh(),
-            step => self.rt.block_on(self.inner.lookup_on(key, step)).fresh(),
+            step => self
+                .rt
+                .block_on(self.inner.lookup_on(key, step, &mut L2Budget::unbounded()))
+                .fresh(),
         }
     }
 

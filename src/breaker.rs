@@ -211,6 +211,23 @@ impl CircuitBreaker {
         }
     }
 
+    /// A probe permit now, even if an open breaker's timeout has not run
+    /// out: for a caller that checks L2's health on purpose (the service's
+    /// health check, itself rate-limited), so recovery is seen without
+    /// waiting for the timeout. `None` when closed (use
+    /// [`try_acquire`](Self::try_acquire)), disabled, or a probe is in flight.
+    pub fn probe_now(&self) -> Option<Permit<'_>> {
+        if self.enabled
+            && self
+                .state
+                .compare_exchange(OPEN, HALF_OPEN, AcqRel, Acquire)
+                .is_ok()
+        {
+            self.transition(CircuitState::Open, CircuitState::HalfOpen);
+        }
+        self.try_probe()
+    }
+
     fn try_probe(&self) -> Option<Permit<'_>> {
         if self.state.load(Acquire) != HALF_OPEN {
             return None;

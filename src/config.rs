@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{config_err, Error, Result};
+use crate::error::{config_err, ConfigError, Error, Result};
 use crate::serializer::{self, CacheSerializer, Serializer};
 
 /// Configuration key names, as constants so that typos are compile errors.
@@ -80,6 +80,20 @@ pub mod keys {
         MAX_VALUE_BYTES,
         MAX_KEY_BYTES,
         BACKPLANE_ENABLED,
+        REDIS_CLUSTER_NODES,
+        REDIS_SENTINEL_NODES,
+        REDIS_SENTINEL_MASTER,
+    ];
+
+    /// The keys whose default is "none": for these alone an empty value
+    /// means "not set" (as it does for an empty `CACHE_REDIS_PASSWORD=` in a
+    /// container's environment). Every other key has a default of its own,
+    /// and an empty value for it is refused, never silently defaulted.
+    pub const OPTIONAL: &[&str] = &[
+        REDIS_PASSWORD,
+        REDIS_USERNAME,
+        REDIS_URL,
+        REDIS_TLS_CA,
         REDIS_CLUSTER_NODES,
         REDIS_SENTINEL_NODES,
         REDIS_SENTINEL_MASTER,
@@ -412,7 +426,10 @@ impl CacheFactoryConfig {
     /// Reads the `CACHE_*` keys from any key/value source (a web framework's
     /// settings, a parsed file, a `HashMap`); other keys are ignored, and an
     /// unknown `CACHE_*` key is logged as a warning (it is probably a typo).
-    /// Empty values count as absent. The result is validated.
+    /// An empty value counts as absent for the keys without a default
+    /// ([`keys::OPTIONAL`]: password, user, URL, …) and is refused for the
+    /// others (`CACHE_REDIS_PORT=` is a mistake, not a request for 6379).
+    /// The result is validated.
     pub fn from_map<I, K, V>(entries: I) -> Result<Self>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -425,8 +442,14 @@ impl CacheFactoryConfig {
             if keys::ALL.contains(&k) {
                 if !v.trim().is_empty() {
                     map.insert(k.to_string(), v.to_string());
+                } else if !keys::OPTIONAL.contains(&k) {
+                    return Err(config_err(
+                        k,
+                        v,
+                        "allowed empty: set a value, or remove the key for the default",
+                    ));
                 }
-            } else if k.starts_with("CACHE_") && !KNOWN_ELSEWHERE.contains(&k) {
+            } else if k.starts_with("CACHE_") {
                 tracing::warn!(key = k, "unknown configuration key ignored");
             }
         }
@@ -439,7 +462,7 @@ impl CacheFactoryConfig {
             c.redis.port = parse_int(keys::REDIS_PORT, v, 1, 65535)? as u16;
         }
         if let Some(v) = get(keys::REDIS_DB) {
-            c.redis.db = parse_int(keys::REDIS_DB, v, 0, i64::MAX)?;
+            c.redis.db = parse_int(keys::REDIS_DB, v, 0, MAX_DB)?;
         }
         // Passwords are taken verbatim: trimming could change them.
         c.redis.password = get(keys::REDIS_PASSWORD).map(Secret::new);
@@ -498,7 +521,7 @@ impl CacheFactoryConfig {
                     key,
                     &redact_url(v),
                     format!(
-                        "not allowed together with {other}: choose one of a single server \
+                        "allowed together with {other}: choose one of a single server \
                          (CACHE_REDIS_URL or CACHE_REDIS_HOST/PORT), a cluster \
                          (CACHE_REDIS_CLUSTER_NODES) or sentinels (CACHE_REDIS_SENTINEL_NODES)"
                     ),
@@ -526,8 +549,8 @@ impl CacheFactoryConfig {
         if r.port == 0 {
             return Err(config_err(keys::REDIS_PORT, "0", "an integer from 1 to 65535"));
         }
-        if r.db < 0 {
-            return Err(config_err(keys::REDIS_DB, &r.db.to_string(), "an integer >= 0"));
+        if !(0..=MAX_DB).contains(&r.db) {
+            return Err(config_err(keys::REDIS_DB, &r.db.to_string(), DB_ALLOWED));
         }
         check_duration(keys::REDIS_CONNECT_TIMEOUT, r.connect_timeout, 0.001)?;
         check_duration(keys::REDIS_SOCKET_TIMEOUT, r.socket_timeout, 0.001)?;
@@ -538,6 +561,13 @@ impl CacheFactoryConfig {
                     keys::REDIS_URL,
                     &redact_url(u),
                     "a redis:// or rediss:// URL",
+                ));
+            }
+            if u.starts_with("rediss://") && !cfg!(feature = "tls") {
+                return Err(config_err(
+                    keys::REDIS_URL,
+                    &redact_url(u),
+                    "usable in this build: rediss:// (TLS) needs the Cargo feature `tls` of resilient-cache",
                 ));
             }
             #[cfg(feature = "redis")]
@@ -560,8 +590,8 @@ impl CacheFactoryConfig {
             if r.url.is_some() {
                 return Err(config_err(
                     keys::REDIS_URL,
-                    "(set)",
-                    "unset in cluster mode (the seed nodes say where the cluster is)",
+                    &redact_url(r.url.as_ref().map_or("", |u| u.expose())),
+                    "allowed in cluster mode (the seed nodes say where the cluster is)",
                 ));
             }
             if r.db != 0 {
@@ -576,15 +606,15 @@ impl CacheFactoryConfig {
             if r.url.is_some() {
                 return Err(config_err(
                     keys::REDIS_URL,
-                    "(set)",
-                    "unset in sentinel mode (the sentinels say where the primary is)",
+                    &redact_url(r.url.as_ref().map_or("", |u| u.expose())),
+                    "allowed in sentinel mode (the sentinels say where the primary is)",
                 ));
             }
             if r.sentinel_master.as_deref().is_none_or(|m| m.trim().is_empty()) {
                 return Err(config_err(
                     keys::REDIS_SENTINEL_NODES,
                     &r.sentinel_nodes.join(","),
-                    "usable only with CACHE_REDIS_SENTINEL_MASTER set to the name of the primary \
+                    "usable without CACHE_REDIS_SENTINEL_MASTER: set it to the name of the primary \
                      the sentinels watch (sentinel monitor <name> …)",
                 ));
             }
@@ -592,7 +622,7 @@ impl CacheFactoryConfig {
             return Err(config_err(
                 keys::REDIS_SENTINEL_MASTER,
                 m,
-                "unset unless CACHE_REDIS_SENTINEL_NODES is set",
+                "allowed without CACHE_REDIS_SENTINEL_NODES (the sentinels to ask for it)",
             ));
         }
         if let Some(ca) = &r.tls_ca {
@@ -672,9 +702,6 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// Keys that belong to features of later releases or to the CLI; not typos.
-const KNOWN_ELSEWHERE: &[&str] = &[];
-
 fn feature_err(key: &str, value: &str, feature: &str) -> Error {
     config_err(
         key,
@@ -712,6 +739,13 @@ fn check_duration(key: &str, d: Duration, min: f64) -> Result<()> {
         Err(config_err(key, &format!("{s}"), seconds_allowed(min)))
     }
 }
+
+/// The highest database a Redis or Valkey server has by default (`databases
+/// 16`). A server configured with more is reached with a URL naming the
+/// database (`CACHE_REDIS_URL=redis://host:6379/42`), which is not capped.
+const MAX_DB: i64 = 15;
+const DB_ALLOWED: &str = "an integer from 0 to 15 (a server's default `databases 16`; \
+     for a server with more, name the database in CACHE_REDIS_URL)";
 
 /// One year: a longer timeout is a mistake, and it keeps arithmetic far from overflow.
 const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
@@ -979,8 +1013,8 @@ impl CacheOptions {
             Some(L1Config {
                 backend,
                 maxsize: self.l1_maxsize,
-                // Fail-safe entries outlive their TTL by the fail-safe duration.
-                ttl: self.l1_ttl + self.fail_safe_max_duration.unwrap_or_default(),
+                ttl: self.l1_ttl,
+                fail_safe: self.fail_safe_max_duration.unwrap_or_default(),
             })
         } else {
             None
@@ -992,11 +1026,10 @@ impl CacheOptions {
         };
         let l2 = if self.l2_enabled {
             let ttl = self.l2_ttl.ok_or_else(|| {
-                config_err(
+                Error::Configuration(ConfigError::missing(
                     "l2_ttl",
-                    "unset",
-                    "set: a TTL >= 1 s is required when L2 is enabled",
-                )
+                    "a TTL >= 1 s whenever L2 is enabled (CacheOptions::l2_ttl)",
+                ))
             })?;
             check_duration("l2_ttl", ttl, 1.0)?;
             if let Some(l1) = &l1 {
@@ -1028,12 +1061,9 @@ impl CacheOptions {
         if let Some(d) = self.fail_safe_max_duration {
             check_duration("fail_safe_max_duration", d, 0.001)?;
         }
-        if let Err(message) = self.load.validate() {
-            let (key, rest) = message.split_once('=').unwrap_or(("load", &message));
-            let (value, allowed) = rest
-                .split_once(" is not allowed: ")
-                .unwrap_or((rest, "valid load options"));
-            return Err(config_err(&format!("load.{key}"), value, allowed));
+        if let Err(e) = self.load.validate() {
+            let key = format!("load.{}", e.key());
+            return Err(e.with_key(key).into());
         }
         if self.replay_capacity == 0 {
             return Err(config_err("replay_queue_capacity", "0", "an integer >= 1"));
@@ -1070,6 +1100,9 @@ pub struct L1Config {
     pub maxsize: usize,
     /// Time to live (the `ttl` backend only).
     pub ttl: Duration,
+    /// How much longer than `ttl` entries are kept, readable as stale, for
+    /// fail-safe (`CacheOptions::fail_safe_max_duration`); zero without it.
+    pub fail_safe: Duration,
 }
 
 /// The L2 settings of one cache (the original's `L2Config`).
@@ -1255,8 +1288,9 @@ mod tests {
             ("CACHE_REDIS_PORT", "0", "an integer from 1 to 65535"),
             ("CACHE_REDIS_PORT", "65536", "an integer from 1 to 65535"),
             ("CACHE_REDIS_PORT", "http", "an integer from 1 to 65535"),
-            ("CACHE_REDIS_DB", "-1", "an integer >= 0"),
-            ("CACHE_REDIS_DB", "one", "an integer >= 0"),
+            ("CACHE_REDIS_DB", "-1", "an integer from 0 to 15"),
+            ("CACHE_REDIS_DB", "one", "an integer from 0 to 15"),
+            ("CACHE_REDIS_DB", "16", "an integer from 0 to 15"),
             ("CACHE_REDIS_CONNECT_TIMEOUT", "0", "seconds > 0"),
             ("CACHE_REDIS_CONNECT_TIMEOUT", "-2", "seconds > 0"),
             ("CACHE_REDIS_SOCKET_TIMEOUT", "soon", "seconds > 0"),
@@ -1305,9 +1339,82 @@ mod tests {
     }
 
     #[test]
-    fn empty_values_count_as_absent() {
-        let c = CacheFactoryConfig::from_map([("CACHE_REDIS_PORT", "  ")]).unwrap();
-        assert_eq!(c.redis.port, 6379);
+    fn empty_values_are_absent_only_for_keys_without_a_default() {
+        for key in keys::OPTIONAL {
+            let c = CacheFactoryConfig::from_map([(*key, "  ")]).unwrap();
+            assert_eq!(
+                format!("{c:?}"),
+                format!("{:?}", CacheFactoryConfig::default()),
+                "{key}"
+            );
+        }
+        for key in keys::ALL.iter().filter(|k| !keys::OPTIONAL.contains(k)) {
+            let e = err_of(&[(key, "")]);
+            assert!(e.contains(&format!("{key}=\"\" is not allowed empty")), "{e}");
+        }
+    }
+
+    /// Run by the test command's default-features pass (no `tls`).
+    #[test]
+    #[cfg(not(feature = "tls"))]
+    fn rediss_without_the_tls_feature_names_the_feature() {
+        let e = err_of(&[("CACHE_REDIS_URL", "rediss://u:pw@127.0.0.1:6380/0")]);
+        assert!(e.contains("Cargo feature `tls`"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    #[cfg(feature = "tls")]
+    fn rediss_with_the_tls_feature_is_accepted() {
+        CacheFactoryConfig::from_map([("CACHE_REDIS_URL", "rediss://127.0.0.1:6380/0")]).unwrap();
+    }
+
+    #[test]
+    fn database_numbers_beyond_the_servers_default_are_refused() {
+        let e = err_of(&[("CACHE_REDIS_DB", "99")]);
+        assert!(
+            e.contains("CACHE_REDIS_DB=\"99\"") && e.contains("0 to 15"),
+            "{e}"
+        );
+        assert_eq!(
+            CacheFactoryConfig::from_map([("CACHE_REDIS_DB", "15")])
+                .unwrap()
+                .redis
+                .db,
+            15
+        );
+        // A URL names its database explicitly, for servers configured with more.
+        let c = CacheFactoryConfig::from_map([("CACHE_REDIS_URL", "redis://127.0.0.1:6379/99")]).unwrap();
+        assert_eq!(c.redis.endpoint(), "redis://127.0.0.1:6379/99");
+    }
+
+    #[test]
+    fn messages_read_as_sentences() {
+        for entries in [
+            &[("CACHE_REDIS_CLUSTER_NODES", "a:1"), ("CACHE_REDIS_HOST", "h")][..],
+            &[("CACHE_REDIS_SENTINEL_NODES", "a:1")][..],
+            &[("CACHE_REDIS_SENTINEL_MASTER", "m")][..],
+            &[
+                ("CACHE_REDIS_CLUSTER_NODES", "a:1"),
+                ("CACHE_REDIS_URL", "redis://u:pw@h:1/0"),
+            ][..],
+        ] {
+            let e = err_of(entries);
+            assert!(
+                !e.contains("not not") && !e.contains("not unset") && !e.contains("not usable only"),
+                "{e}"
+            );
+            assert!(!e.contains("pw@"), "{e}");
+        }
+        let e = CacheOptions::new("p")
+            .resolve(&CacheFactoryConfig::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid cache configuration: l2_ttl is required: a TTL >= 1 s whenever L2 is enabled (CacheOptions::l2_ttl)"
+        );
     }
 
     #[test]

@@ -93,7 +93,8 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     key: String,
-    value: String,
+    /// `None`: the key is required and was not given.
+    value: Option<String>,
     allowed: String,
 }
 
@@ -103,9 +104,24 @@ impl ConfigError {
     pub fn new(key: impl Into<String>, value: impl Into<String>, allowed: impl Into<String>) -> Self {
         Self {
             key: key.into(),
-            value: value.into(),
+            value: Some(value.into()),
             allowed: allowed.into(),
         }
+    }
+
+    /// A required key that was not given; displays as `l2_ttl is required: {allowed}`.
+    pub fn missing(key: impl Into<String>, allowed: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            value: None,
+            allowed: allowed.into(),
+        }
+    }
+
+    /// The same error under another key name (e.g. an option inside a group).
+    pub(crate) fn with_key(mut self, key: String) -> Self {
+        self.key = key;
+        self
     }
 
     /// The configuration key (or option name) at fault.
@@ -113,9 +129,10 @@ impl ConfigError {
         &self.key
     }
 
-    /// The value that was given (secrets are redacted before they get here).
+    /// The value that was given (secrets are redacted before they get here);
+    /// empty for a required key that was not given.
     pub fn value(&self) -> &str {
-        &self.value
+        self.value.as_deref().unwrap_or("")
     }
 
     /// What the key accepts.
@@ -126,7 +143,10 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?} is not {}", self.key, self.value, self.allowed)
+        match &self.value {
+            Some(value) => write!(f, "{}={value:?} is not {}", self.key, self.allowed),
+            None => write!(f, "{} is required: {}", self.key, self.allowed),
+        }
     }
 }
 

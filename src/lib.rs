@@ -110,6 +110,13 @@
 
 #![warn(missing_docs)]
 
+// Every Rust block of the README is compiled as a doctest, so the README
+// cannot drift from the API. Its axum and metrics blocks need those features
+// (the test command enables every feature).
+#[cfg(all(doctest, feature = "axum", feature = "metrics"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(feature = "axum")]
 pub mod axum;
 pub mod backend;

@@ -26,7 +26,8 @@ use tokio::sync::Notify;
 
 use crate::backend::CacheBackend;
 use crate::clock::now_ms;
-use crate::two_level::{CacheValue, Found, Lease, LookupStep, TwoLevelCache};
+use crate::error::ConfigError;
+use crate::two_level::{CacheValue, Found, L2Budget, Lease, LoadFence, LookupStep, TwoLevelCache};
 
 /// How [`get_or_load_with`](TwoLevelCache::get_or_load_with) loads. A cache's
 /// defaults come from [`CacheOptions::load`](crate::CacheOptions::load).
@@ -135,19 +136,23 @@ impl LoadOptions {
         self
     }
 
-    /// Checks the options: a message naming the option, its value and what is allowed.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the options: the error names the option, its value and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(t) = self.eager_refresh {
             if !(t > 0.0 && t < 1.0) {
-                return Err(format!(
-                    "eager_refresh={t} is not allowed: a fraction between 0 and 1, exclusive"
+                return Err(ConfigError::new(
+                    "eager_refresh",
+                    t.to_string(),
+                    "a fraction between 0 and 1, exclusive",
                 ));
             }
         }
         if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
             if soft > hard {
-                return Err(format!(
-                    "soft_timeout={soft:?} is not allowed: at most hard_timeout ({hard:?})"
+                return Err(ConfigError::new(
+                    "soft_timeout",
+                    format!("{soft:?}"),
+                    format!("at most hard_timeout ({hard:?})"),
                 ));
             }
         }
@@ -156,7 +161,7 @@ impl LoadOptions {
             ("ttl", self.ttl.unwrap_or(Duration::MAX)),
         ] {
             if d < Duration::from_millis(1) {
-                return Err(format!("{name}={d:?} is not allowed: at least 1 ms"));
+                return Err(ConfigError::new(name, format!("{d:?}"), "at least 1 ms"));
             }
         }
         Ok(())
@@ -173,7 +178,7 @@ pub enum LoadError<E> {
     /// This caller's loader panicked (the key is not wedged: the next caller loads again).
     Panicked,
     /// The per-call [`LoadOptions`] are invalid.
-    InvalidOptions(String),
+    InvalidOptions(ConfigError),
 }
 
 impl<E> Clone for LoadError<E> {
@@ -510,13 +515,27 @@ where
         E: Send + Sync + 'static,
     {
         let counters = &self.flights().counters;
+        let started = tokio::time::Instant::now();
+        // How long this caller waits in all, from now: the soft timeout when
+        // a stale value is at hand, the hard timeout always.
+        let limit = |stale: bool| match (opts.soft_timeout.filter(|_| stale), opts.hard_timeout) {
+            (Some(s), Some(h)) => Some(s.min(h)),
+            (s, h) => s.or(h),
+        };
+        // L2 gets at most one operation timeout for the whole call, and at
+        // most half of the caller's limit: the loader keeps the other half.
+        let mut budget = self.l2_budget();
+        let stale_at_hand = matches!(&first, LookupStep::AskL2 { stale: Some(_), .. });
+        if let Some(limit) = limit(stale_at_hand) {
+            budget.cap(limit / 2);
+        }
         let mut loader = Some(loader);
         let mut first = Some(first);
         loop {
             let found = match first.take() {
                 Some(LookupStep::Done(found)) => found,
-                Some(step) => self.lookup_on(key, step).await,
-                None => self.lookup(key, opts.eager_refresh.is_some()).await,
+                Some(step) => self.lookup_on(key, step, &mut budget).await,
+                None => self.lookup(key, opts.eager_refresh.is_some(), &mut budget).await,
             };
             let stale = match found {
                 Found::Fresh {
@@ -532,7 +551,7 @@ where
                                 if created {
                                     bump(&counters.eager_refreshes);
                                     flight.detached.store(true, Relaxed);
-                                    self.launch(key, flight, opts, l, Start::Refresh);
+                                    self.launch(key, flight, opts, l, Start::Refresh, self.l2_budget());
                                 }
                             }
                         }
@@ -557,15 +576,12 @@ where
                 } else {
                     Start::Stale
                 };
-                self.launch(key, flight.clone(), opts, l, start);
+                self.launch(key, flight.clone(), opts, l, start, budget);
             }
             bump(&counters.waits);
             let waiter = Waiter::new(&flight);
-            let soft = stale.as_ref().and(opts.soft_timeout);
-            let limit = match (soft, opts.hard_timeout) {
-                (Some(s), Some(h)) => Some(s.min(h)),
-                (s, h) => s.or(h),
-            };
+            // The limits count from the start of the call, L2's part included.
+            let limit = limit(stale.is_some()).map(|l| l.saturating_sub(started.elapsed()));
             match wait::<V, E>(&flight, limit).await {
                 Waited::Done(Ok(v)) => return Ok(v),
                 Waited::Done(Err(e)) => match stale {
@@ -600,9 +616,17 @@ where
         v
     }
 
-    /// Starts the load task of `flight`.
-    fn launch<F, Fut, E>(&self, key: &str, flight: Arc<Flight>, opts: &LoadOptions, loader: F, start: Start)
-    where
+    /// Starts the load task of `flight`; its L2 calls (lease, store) spend
+    /// what is left of `budget`.
+    fn launch<F, Fut, E>(
+        &self,
+        key: &str,
+        flight: Arc<Flight>,
+        opts: &LoadOptions,
+        loader: F,
+        start: Start,
+        mut budget: L2Budget,
+    ) where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Send + Sync + 'static,
@@ -621,7 +645,8 @@ where
             // Taken before the loader reads its source: any write after it wins.
             let before = this.snapshot(key);
             let lease = token();
-            let mut leased = this.take_lease(key, lease, &opts).await;
+            let budget = &mut budget;
+            let mut leased = this.take_lease(key, lease, &opts, budget).await;
             if leased == Lease::Busy {
                 // Another instance is loading: wait for its value, or its lease to end.
                 bump(&counters.lock_waits);
@@ -630,11 +655,11 @@ where
                 loop {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Found::Fresh { value, .. } = this.lookup(key, false).await {
+                    if let Found::Fresh { value, .. } = this.lookup(key, false, budget).await {
                         let _ = end.flight.result.set(Box::new(Ok::<_, Arc<E>>(value)));
                         return;
                     }
-                    leased = this.take_lease(key, lease, &opts).await;
+                    leased = this.take_lease(key, lease, &opts, budget).await;
                     if leased != Lease::Busy {
                         break;
                     }
@@ -644,7 +669,7 @@ where
                             distributed_lock: false,
                             ..opts.clone()
                         };
-                        leased = this.take_lease(key, lease, &takeover).await;
+                        leased = this.take_lease(key, lease, &takeover, budget).await;
                         break;
                     }
                 }
@@ -657,8 +682,8 @@ where
                 // Another instance may have stored the value and ended its
                 // lease just before we took ours: look once more (a refresh
                 // starts from a fresh value, so it does not).
-                if let Found::Fresh { value, .. } = this.lookup(key, false).await {
-                    this.with_l2("release_lease", |l2| l2.release_lease(key, token))
+                if let Found::Fresh { value, .. } = this.lookup(key, false, budget).await {
+                    this.with_l2_within("release_lease", budget, |l2| l2.release_lease(key, token))
                         .await;
                     let _ = end.flight.result.set(Box::new(Ok::<_, Arc<E>>(value)));
                     return;
@@ -670,7 +695,17 @@ where
                     let v = Arc::new(v);
                     this.flights().unthrottle(key);
                     if !this
-                        .store_loaded(key, &v, opts.ttl, before, leased, start == Start::Miss)
+                        .store_loaded(
+                            key,
+                            &v,
+                            opts.ttl,
+                            LoadFence {
+                                before,
+                                lease: leased,
+                                only_if_absent: start == Start::Miss,
+                            },
+                            budget,
+                        )
                         .await
                     {
                         bump(&counters.stale_writes_prevented);
@@ -682,7 +717,7 @@ where
                     bump(&counters.loader_errors);
                     this.flights().throttle(key, opts.fail_safe_throttle);
                     if let Some(token) = held {
-                        this.with_l2("release_lease", |l2| l2.release_lease(key, token))
+                        this.with_l2_within("release_lease", budget, |l2| l2.release_lease(key, token))
                             .await;
                     }
                     Err(Arc::new(e))
@@ -693,10 +728,11 @@ where
         let _ = flight.abort.set(task.abort_handle());
     }
 
-    /// Takes the load lease of `key` in L2 (exclusively with the distributed lock).
-    async fn take_lease(&self, key: &str, token: u64, opts: &LoadOptions) -> Lease {
+    /// Takes the load lease of `key` in L2 (exclusively with the distributed
+    /// lock), within `budget`: once it is spent, L2 is unavailable to this load.
+    async fn take_lease(&self, key: &str, token: u64, opts: &LoadOptions, budget: &mut L2Budget) -> Lease {
         match self
-            .with_l2("lease", |l2| {
+            .with_l2_within("lease", budget, |l2| {
                 l2.lease(key, token, opts.lock_ttl, opts.distributed_lock)
             })
             .await

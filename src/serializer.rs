@@ -14,7 +14,24 @@
 //! Decoding never panics: bytes that are not valid for the format give
 //! [`Error::Serialization`]. All three built-in decoders bound their work by
 //! the input: length prefixes are checked against the bytes actually present
-//! before anything is allocated, and nesting depth is limited.
+//! before anything is allocated, nesting depth is limited, and bytes left over
+//! after the value are an error.
+//!
+//! # Stored format
+//!
+//! A value is never read in a format other than the one it was written in:
+//!
+//! - `json` writes plain UTF-8 JSON, byte for byte what `serde_json` produces,
+//!   with no envelope (the original Python package reads and writes the same
+//!   bytes in a shared namespace).
+//! - The binary formats put a three-byte header in front of the payload:
+//!   [`FORMAT_MARK`] (`0xC1`: a byte that no JSON text and no MessagePack value
+//!   starts with, and that is not valid UTF-8), a format id (`b'm'` for
+//!   `msgpack`, `b'p'` for `postcard`) and a format version (`1`).
+//!
+//! So bytes written as `json` fail to decode as `msgpack` and the other way
+//! round; the cache counts that as a decode error and reads a miss. A reader
+//! that does not know a namespace's format can ask [`detect_format`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -119,12 +136,18 @@ impl Serializer {
         }
     }
 
-    /// Encodes a typed value.
+    /// Encodes a typed value (the binary formats with their header; see
+    /// [the module docs](self#stored-format)).
     pub fn encode<V: Serialize + ?Sized>(&self, value: &V) -> Result<Vec<u8>> {
         let r = match &self.0 {
             Kind::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
-            Kind::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
-            Kind::Postcard => postcard::to_stdvec(value).map_err(|e| e.to_string()),
+            Kind::MessagePack => {
+                let mut out = header(MSGPACK_ID);
+                rmp_serde::encode::write_named(&mut out, value)
+                    .map(|()| out)
+                    .map_err(|e| e.to_string())
+            }
+            Kind::Postcard => postcard::to_extend(value, header(POSTCARD_ID)).map_err(|e| e.to_string()),
             Kind::Custom(c) => {
                 let tree = serde_json::to_value(value).map_err(|e| ser_err(c.name(), "encode", e))?;
                 return c.encode(&tree);
@@ -137,22 +160,96 @@ impl Serializer {
     pub fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V> {
         let r = match &self.0 {
             Kind::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Kind::MessagePack => {
-                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            Kind::MessagePack => payload(bytes, MSGPACK_ID).and_then(|mut rest| {
+                // A reader over the remaining slice: what is left after the
+                // value is then known (trailing bytes are refused).
+                let mut de = rmp_serde::Deserializer::new(&mut rest);
                 de.set_max_depth(MAX_DEPTH);
-                serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())
+                let v = serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())?;
+                trailing(rest).map(|()| v)
+            }),
+            Kind::Postcard => {
+                payload(bytes, POSTCARD_ID).and_then(|rest| match postcard::take_from_bytes(rest) {
+                    Ok((v, rest)) => trailing(rest).map(|()| v),
+                    Err(e) => Err(e.to_string()),
+                })
             }
-            Kind::Postcard => match postcard::take_from_bytes(bytes) {
-                Ok((v, [])) => Ok(v),
-                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
             Kind::Custom(c) => {
                 let tree = c.decode(bytes)?;
                 return serde_json::from_value(tree).map_err(|e| ser_err(c.name(), "decode", e));
             }
         };
         r.map_err(|e| ser_err(self.name(), "decode", e))
+    }
+}
+
+/// The first byte of every value written by a binary built-in format (see
+/// [the module docs](self#stored-format)). `0xC1` is the one byte MessagePack
+/// never uses, no JSON text starts with it, and it is not valid UTF-8.
+pub const FORMAT_MARK: u8 = 0xC1;
+const MSGPACK_ID: u8 = b'm';
+const POSTCARD_ID: u8 = b'p';
+const FORMAT_VERSION: u8 = 1;
+
+fn header(id: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[FORMAT_MARK, id, FORMAT_VERSION]);
+    out
+}
+
+/// The payload after the header of format `id`, or why the bytes are not of it.
+fn payload(bytes: &[u8], id: u8) -> std::result::Result<&[u8], String> {
+    match bytes {
+        [FORMAT_MARK, got, FORMAT_VERSION, rest @ ..] if *got == id => Ok(rest),
+        [FORMAT_MARK, got, version, ..] if *got == id => Err(format!(
+            "format version {version} is not supported (this build reads {FORMAT_VERSION})"
+        )),
+        _ => Err(format!(
+            "bytes were not written in this format ({})",
+            describe(bytes)
+        )),
+    }
+}
+
+fn trailing(rest: &[u8]) -> std::result::Result<(), String> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} trailing bytes after the value", rest.len()))
+    }
+}
+
+fn describe(bytes: &[u8]) -> String {
+    match detect_format(bytes) {
+        Some(name) => format!("they look like {name}"),
+        None if bytes.is_empty() => "empty".to_string(),
+        None => "unknown format".to_string(),
+    }
+}
+
+/// The built-in format that wrote `bytes`, told from their first bytes:
+/// `msgpack` or `postcard` by their header, `json` for bytes that start like
+/// a JSON text, `None` otherwise. It only looks; it does not validate.
+///
+/// ```
+/// use resilient_cache::serializer::{detect_format, Serializer};
+///
+/// assert_eq!(detect_format(&Serializer::msgpack().encode(&42).unwrap()), Some("msgpack"));
+/// assert_eq!(detect_format(b"{\"id\": 42}"), Some("json"));
+/// assert_eq!(detect_format(b"\xff\x00"), None);
+/// ```
+pub fn detect_format(bytes: &[u8]) -> Option<&'static str> {
+    match bytes {
+        [FORMAT_MARK, MSGPACK_ID, ..] => Some("msgpack"),
+        [FORMAT_MARK, POSTCARD_ID, ..] => Some("postcard"),
+        _ => {
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+            matches!(
+                first,
+                b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+            )
+            .then_some("json")
+        }
     }
 }
 
@@ -276,13 +373,103 @@ mod tests {
         ];
         for name in ["json", "msgpack", "postcard"] {
             let s = get_serializer(name).unwrap();
-            for g in garbage {
-                let r = s.decode::<User>(g);
+            // Behind a valid header too, so the payload decoder itself is tried.
+            let id = name.as_bytes()[0];
+            let headed = garbage.iter().map(|g| [&[FORMAT_MARK, id, 1][..], g].concat());
+            for g in garbage.iter().map(|g| g.to_vec()).chain(headed) {
+                let r = s.decode::<User>(&g);
                 assert!(matches!(r, Err(Error::Serialization(_))), "{name} {g:?}");
-                let r = s.decode::<Vec<String>>(g);
+                let r = s.decode::<Vec<String>>(&g);
                 assert!(r.is_err(), "{name} vec {g:?}");
             }
         }
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        for name in ["json", "msgpack", "postcard"] {
+            let s = get_serializer(name).unwrap();
+            let mut bytes = s.encode(&110u64).unwrap();
+            bytes.extend_from_slice(b"x");
+            let e = s.decode::<u64>(&bytes).unwrap_err();
+            assert!(e.is_serialization(), "{name}: {e}");
+        }
+        // `redis-cli set k 'not msgpack'`: 'n' is msgpack's positive fixint 110.
+        assert!(Serializer::msgpack().decode::<u64>(b"not msgpack").is_err());
+    }
+
+    #[test]
+    fn no_format_reads_another_formats_bytes() {
+        let formats = ["json", "msgpack", "postcard"].map(|n| get_serializer(n).unwrap());
+        let samples: Vec<serde_json::Value> = vec![
+            serde_json::json!(34),
+            serde_json::json!("alice"),
+            serde_json::json!([1, 2, 3]),
+            serde_json::json!(true),
+        ];
+        for w in &formats {
+            for v in &samples {
+                let bytes = match w.encode(v) {
+                    Ok(b) => b,
+                    Err(_) => continue, // postcard cannot encode some dynamic values
+                };
+                for r in &formats {
+                    if r.name() == w.name() {
+                        continue;
+                    }
+                    assert!(
+                        r.decode::<u64>(&bytes).is_err()
+                            && r.decode::<String>(&bytes).is_err()
+                            && r.decode::<Vec<u8>>(&bytes).is_err()
+                            && r.decode::<bool>(&bytes).is_err(),
+                        "{} bytes of {v} read as {}",
+                        w.name(),
+                        r.name()
+                    );
+                }
+            }
+        }
+        // The typed values the cache stores, too.
+        for w in &formats {
+            let bytes = w.encode(&user()).unwrap();
+            for r in &formats {
+                assert_eq!(
+                    r.decode::<User>(&bytes).is_ok(),
+                    r.name() == w.name(),
+                    "{} as {}",
+                    w.name(),
+                    r.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn binary_formats_carry_a_header_and_are_detected() {
+        let m = Serializer::msgpack().encode(&user()).unwrap();
+        assert_eq!(&m[..3], &[FORMAT_MARK, b'm', 1]);
+        let p = Serializer::postcard().encode(&user()).unwrap();
+        assert_eq!(&p[..3], &[FORMAT_MARK, b'p', 1]);
+        assert_eq!(detect_format(&m), Some("msgpack"));
+        assert_eq!(detect_format(&p), Some("postcard"));
+        assert_eq!(
+            detect_format(&Serializer::json().encode(&user()).unwrap()),
+            Some("json")
+        );
+        assert_eq!(detect_format(b"  [1]"), Some("json"));
+        assert_eq!(detect_format(b""), None);
+        assert_eq!(detect_format(b"\x93\x01"), None);
+        // A future version is refused by name, not misread.
+        let mut future = m.clone();
+        future[2] = 2;
+        let e = Serializer::msgpack()
+            .decode::<User>(&future)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 2"), "{e}");
+        // Plain msgpack written by another program (no header) is not ours to guess at.
+        let plain = rmp_serde::to_vec_named(&user()).unwrap();
+        assert!(Serializer::msgpack().decode::<User>(&plain).is_err());
     }
 
     #[test]
@@ -291,7 +478,8 @@ mod tests {
         assert!(Serializer::json()
             .decode::<serde_json::Value>(deep.as_bytes())
             .is_err());
-        let deep = vec![0x91u8; 100_000]; // msgpack fixarray of one element, nested
+        let mut deep = vec![FORMAT_MARK, b'm', 1];
+        deep.extend(vec![0x91u8; 100_000]); // msgpack fixarray of one element, nested
         assert!(Serializer::msgpack().decode::<serde_json::Value>(&deep).is_err());
     }
 

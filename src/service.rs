@@ -2,11 +2,13 @@
 //! the shared L2 connection and creates every cache.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::clock::now_ms;
 use crate::config::{CacheFactoryConfig, CacheOptions};
-use crate::error::Result;
+use crate::error::{config_err, ConnectionError, ConnectionErrorKind, Error, Result};
 use crate::factory::{Cache, CacheFactory};
 use crate::stats::ServiceStats;
 use crate::two_level::{CacheValue, StatsSource};
@@ -33,7 +35,21 @@ type Registered = (String, Weak<dyn StatsSource>);
 pub struct CacheService {
     factory: Arc<CacheFactory>,
     caches: Arc<Mutex<Vec<Registered>>>,
+    health: Arc<HealthState>,
 }
+
+/// What health checks remember between calls.
+#[derive(Default)]
+struct HealthState {
+    /// When (ms) a health check last probed L2 past an open breaker.
+    last_probe_ms: AtomicU64,
+    /// The last L2 failure a health check saw, to name the cause while
+    /// the breaker keeps L2 from being asked again.
+    last_error: Mutex<Option<ConnectionError>>,
+}
+
+/// A health check probes L2 past an open breaker at most this often.
+const HEALTH_PROBE_EVERY_MS: u64 = 1000;
 
 impl std::fmt::Debug for CacheService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +67,7 @@ impl CacheService {
         Ok(Self {
             factory: Arc::new(CacheFactory::new(config)?),
             caches: Arc::default(),
+            health: Arc::default(),
         })
     }
 
@@ -59,13 +76,27 @@ impl CacheService {
         Self::new(CacheFactoryConfig::from_env()?).await
     }
 
-    /// A typed cache for one namespace. Fails only on invalid options.
+    /// A typed cache for one namespace. Fails only on invalid options, and
+    /// when a live cache of this service already has the namespace: two
+    /// caches of one service on one namespace would not invalidate each
+    /// other's L1 (the backplane skips its own service's messages). Clone the
+    /// first handle instead; a namespace is free again once every clone of
+    /// its cache is dropped.
     pub fn create_cache<V: CacheValue>(&self, options: CacheOptions) -> Result<Cache<V>> {
-        let cache = self.factory.create_cache::<V>(&options)?;
-        // Weak: the service reports a cache while any clone of it is alive.
+        let prefix = options.key_prefix();
+        // Held across the check and the insert, so two racing creations cannot both pass.
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        // Weak: the service reports a cache while any clone of it is alive.
         caches.retain(|(_, w)| w.strong_count() > 0);
-        caches.push((options.key_prefix().to_string(), cache.stats_source()));
+        if caches.iter().any(|(name, _)| name == prefix) {
+            return Err(config_err(
+                "l2_key_prefix",
+                prefix,
+                "free in this service: a live cache already uses this namespace (clone its handle to share it)",
+            ));
+        }
+        let cache = self.factory.create_cache::<V>(&options)?;
+        caches.push((prefix.to_string(), cache.stats_source()));
         Ok(cache)
     }
 
@@ -91,22 +122,64 @@ impl CacheService {
     }
 
     /// Whether L2 is usable: `PING` under the shared breaker (so a health
-    /// check counts as traffic: it can open the breaker, and it is the probe
-    /// that closes it again after an outage), plus the state of every live
-    /// cache's breaker. Degraded means "serving from L1 only", not down.
+    /// check counts as traffic: it can open the breaker, and it closes it
+    /// again after an outage), plus the state of every live cache's breaker.
+    /// Degraded means "serving from L1 only", not down.
+    ///
+    /// While the shared breaker is open, a health check still finds out for
+    /// itself: at most once a second per service it sends its own `PING`
+    /// (bounded by the operation timeout) as the breaker's probe, so a
+    /// recovered L2 is reported, and used again, without waiting for the
+    /// breaker's timeout. When L2 fails, the answer names the cause
+    /// (refused, timeout, authentication, …).
     pub async fn health(&self) -> Health {
         let breaker = self.factory.circuit_breaker();
-        let ping = match breaker.try_acquire() {
+        let permit = breaker.try_acquire().or_else(|| {
+            let now = now_ms();
+            let last = self.health.last_probe_ms.load(Relaxed);
+            let due = now.saturating_sub(last) >= HEALTH_PROBE_EVERY_MS
+                && self
+                    .health
+                    .last_probe_ms
+                    .compare_exchange(last, now, Relaxed, Relaxed)
+                    .is_ok();
+            if due {
+                breaker.probe_now()
+            } else {
+                None
+            }
+        });
+        let ping = match permit {
             Some(permit) => {
                 let r = self.ping().await;
-                match (&r, permit) {
-                    (Ok(_), p) => p.success(),
-                    (Err(e), p) if e.is_connection() => p.failure(),
-                    (Err(_), p) => p.success(),
+                let mut last_error = self.health.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(rtt) => {
+                        permit.success();
+                        *last_error = None;
+                        Some(rtt)
+                    }
+                    Err(Error::Connection(c)) => {
+                        permit.failure();
+                        *last_error = Some(c);
+                        None
+                    }
+                    Err(_) => {
+                        permit.success();
+                        None
+                    }
                 }
-                r.ok()
             }
             None => None,
+        };
+        let l2_error = match ping {
+            Some(_) => None,
+            None => self
+                .health
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
         // Breaker states only: a health check must not scan every namespace.
         let stats = self.stats_asking_l2(false).await;
@@ -117,9 +190,20 @@ impl CacheService {
             .map(|(name, _)| name.clone())
             .collect();
         let healthy = ping.is_some() && open_breakers.is_empty();
+        let reason = match (&l2_error, ping) {
+            _ if healthy => None,
+            (Some(e), _) => Some(format!("L2 unavailable: {}", cause(e.kind))),
+            (None, None) => Some("L2 unavailable".to_string()),
+            (None, Some(_)) => Some(format!(
+                "L2 answers, but the circuit breaker of {} is open until its next probe",
+                open_breakers.join(", ")
+            )),
+        };
         Health {
             status: if healthy { "healthy" } else { "degraded" },
-            reason: (!healthy).then_some("L2 unavailable"),
+            reason,
+            l2_error_kind: l2_error.as_ref().map(|e| e.kind),
+            l2_error: l2_error.map(|e| e.message),
             l2_endpoint: stats.l2_endpoint,
             l2_ping_ms: ping.map(|d| d.as_secs_f64() * 1000.0),
             circuit_breaker: breaker.state(),
@@ -160,9 +244,16 @@ impl CacheService {
 pub struct Health {
     /// `"healthy"` or `"degraded"` (L1 serving alone).
     pub status: &'static str,
-    /// Why degraded.
+    /// Why degraded, in a sentence (e.g. `L2 unavailable: authentication failed …`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
+    /// The kind of the last L2 failure, while L2 is unavailable
+    /// (`refused`, `timeout`, `auth`, `io`, `server`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2_error_kind: Option<ConnectionErrorKind>,
+    /// The last L2 failure's message (never with credentials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2_error: Option<String>,
     /// `host:port/db`, without credentials.
     pub l2_endpoint: String,
     /// Round trip of the `PING`, when it answered.
@@ -173,6 +264,23 @@ pub struct Health {
     pub open_breakers: Vec<String>,
     /// Live caches.
     pub caches: usize,
+}
+
+/// A cause a person can act on.
+fn cause(kind: ConnectionErrorKind) -> &'static str {
+    match kind {
+        ConnectionErrorKind::Refused => "connection refused (is the server running, on that host and port?)",
+        ConnectionErrorKind::Timeout => {
+            "no answer within the operation timeout (frozen or overloaded server, or a network black hole)"
+        }
+        ConnectionErrorKind::Auth => {
+            "authentication failed (check CACHE_REDIS_USERNAME / CACHE_REDIS_PASSWORD)"
+        }
+        ConnectionErrorKind::Server => {
+            "the server answers but cannot serve (loading, read-only, out of memory, wrong database…)"
+        }
+        _ => "connection error",
+    }
 }
 
 impl Health {

@@ -66,8 +66,9 @@ pub struct L2Stats {
     pub available: bool,
     /// Keys in this namespace (`None` when the server was not asked or did not answer).
     pub size: Option<u64>,
-    /// Selected server counters from `INFO` (hits, misses, memory, clients…).
-    pub server: BTreeMap<String, String>,
+    /// Selected server figures from `INFO` (hits, misses, memory, clients…):
+    /// counters as numbers, names and versions as strings.
+    pub server: BTreeMap<String, serde_json::Value>,
 }
 
 /// Per-cache error and event counters.
@@ -89,6 +90,8 @@ pub struct ErrorStats {
     pub l2_skipped: u64,
     /// Operations refused for a key longer than the maximum.
     pub invalid_key: u64,
+    /// Writes refused for a per-call TTL under 1 ms (e.g. zero).
+    pub invalid_ttl: u64,
     /// `set`s refused because the encoded value was larger than the maximum.
     pub oversize: u64,
 }

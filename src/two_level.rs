@@ -81,6 +81,7 @@ struct Errors {
     encode: Counter,
     l2_skipped: Counter,
     invalid_key: Counter,
+    invalid_ttl: Counter,
     oversize: Counter,
     log: LogLimiter,
 }
@@ -196,6 +197,16 @@ pub(crate) enum Lease {
     Unavailable,
 }
 
+/// What a loaded value is stored against: the guard snapshot taken before
+/// the loader ran, the lease the load holds in L2, and whether the value may
+/// only fill an absent key (a load that started from a miss).
+#[derive(Clone, Copy)]
+pub(crate) struct LoadFence {
+    pub(crate) before: Snapshot,
+    pub(crate) lease: Lease,
+    pub(crate) only_if_absent: bool,
+}
+
 /// Which level answered a lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Level {
@@ -239,6 +250,73 @@ pub(crate) enum LookupStep<V> {
         want_ttl: bool,
         stale: Option<Arc<V>>,
     },
+}
+
+/// What one read-through may still spend waiting for L2, all of its L2
+/// calls together (the read, the lease, the fenced store of the loaded
+/// value). A plain `get` is [`unbounded`](Self::unbounded): its one L2 call
+/// is bounded by the backend itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct L2Budget {
+    /// Time left; `None`: no bound beyond the backend's own.
+    left: Option<Duration>,
+    /// An L2 call of this read-through failed or ran out of time: the rest
+    /// of it skips L2 instead of waiting for it again.
+    spent: bool,
+}
+
+impl L2Budget {
+    pub(crate) const fn unbounded() -> Self {
+        Self {
+            left: None,
+            spent: false,
+        }
+    }
+
+    /// At most `total` for every L2 call together (`None`: unbounded).
+    pub(crate) fn new(total: Option<Duration>) -> Self {
+        Self {
+            left: total,
+            spent: false,
+        }
+    }
+
+    /// Lowers what is left to `at_most`.
+    pub(crate) fn cap(&mut self, at_most: Duration) {
+        self.left = Some(self.left.map_or(at_most, |l| l.min(at_most)));
+    }
+
+    pub(crate) fn is_spent(&self) -> bool {
+        self.spent || self.left.is_some_and(|l| l.is_zero())
+    }
+
+    /// Runs one L2 call within what is left; running out is a timeout (a
+    /// breaker failure, as the backend's own timeout would be).
+    async fn bound<T>(&mut self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let Some(left) = self.left else {
+            let r = call.await;
+            self.spent |= r.as_ref().is_err_and(Error::is_connection);
+            return r;
+        };
+        let started = tokio::time::Instant::now();
+        let r = match tokio::time::timeout(left, call).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::connection(
+                ConnectionErrorKind::Timeout,
+                format!("no answer within the read-through's L2 budget ({left:?})"),
+            )),
+        };
+        self.left = Some(left.saturating_sub(started.elapsed()));
+        self.spent |= r.as_ref().is_err_and(Error::is_connection);
+        r
+    }
+}
+
+/// Which way a value failed to cross the serializer.
+#[derive(Clone, Copy)]
+enum DataOp {
+    Encode,
+    Decode,
 }
 
 /// How an L2 call went, once the breaker has been told.
@@ -452,19 +530,24 @@ where
             Err(e) => {
                 // L2 answered; the data was bad. Healthy for the breaker.
                 permit.success();
-                self.data_error(op, &e);
+                self.data_error(DataOp::Decode, &e);
                 Outcome::BadData
             }
         }
     }
 
-    fn data_error(&self, op: &'static str, e: &Error) {
+    fn data_error(&self, op: DataOp, e: &Error) {
         let errs = &self.inner.errors;
-        if op == "encode" {
-            errs.encode.incr()
-        } else {
-            errs.decode.incr()
-        }
+        let op = match op {
+            DataOp::Encode => {
+                errs.encode.incr();
+                "encode"
+            }
+            DataOp::Decode => {
+                errs.decode.incr();
+                "decode"
+            }
+        };
         if let Some(suppressed) = errs.log.admit() {
             tracing::warn!(cache = %self.inner.prefix, op, error = %e, suppressed, "bad cache data ignored");
         }
@@ -489,11 +572,36 @@ where
     #[cold]
     fn key_too_long(&self, key: &str) -> Result<(), Error> {
         self.inner.errors.invalid_key.incr();
-        Err(Error::InvalidInput(format!(
+        let e = Error::InvalidInput(format!(
             "key of {} bytes is longer than the maximum of {} bytes (CACHE_MAX_KEY_BYTES)",
             key.len(),
             self.inner.max_key_bytes
-        )))
+        ));
+        self.refused(&e);
+        Err(e)
+    }
+
+    /// Logs (rate-limited) an input the cache refused; the counter is the caller's.
+    #[cold]
+    fn refused(&self, e: &Error) {
+        if let Some(suppressed) = self.inner.errors.log.admit() {
+            tracing::warn!(cache = %self.inner.prefix, error = %e, suppressed, "cache input refused");
+        }
+    }
+
+    /// `Err` (counted, logged) for a per-call TTL under a millisecond: Redis
+    /// cannot keep an entry for less, and a zero TTL would store nothing
+    /// while reporting success. `None` (the cache's TTL) is always fine.
+    fn check_ttl(&self, ttl: Option<Duration>) -> Result<(), Error> {
+        match ttl {
+            Some(t) if t < Duration::from_millis(1) => {
+                self.inner.errors.invalid_ttl.incr();
+                let e = Error::InvalidInput(format!("ttl={t:?} is not allowed: at least 1 ms"));
+                self.refused(&e);
+                Err(e)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The value under `key`: L1, then L2 (promoting a hit into L1). Misses,
@@ -508,15 +616,18 @@ where
             LookupStep::Done(found) => return found.fresh(),
             step => step,
         };
-        self.lookup_on(key, step).await.fresh()
+        self.lookup_on(key, step, &mut L2Budget::unbounded())
+            .await
+            .fresh()
     }
 
     /// What the cache holds for `key`: fresh, stale (fail-safe caches only),
     /// or nothing. With `want_ttl`, a fresh entry comes with its logical TTL left.
-    pub(crate) async fn lookup(&self, key: &str, want_ttl: bool) -> Found<V> {
+    /// L2's part, if asked, is spent from `budget`.
+    pub(crate) async fn lookup(&self, key: &str, want_ttl: bool, budget: &mut L2Budget) -> Found<V> {
         match self.lookup_now(key, want_ttl) {
             LookupStep::Done(found) => found,
-            step => self.lookup_on(key, step).await,
+            step => self.lookup_on(key, step, budget).await,
         }
     }
 
@@ -546,8 +657,9 @@ where
         LookupStep::AskL2 { want_ttl, stale }
     }
 
-    /// The rest of a lookup after [`lookup_now`](Self::lookup_now).
-    pub(crate) async fn lookup_on(&self, key: &str, step: LookupStep<V>) -> Found<V> {
+    /// The rest of a lookup after [`lookup_now`](Self::lookup_now); L2's
+    /// part, if asked, is spent from `budget`.
+    pub(crate) async fn lookup_on(&self, key: &str, step: LookupStep<V>, budget: &mut L2Budget) -> Found<V> {
         let (want_ttl, stale) = match step {
             LookupStep::Done(found) => return found,
             LookupStep::AskL2 { want_ttl, stale } => (want_ttl, stale),
@@ -566,7 +678,7 @@ where
                 }
             }
         };
-        match (self.lookup_l2(key, want_ttl).await, stale) {
+        match (self.lookup_l2(key, want_ttl, budget).await, stale) {
             (Found::Miss, Some(v)) => Found::Stale(v),
             (found, _) => found,
         }
@@ -594,7 +706,7 @@ where
         }
     }
 
-    async fn lookup_l2(&self, key: &str, want_ttl: bool) -> Found<V> {
+    async fn lookup_l2(&self, key: &str, want_ttl: bool, budget: &mut L2Budget) -> Found<V> {
         let fresh = |value, remaining| Found::Fresh {
             value,
             remaining,
@@ -617,14 +729,17 @@ where
             }
         }
         let before = self.inner.guard.snapshot(key);
+        if budget.is_spent() {
+            return Found::Miss;
+        }
         let Some((l2, permit)) = self.l2() else {
             return Found::Miss;
         };
         let read = if want_ttl {
-            let r = l2.get_with_ttl(key).await;
+            let r = budget.bound(l2.get_with_ttl(key)).await;
             self.settle(permit, "get", r).ok()
         } else {
-            let r = l2.get(key).await;
+            let r = budget.bound(l2.get(key)).await;
             self.settle(permit, "get", r).ok().map(|b| b.map(|b| (b, None)))
         };
         let (bytes, physical) = match read {
@@ -685,7 +800,7 @@ where
                 Some(v)
             }
             Err(e) => {
-                self.data_error("decode", &e);
+                self.data_error(DataOp::Decode, &e);
                 // Drop the bad key so the next read does not pay for it again.
                 if promote.is_some() {
                     if let Some(l2) = &self.inner.l2 {
@@ -727,6 +842,7 @@ where
     /// Write-through of a shared value (what `try_set_with_ttl` does).
     pub(crate) async fn store(&self, key: &str, value: Arc<V>, ttl: Option<Duration>) -> Result<(), Error> {
         self.check_key(key)?;
+        self.check_ttl(ttl)?;
         let _write = self.inner.guard.write(key);
         let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
         if self.inner.l2.is_some() {
@@ -736,9 +852,6 @@ where
                     self.write_l2(key, op, Some(&*value)).await;
                 }
                 Err(e) => {
-                    if e.is_serialization() {
-                        self.data_error("encode", &e);
-                    }
                     // Neither level may keep serving the previous value for this key.
                     self.write_l2(key, PendingOp::Delete, None).await;
                     if let Some(l1) = &self.inner.l1 {
@@ -754,34 +867,49 @@ where
         Ok(())
     }
 
-    /// `value` encoded, refused (and counted) above the size bound.
+    /// `value` encoded for L2. The one rule for every write: a value that
+    /// cannot be encoded (counted in `encode`) or whose encoding is larger
+    /// than the maximum (counted in `oversize`) is an error, logged, and the
+    /// write stores it in neither level.
     fn encode_bounded(&self, value: &V) -> Result<Vec<u8>, Error> {
-        let bytes = self.inner.serializer.encode(value)?;
+        let bytes = match self.inner.serializer.encode(value) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.data_error(DataOp::Encode, &e);
+                return Err(e);
+            }
+        };
         if bytes.len() > self.inner.max_value_bytes {
             self.inner.errors.oversize.incr();
-            return Err(Error::InvalidInput(format!(
+            let e = Error::InvalidInput(format!(
                 "value of {} bytes encoded is larger than the maximum of {} bytes (CACHE_MAX_VALUE_BYTES)",
                 bytes.len(),
                 self.inner.max_value_bytes
-            )));
+            ));
+            self.refused(&e);
+            return Err(e);
         }
         Ok(bytes)
     }
 
     /// Stores a loaded value only if nothing wrote or deleted `key` since
-    /// `before` was taken (before the loader started): on this instance (the
-    /// promotion guard, which backplane invalidations move too) and in L2
-    /// (the load lease `lease` held, which every L2 write ends). Returns
-    /// whether the value was stored.
+    /// `fence.before` was taken (before the loader started): on this
+    /// instance (the promotion guard, which backplane invalidations move
+    /// too) and in L2 (the load lease `fence.lease` held, which every L2
+    /// write ends). Returns whether the value was stored.
     pub(crate) async fn store_loaded(
         &self,
         key: &str,
         value: &Arc<V>,
         ttl: Option<Duration>,
-        before: Snapshot,
-        lease: Lease,
-        only_if_absent: bool,
+        fence: LoadFence,
+        budget: &mut L2Budget,
     ) -> bool {
+        let LoadFence {
+            before,
+            lease,
+            only_if_absent,
+        } = fence;
         if self.check_key(key).is_err() {
             return false;
         }
@@ -796,26 +924,16 @@ where
                     .await;
             }
         }
-        if let (Some(l2), Lease::Held(token)) = (&self.inner.l2, lease) {
-            let bytes = match self.encode_bounded(value) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    if e.is_serialization() {
-                        self.data_error("encode", &e);
-                    }
-                    return false;
-                }
+        if let (true, Lease::Held(token)) = (self.inner.l2.is_some(), lease) {
+            let Ok(bytes) = self.encode_bounded(value) else {
+                return false;
             };
             let l2_ttl = l2_ttl.unwrap_or(self.inner.l2_ttl);
-            let stored = match self.inner.breaker.try_acquire() {
-                Some(permit) => {
-                    let r = l2
-                        .store_if_leased(key, token, bytes, Some(l2_ttl), only_if_absent)
-                        .await;
-                    self.settle(permit, "write", r).ok()
-                }
-                None => None,
-            };
+            let stored = self
+                .with_l2_within("write", budget, |l2| {
+                    l2.store_if_leased(key, token, bytes, Some(l2_ttl), only_if_absent)
+                })
+                .await;
             match stored {
                 Some(Some(true)) => self.announce(Some(key)),
                 Some(Some(false)) => return false,
@@ -852,9 +970,32 @@ where
     where
         Fut: Future<Output = Result<T, Error>>,
     {
+        self.with_l2_within(op, &mut L2Budget::unbounded(), call).await
+    }
+
+    /// [`with_l2`](Self::with_l2) within a read-through's `budget` (skipped,
+    /// as `None`, once it is spent).
+    pub(crate) async fn with_l2_within<'a, T, Fut>(
+        &'a self,
+        op: &'static str,
+        budget: &mut L2Budget,
+        call: impl FnOnce(&'a B) -> Fut,
+    ) -> Option<T>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        if budget.is_spent() {
+            return None;
+        }
         let (l2, permit) = self.l2()?;
-        let r = call(l2).await;
+        let r = budget.bound(call(l2)).await;
         self.settle(permit, op, r).ok()
+    }
+
+    /// The most a read-through waits for L2, all its calls together: the
+    /// backend's operation timeout.
+    pub(crate) fn l2_budget(&self) -> L2Budget {
+        L2Budget::new(self.inner.l2.as_ref().and_then(|l2| l2.operation_timeout()))
     }
 
     /// Applies one write to L2 now, or queues it when L2 is unavailable or an
@@ -1015,7 +1156,7 @@ where
     /// accepted it. Without a usable L2, the same rule applies to L1 alone, and
     /// the winner claims the key in L2 (again with `SET NX`) on recovery.
     pub async fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
-        if self.check_key(key).is_err() {
+        if self.check_key(key).is_err() || self.check_ttl(ttl).is_err() {
             return false;
         }
         let _write = self.inner.guard.write(key);
@@ -1023,12 +1164,10 @@ where
         let (l1_ttl, ttl) = self.physical_ttls(ttl);
         let mut encoded = None;
         if self.inner.l2.is_some() {
-            match self.inner.serializer.encode(&*value) {
-                Err(e) => self.data_error("encode", &e),
-                Ok(bytes) if bytes.len() > self.inner.max_value_bytes => {
-                    self.inner.errors.oversize.incr();
-                    return false;
-                }
+            match self.encode_bounded(&value) {
+                // Stored nowhere, as `set` does; the key's current value, if
+                // any, stays (nothing was to replace it).
+                Err(_) => return false,
                 Ok(bytes) if !self.inner.queue.is_active() || self.inner.queue.admits_direct(key) => {
                     match self.l2() {
                         Some((l2, permit)) => {
@@ -1158,22 +1297,22 @@ where
         }
     }
 
-    /// Remaining time to live: L1's real remaining TTL, else L2's. `None` when
-    /// absent or without expiry.
+    /// How long the entry under `key` stays fresh: the shared entry's
+    /// remaining TTL in L2 when L2 answers and holds it (that is how long
+    /// every instance can read it), else this instance's L1 copy's real
+    /// remaining TTL (L2 unavailable, the key's write still queued for L2, or
+    /// a cache without L2). `None` when absent, stale (fail-safe time only)
+    /// or without expiry. Asks L2 even when L1 holds the key.
     pub async fn get_ttl(&self, key: &str) -> Option<Duration> {
         self.check_key(key).ok()?;
-        if let Some(l1) = &self.inner.l1 {
-            if let Ok(Some(t)) = l1.get_ttl(key).await {
-                if let Ok(t) = self.logical(Some(t)) {
-                    return t;
-                }
+        if self.inner.l2.is_some() && self.pending(key).is_none() {
+            if let Some(Some(t)) = self.with_l2("get_ttl", |l2| l2.get_ttl(key)).await {
+                return self.logical(Some(t)).ok().flatten();
             }
         }
-        if self.pending(key).is_some() {
-            return None;
-        }
-        let ttl = self.with_l2("get_ttl", |l2| l2.get_ttl(key)).await.flatten();
-        self.logical(ttl).ok().flatten()
+        let l1 = self.inner.l1.as_ref()?;
+        let t = l1.get_ttl(key).await.ok().flatten()?;
+        self.logical(Some(t)).ok().flatten()
     }
 
     /// Keys (without the namespace) in L1 or L2 that start with `prefix`
@@ -1239,6 +1378,7 @@ where
                 encode: e.encode.get(),
                 l2_skipped: e.l2_skipped.get(),
                 invalid_key: e.invalid_key.get(),
+                invalid_ttl: e.invalid_ttl.get(),
                 oversize: e.oversize.get(),
             },
             recovery: RecoveryStats {
@@ -1353,6 +1493,7 @@ mod tests {
             backend: L1BackendKind::Ttl,
             maxsize: 100,
             ttl: Duration::from_secs(ttl_s),
+            fail_safe: Duration::ZERO,
         })
     }
 
@@ -1363,6 +1504,7 @@ mod tests {
             backend: L1BackendKind::Ttl,
             maxsize: 100,
             ttl: Duration::from_secs(600),
+            fail_safe: Duration::ZERO,
         })
     }
 

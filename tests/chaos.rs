@@ -20,6 +20,11 @@ async fn fault_sequence_keeps_every_invariant() {
     assert_eq!(report.panics, 0, "{json}");
     assert_eq!(report.caller_errors_total, 0, "{json}");
     assert_eq!(report.resurrected_deletes, 0, "{json}");
+    assert!(
+        report.outage_deletes_checked > 0,
+        "deletes made during the outage, isolated: {json}"
+    );
+    assert_eq!(report.outage_deletes_resurrected, 0, "{json}");
     assert_eq!(report.lost_writes, 0, "{json}");
     assert!(report.deletes_checked > 0 && report.writes_checked > 0, "{json}");
     assert!(

@@ -86,8 +86,9 @@ fn compose(
         inner: TtlBackend::new(&L1Config {
             backend: L1BackendKind::Ttl,
             maxsize: 100,
-            // The L1 backend keeps entries for their TTL plus the fail-safe time.
-            ttl: ttl + fail_safe.unwrap_or_default(),
+            ttl,
+            // The L1 backend keeps entries this much longer, readable as stale.
+            fail_safe: fail_safe.unwrap_or_default(),
         }),
         reads: reads.clone(),
     };

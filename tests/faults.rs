@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, RedisServer};
+use resilient_cache::error::ConnectionErrorKind;
 use resilient_cache::{CacheOptions, CacheService, CircuitState, L2ClearStatus};
 
 fn opts(prefix: &str, threshold: u32) -> CacheOptions {
@@ -243,7 +244,8 @@ async fn open_breaker_keeps_every_operation_off_redis() {
     let calls = redis.command_calls();
     let ours: u64 = calls
         .iter()
-        .filter(|(n, _)| !n.starts_with("info") && !n.starts_with("config"))
+        // CONFIG is the test's own RESETSTAT; INFO counts: stats must not ask an open breaker's L2.
+        .filter(|(n, _)| !n.starts_with("config"))
         .map(|(_, n)| n)
         .sum();
     assert_eq!(
@@ -292,7 +294,87 @@ async fn wrong_password_is_an_auth_error_and_l1_keeps_serving() {
     let stored: Option<Vec<u8>> = redis::cmd("GET").arg("auth:k").query(&mut admin).unwrap();
     assert_eq!(
         stored,
-        Some(rmp_serde::to_vec(&2u32).unwrap()),
+        Some(resilient_cache::Serializer::msgpack().encode(&2u32).unwrap()),
         "the right password reaches L2"
     );
+}
+
+#[tokio::test]
+async fn health_names_an_authentication_failure() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-horse-battery"]);
+    let mut config = redis.config();
+    config.redis.password = Some(resilient_cache::Secret::new("wrong-staple"));
+    let service = CacheService::new(config).await.unwrap();
+    let h = service.health().await;
+    assert!(!h.is_healthy());
+    assert_eq!(h.l2_error_kind, Some(ConnectionErrorKind::Auth), "{h:?}");
+    let reason = h.reason.clone().unwrap_or_default();
+    assert!(reason.contains("authentication failed"), "{reason}");
+    assert!(!format!("{h:?}").contains("wrong-staple"), "{h:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_sees_a_recovered_l2_without_waiting_for_the_breaker() {
+    let mut redis = RedisServer::start();
+    let mut config = redis.config();
+    config.circuit_breaker.threshold = 1;
+    // An hour: only the health check's own probe can close it within this test.
+    config.circuit_breaker.timeout = Duration::from_secs(3600);
+    let service = CacheService::new(config).await.unwrap();
+    // No breaker options of its own: the cache shares the service's breaker.
+    let c = service
+        .create_cache::<u32>(CacheOptions::new("hl").l2_ttl(Duration::from_secs(300)))
+        .unwrap();
+    assert!(service.health().await.is_healthy());
+
+    redis.kill();
+    let h = service.health().await;
+    assert!(!h.is_healthy());
+    assert!(
+        h.l2_error_kind.is_some(),
+        "a cause (the old connection breaks first): {h:?}"
+    );
+    assert_eq!(c.breaker_state(), CircuitState::Open);
+    // The health check keeps probing on its own (at most once a second):
+    // the reconnection is refused, and says so.
+    assert!(
+        eventually(Duration::from_secs(10), async || service
+            .health()
+            .await
+            .l2_error_kind
+            == Some(ConnectionErrorKind::Refused))
+        .await
+    );
+    let h = service.health().await;
+    assert!(
+        h.reason
+            .clone()
+            .unwrap_or_default()
+            .contains("connection refused"),
+        "{h:?}"
+    );
+    assert_eq!(
+        c.breaker_state(),
+        CircuitState::Open,
+        "still open: its timeout is an hour"
+    );
+
+    redis.restart();
+    assert!(
+        eventually(Duration::from_secs(10), async || service
+            .health()
+            .await
+            .is_healthy())
+        .await,
+        "healthy again long before the breaker's one-hour timeout"
+    );
+    assert_eq!(
+        c.breaker_state(),
+        CircuitState::Closed,
+        "the health probe closed the shared breaker"
+    );
+    let h = service.health().await;
+    assert_eq!((h.l2_error_kind, h.reason.clone()), (None, None), "{h:?}");
+    c.set("k", 1).await;
+    assert!(redis.get_raw("hl:k").is_some(), "the cache uses L2 again");
 }

@@ -103,12 +103,15 @@ async fn a_panicking_or_cancelled_loader_does_not_wedge_the_key() {
     let service = CacheService::new(redis.config()).await.unwrap();
     let c = service.create_cache::<String>(opts("wedge")).unwrap();
 
-    // A leader whose loader panics while others wait.
+    // A leader whose loader panics while others wait: it starts first (its
+    // loader says so) and panics only once every waiter has joined its load.
+    let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let leader = {
-        let c = c.clone();
+        let (c, started, gate) = (c.clone(), started.clone(), gate.clone());
         tokio::spawn(async move {
-            c.get_or_load("p", || async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            c.get_or_load("p", move || async move {
+                started.notify_one();
+                gate.notified().await;
                 panic!("loader bug");
                 #[allow(unreachable_code)]
                 Ok::<String, DbDown>(String::new())
@@ -116,7 +119,7 @@ async fn a_panicking_or_cancelled_loader_does_not_wedge_the_key() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    started.notified().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let waiters: Vec<_> = (0..10)
         .map(|_| {
@@ -130,6 +133,12 @@ async fn a_panicking_or_cancelled_loader_does_not_wedge_the_key() {
             })
         })
         .collect();
+    assert!(
+        eventually(Duration::from_secs(10), async || c.loader_stats().waits >= 11).await,
+        "the leader and ten waiters on one load: {:?}",
+        c.loader_stats()
+    );
+    gate.notify_one();
     assert!(
         matches!(leader.await.unwrap(), Err(LoadError::Panicked)),
         "the caller whose loader panicked gets a typed error"
@@ -402,7 +411,9 @@ async fn hard_timeout_without_a_stale_value_is_an_error() {
         .get_or_load_with("k2", &bad, || async { Ok::<_, DbDown>(String::new()) })
         .await;
     match r {
-        Err(LoadError::InvalidOptions(m)) => assert!(m.contains("eager_refresh=1.5"), "{m}"),
+        Err(LoadError::InvalidOptions(e)) => {
+            assert_eq!((e.key(), e.value()), ("eager_refresh", "1.5"), "{e}")
+        }
         other => panic!("expected InvalidOptions, got {other:?}"),
     }
 }
@@ -489,10 +500,22 @@ async fn a_dead_lock_owner_costs_one_bounded_wait() {
     );
     let c = service.create_cache::<String>(o).unwrap();
     // An owner that took the lease and died: it would hold it for a minute.
-    let _: () = redis.cmd(&["SET", "rc:lease:{dead:k}", "12345", "PX", "60000"]);
+    let _: () = redis.cmd(&["SET", "rc:lease:{dead:k}", "12345", "PX", "600000"]);
+    redis.reset_stats();
     let calls = Arc::new(AtomicUsize::new(0));
-    let r = c.get_or_load("k", counted(&calls, "mine", Duration::ZERO)).await;
+    // The guard is far above the 200 ms bound and far below the owner's
+    // 10-minute lease: it only catches a wait for the dead owner.
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        c.get_or_load("k", counted(&calls, "mine", Duration::ZERO)),
+    )
+    .await
+    .expect("the wait for a dead owner is bounded by lock_wait, not by its lease");
     assert_eq!(r.unwrap().as_str(), "mine");
+    // Polls back off 2 ms → 50 ms within the 200 ms lock_wait: a handful of
+    // reads, never one per millisecond of the owner's lease.
+    let gets = redis.command_calls().get("get").copied().unwrap_or(0);
+    assert!((2..=15).contains(&gets), "{gets} GETs while waiting");
     assert_eq!(calls.load(SeqCst), 1);
     assert_eq!(c.loader_stats().lock_waits, 1);
     assert_eq!(
@@ -609,4 +632,100 @@ async fn without_leases_loaded_values_are_written_like_a_set() {
         "no lease DEL on writes: {calls_by_name:?}"
     );
     assert!(redis.keys().iter().all(|k| !k.starts_with("rc:lease")));
+}
+
+/// A service on `redis` whose operation timeout is `op_timeout`.
+async fn service_with_timeout(redis: &RedisServer, op_timeout: Duration) -> CacheService {
+    let mut config = redis.config();
+    config.redis.socket_timeout = op_timeout;
+    config.redis.connect_timeout = op_timeout;
+    CacheService::new(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_timeout_bounds_the_l2_read_too_and_a_healthy_loader_still_answers() {
+    // The operation timeout (1.5 s) is longer than the hard timeout (600 ms):
+    // if the L2 read on the frozen server were not cut, the caller would
+    // reach its hard timeout before the loader even started.
+    let redis = RedisServer::start();
+    let service = service_with_timeout(&redis, Duration::from_millis(1500)).await;
+    let c = service.create_cache::<String>(opts("frozen_hard")).unwrap();
+    redis.freeze();
+    let got = c
+        .get_or_load_with(
+            "cold",
+            &LoadOptions::new().hard_timeout(Duration::from_millis(600)),
+            || async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, DbDown>("from the loader".to_string())
+            },
+        )
+        .await;
+    redis.thaw();
+    assert_eq!(
+        got.expect("the loader's value, not a timeout").as_str(),
+        "from the loader"
+    );
+    let s = c.get_stats().await;
+    assert_eq!(s.loader.loads, 1);
+    assert_eq!(
+        s.errors.l2_timeout, 1,
+        "one L2 wait (the read), cut at its budget"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_through_waits_for_a_frozen_l2_once_not_once_per_step() {
+    let redis = RedisServer::start();
+    let service = service_with_timeout(&redis, Duration::from_millis(300)).await;
+    let c = service.create_cache::<String>(opts("frozen_once")).unwrap();
+    redis.freeze();
+    let got = c
+        .get_or_load("cold", || async { Ok::<_, DbDown>("loaded".to_string()) })
+        .await;
+    assert_eq!(got.unwrap().as_str(), "loaded");
+    let s = c.get_stats().await;
+    redis.thaw();
+    // The read timed out; the lease and the store did not wait again.
+    assert_eq!(s.errors.l2_timeout, 1, "{:?}", s.errors);
+    assert_eq!(
+        c.get("cold").await.as_deref().map(String::as_str),
+        Some("loaded"),
+        "kept in L1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stale_value_at_hand_the_soft_timeout_leaves_room_for_the_loader() {
+    // Soft timeout 400 ms, operation timeout 3 s: the L2 read on the frozen
+    // server gets 200 ms, then a 5 ms loader answers well within the soft
+    // timeout, so the caller gets the fresh value, not the stale one.
+    let redis = RedisServer::start();
+    let service = service_with_timeout(&redis, Duration::from_secs(3)).await;
+    let c = service
+        .create_cache::<String>(
+            opts("frozen_soft")
+                .l1_ttl(Duration::from_secs(1))
+                .fail_safe_max_duration(Duration::from_secs(600)),
+        )
+        .unwrap();
+    c.set("k", "old".to_string()).await;
+    // Past its 1 s L1 TTL: stale in L1 (and fresh in L2, which is frozen).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    redis.freeze();
+    let got = c
+        .get_or_load_with(
+            "k",
+            &LoadOptions::new()
+                .soft_timeout(Duration::from_millis(400))
+                .hard_timeout(Duration::from_secs(2)),
+            || async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok::<_, DbDown>("new".to_string())
+            },
+        )
+        .await;
+    redis.thaw();
+    assert_eq!(got.unwrap().as_str(), "new");
+    assert_eq!(c.get_stats().await.loader.stale_served, 0);
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::RedisServer;
@@ -73,7 +71,12 @@ async fn oversize_values_are_stored_in_neither_level() {
     assert_eq!(c.get_stats().await.errors.oversize, 3);
 
     // Bytes larger than the limit written by someone else are not decoded.
-    redis.set_raw("big:planted", &rmp_serde::to_vec(&"p".repeat(1000)).unwrap());
+    redis.set_raw(
+        "big:planted",
+        &resilient_cache::Serializer::msgpack()
+            .encode(&"p".repeat(1000))
+            .unwrap(),
+    );
     assert_eq!(c.get("planted").await, None);
     assert_eq!(c.get_stats().await.errors.decode, 1);
 
@@ -125,20 +128,6 @@ async fn namespaces_that_are_prefixes_of_each_other_stay_apart() {
     }
 }
 
-/// A `tracing` writer that keeps everything written to it.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn password_and_username_never_show() {
     const PASSWORD: &str = "pw-Zx81-never-print";
@@ -146,13 +135,7 @@ async fn password_and_username_never_show() {
     let redis =
         RedisServer::start_with(&["--user", USER, "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"]);
 
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::logs::capture();
 
     let mut seen = Vec::new();
     for password in ["wrong-password", PASSWORD] {
@@ -206,7 +189,7 @@ async fn password_and_username_never_show() {
     seen.push(format!("{}", Secret::new(PASSWORD)));
 
     drop(_guard);
-    seen.push(String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned());
+    seen.push(logs.text());
     assert!(
         seen.last().unwrap().contains("L2 unavailable"),
         "logs were captured: {}",
@@ -244,11 +227,8 @@ async fn tls_with_a_trusted_ca_works_and_an_untrusted_one_is_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     let (ca, cert, key) = tls_material(&dir, "server");
     let (other_ca, _, _) = tls_material(&dir, "other");
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The shared helper: never the same free port twice in one process.
+    let tls_port = common::free_port();
     let redis = RedisServer::start_with(&[
         "--tls-port",
         &tls_port.to_string(),

@@ -31,25 +31,30 @@ struct Entry<T> {
 pub struct TtlBackend<T> {
     cache: quick_cache::sync::Cache<String, Entry<T>>,
     maxsize: usize,
+    /// The longest an entry is kept: its TTL plus the fail-safe time.
     ttl: Duration,
+    /// The configured TTL, as reported in stats.
+    logical_ttl: Duration,
     hits: HotCounter,
     misses: HotCounter,
 }
 
 impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
-    /// A backend holding up to `config.maxsize` entries for `config.ttl` each.
+    /// A backend holding up to `config.maxsize` entries for `config.ttl` each
+    /// (plus `config.fail_safe`, the time a fail-safe cache keeps them stale).
     pub fn new(config: &L1Config) -> Self {
         Self {
             cache: quick_cache::sync::Cache::new(config.maxsize),
             maxsize: config.maxsize,
-            ttl: config.ttl,
+            ttl: config.ttl + config.fail_safe,
+            logical_ttl: config.ttl,
             hits: HotCounter::default(),
             misses: HotCounter::default(),
         }
     }
 
-    /// An entry never outlives the configured L1 TTL, even when the caller asks
-    /// for a longer one (that TTL is meant for L2).
+    /// An entry never outlives the configured L1 TTL (plus the fail-safe
+    /// time), even when the caller asks for a longer one (that TTL is meant for L2).
     fn expiry(&self, ttl: Option<Duration>) -> u64 {
         let ttl = ttl.map_or(self.ttl, |t| t.min(self.ttl));
         now_ms().saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64)
@@ -93,7 +98,7 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
             backend: "ttl",
             size: self.cache.len() as u64,
             maxsize: self.maxsize as u64,
-            ttl: Some(self.ttl.as_secs_f64()),
+            ttl: Some(self.logical_ttl.as_secs_f64()),
             hits: self.hits.get(),
             misses: self.misses.get(),
             hit_rate: 0.0,
@@ -266,7 +271,10 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
     }
 
     async fn set_if_not_exist(&self, key: &str, value: T, _ttl: Option<Duration>) -> Result<bool> {
-        Ok(self.cache.entry_by_ref(key).or_insert(value).is_fresh())
+        // `or_insert_with`, not `or_insert`: only the former coalesces
+        // concurrent calls on one absent key (`or_insert` looks, then inserts,
+        // so two racing callers could both win).
+        Ok(self.cache.entry_by_ref(key).or_insert_with(|| value).is_fresh())
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -328,6 +336,7 @@ mod tests {
 
     fn config(backend: L1BackendKind, maxsize: usize, ttl_ms: u64) -> L1Config {
         L1Config {
+            fail_safe: Duration::ZERO,
             backend,
             maxsize,
             ttl: Duration::from_millis(ttl_ms),
@@ -398,24 +407,44 @@ mod tests {
         assert_eq!(b.get_size().await.unwrap(), 0);
     }
 
-    #[tokio::test]
-    async fn ttl_set_if_not_exist_race_has_one_winner() {
-        let b = Arc::new(TtlBackend::<Arc<u32>>::new(&config(
-            L1BackendKind::Ttl,
-            100,
-            60_000,
-        )));
-        let tasks: Vec<_> = (0..16)
-            .map(|i| {
-                let b = b.clone();
-                tokio::spawn(async move { b.set_if_not_exist("race", Arc::new(i), None).await.unwrap() })
-            })
-            .collect();
-        let mut wins = 0;
-        for t in tasks {
-            wins += t.await.unwrap() as u32;
+    /// Threads released together by a barrier, round after round on fresh
+    /// keys, so the calls really overlap: exactly one winner per key.
+    #[test]
+    fn set_if_not_exist_race_has_one_winner() {
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 500;
+        for kind in [L1BackendKind::Ttl, L1BackendKind::Lru] {
+            let ttl = TtlBackend::<Arc<usize>>::new(&config(kind, ROUNDS * 2, 60_000));
+            let lru = LruBackend::<Arc<usize>>::new(&config(kind, ROUNDS * 2, 60_000));
+            let barrier = std::sync::Barrier::new(THREADS);
+            let wins: Vec<std::sync::atomic::AtomicUsize> = (0..ROUNDS).map(|_| Default::default()).collect();
+            std::thread::scope(|s| {
+                for t in 0..THREADS {
+                    let (ttl, lru, barrier, wins) = (&ttl, &lru, &barrier, &wins);
+                    s.spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                        for (round, won) in wins.iter().enumerate() {
+                            let key = format!("race-{round}");
+                            barrier.wait();
+                            let stored = rt.block_on(async {
+                                match kind {
+                                    L1BackendKind::Ttl => ttl.set_if_not_exist(&key, Arc::new(t), None).await,
+                                    L1BackendKind::Lru => lru.set_if_not_exist(&key, Arc::new(t), None).await,
+                                }
+                            });
+                            won.fetch_add(stored.unwrap() as usize, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            for (round, won) in wins.iter().enumerate() {
+                assert_eq!(
+                    won.load(std::sync::atomic::Ordering::Relaxed),
+                    1,
+                    "{kind:?} round {round}"
+                );
+            }
         }
-        assert_eq!(wins, 1);
     }
 
     #[tokio::test]

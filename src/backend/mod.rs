@@ -148,6 +148,15 @@ pub trait CacheBackend: Send + Sync + 'static {
         }
     }
 
+    /// The bound this backend puts on one call, if it has one (a networked
+    /// backend's operation timeout). A read-through shares one such bound
+    /// across all of its calls to this backend, so its caller never waits
+    /// longer than one operation timeout for L2 in total. `None` (the
+    /// default): no bound known.
+    fn operation_timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Ends the lease of `key` if `token` holds it (a failed load).
     fn release_lease(&self, key: &str, token: u64) -> impl Future<Output = Result<()>> + Send {
         let _ = (key, token);

@@ -216,8 +216,9 @@ impl RedisConnection {
         Ok(t.elapsed())
     }
 
-    /// Selected `INFO` fields: server identity, clients, memory, keyspace hits/misses.
-    pub async fn info(&self) -> Result<BTreeMap<String, String>> {
+    /// Selected `INFO` fields: server identity, clients, memory, keyspace
+    /// hits/misses. Counters are numbers, names and versions strings.
+    pub async fn info(&self) -> Result<BTreeMap<String, serde_json::Value>> {
         const FIELDS: &[&str] = &[
             "redis_version",
             "valkey_version",
@@ -237,7 +238,13 @@ impl RedisConnection {
             .lines()
             .filter_map(|l| l.split_once(':'))
             .filter(|(k, _)| FIELDS.contains(k))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .map(|(k, v)| {
+                let v = v.trim();
+                let v = v
+                    .parse::<u64>()
+                    .map_or_else(|_| v.into(), serde_json::Value::from);
+                (k.to_string(), v)
+            })
             .collect())
     }
 
@@ -472,6 +479,10 @@ impl CacheBackend for RedisBackend {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.conn.query(redis::cmd("GET").arg(self.redis_key(key))).await
+    }
+
+    fn operation_timeout(&self) -> Option<Duration> {
+        Some(self.conn.op_timeout())
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {

@@ -210,7 +210,7 @@ impl Link {
             config_err(
                 key,
                 &config.cluster_nodes.join(","),
-                format!("usable cluster seed nodes ({e})"),
+                format!("a usable list of cluster seed nodes ({e})"),
             )
         })?;
         Ok(Link::Cluster(Arc::new(ClusterLink {
@@ -243,7 +243,7 @@ impl Link {
                 config_err(
                     key,
                     &config.sentinel_nodes.join(","),
-                    format!("usable sentinels ({e})"),
+                    format!("a usable list of sentinels ({e})"),
                 )
             })?
             .set_client_to_redis_db(config.db);
@@ -257,7 +257,7 @@ impl Link {
             config_err(
                 key,
                 &config.sentinel_nodes.join(","),
-                format!("usable sentinels ({e})"),
+                format!("a usable list of sentinels ({e})"),
             )
         })?;
         Ok(Link::Sentinel(Arc::new(SentinelLink {

@@ -4,7 +4,7 @@
 //! written was lost. Run by `cargo run --release --example chaos` and, at small
 //! scale, by `tests/chaos.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,6 +61,11 @@ pub struct ChaosReport {
     pub panics: u64,
     pub recovery_ms: u64,
     pub resurrected_deletes: u64,
+    /// Keys deleted during the outage (frozen or down) and never written
+    /// afterwards: only the replay of those deletes keeps them out of L2.
+    pub outage_deletes_checked: u64,
+    /// Of those, the ones found in L2 at the end.
+    pub outage_deletes_resurrected: u64,
     pub lost_writes: u64,
     pub deletes_checked: u64,
     pub writes_checked: u64,
@@ -154,13 +159,26 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
         handles.push(tokio::spawn(async move {
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
             let own: Vec<usize> = (t..keys).step_by(tasks).collect();
+            // A quarter of the task's keys is not written once the outage is
+            // over, so a delete made during the outage stays the key's last
+            // word: if its replay were lost, the server's own copy would show.
+            let reserved = |k: usize| (k / tasks).is_multiple_of(4);
+            let unreserved: Vec<usize> = own.iter().copied().filter(|k| !reserved(*k)).collect();
             let mut last: HashMap<usize, Last> = HashMap::new();
+            let mut outage_deletes: HashSet<usize> = HashSet::new();
             let mut local = [(); 4].map(|_| Hists::new());
             while !stop.load(Relaxed) {
                 let ph = phase_idx.load(Relaxed);
                 let h = &mut local[ph];
                 let r = rng.next();
-                let pick = |r: u64| own[(r >> 8) as usize % own.len()];
+                let pick = |r: u64| {
+                    let k = own[(r >> 8) as usize % own.len()];
+                    if ph == 3 && reserved(k) {
+                        unreserved[(r >> 8) as usize % unreserved.len()]
+                    } else {
+                        k
+                    }
+                };
                 match r % 100 {
                     0..=59 => {
                         let k = (r >> 8) as usize % keys;
@@ -181,6 +199,7 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
                         let v = value(k, seq.fetch_add(1, Relaxed));
                         cache.set(&key(k), v).await;
                         last.insert(k, Last::Set(v));
+                        outage_deletes.remove(&k);
                         // Read-your-write right away: an L1 hit, whatever L2 is doing.
                         let t0 = Instant::now();
                         let got = cache.get(&key(k)).await;
@@ -194,6 +213,9 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
                         let k = pick(r);
                         cache.delete(&key(k)).await;
                         last.insert(k, Last::Deleted);
+                        if ph == 1 || ph == 2 {
+                            outage_deletes.insert(k);
+                        }
                         if cache.get(&key(k)).await.is_some() {
                             h.errors += 1; // a delete this task just made must hold
                         }
@@ -216,7 +238,7 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
                 g.ops += l.ops;
                 g.errors += l.errors;
             }
-            last
+            (last, outage_deletes)
         }));
     }
 
@@ -243,9 +265,13 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
 
     let mut panics = 0;
     let mut last_ops: HashMap<usize, Last> = HashMap::new();
+    let mut outage_deletes: HashSet<usize> = HashSet::new();
     for h in handles {
         match h.await {
-            Ok(last) => last_ops.extend(last),
+            Ok((last, deleted)) => {
+                last_ops.extend(last);
+                outage_deletes.extend(deleted);
+            }
             Err(_) => panics += 1,
         }
     }
@@ -278,6 +304,11 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
         }
     }
 
+    let mut outage_resurrected = 0;
+    for k in &outage_deletes {
+        outage_resurrected += checker.get(&key(*k)).await.is_some() as u64;
+    }
+
     let stats = cache.get_stats().await;
     let mut phases = Vec::new();
     let mut total_errors = 0;
@@ -305,6 +336,8 @@ pub async fn run(p: ChaosParams) -> ChaosReport {
         panics,
         recovery_ms,
         resurrected_deletes: resurrected,
+        outage_deletes_checked: outage_deletes.len() as u64,
+        outage_deletes_resurrected: outage_resurrected,
         lost_writes: lost,
         deletes_checked: deletes,
         writes_checked: writes,

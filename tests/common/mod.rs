@@ -8,7 +8,10 @@ pub mod app;
 pub mod chaos;
 pub mod cli;
 pub mod coherence;
+#[cfg(all(feature = "axum", feature = "metrics"))]
+pub mod http;
 pub mod loadgen;
+pub mod logs;
 pub mod stampede;
 pub mod topology;
 pub mod topology_bench;

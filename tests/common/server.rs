@@ -119,6 +119,19 @@ impl RedisServer {
             });
         self.child = Some(child);
         wait_for_port(self.port);
+        // A server restarted with its data answers LOADING until it has read it.
+        wait_until(
+            &format!("the server on port {} to load its data", self.port),
+            1000,
+            Duration::from_millis(10),
+            || {
+                let Some(mut c) = self.try_conn() else {
+                    return false;
+                };
+                let r = redis::cmd("PING").query::<redis::Value>(&mut c);
+                !matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+            },
+        );
         // The port answers; make sure it is this server that answers.
         let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
         assert!(

@@ -2,8 +2,9 @@
 //!
 //! Reads the same `CACHE_*` environment as the library; every key also has a
 //! flag (`CACHE_REDIS_HOST` → `--redis-host`), which wins over the
-//! environment. Exit codes: 0 ok, 1 error (e.g. key not found, undecodable
-//! value), 2 usage (bad flags, invalid configuration), 3 L2 unavailable.
+//! environment. Exit codes: 0 ok, 1 error (e.g. key not found — for `get`,
+//! `ttl` and `del` alike — or a value that cannot be shown), 2 usage (bad
+//! flags, invalid configuration), 3 L2 unavailable.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -58,7 +59,7 @@ enum Cmd {
         #[arg(long = "match")]
         starts_with: Option<String>,
     },
-    /// A value, decoded with the configured serializer, printed as JSON.
+    /// A value, printed as JSON (its format, json or msgpack, is told from the stored bytes).
     Get {
         #[arg(long)]
         prefix: String,
@@ -71,8 +72,9 @@ enum Cmd {
         key: String,
         /// The value, as JSON (e.g. '{"name":"Ada"}' or '"text"').
         json_value: String,
-        /// Time to live in seconds (default 3600).
-        #[arg(long, default_value_t = 3600.0)]
+        /// Time to live in seconds (required: a namespace's TTL is its
+        /// application's choice, and this tool does not guess it).
+        #[arg(long)]
         ttl: f64,
     },
     /// Remaining time to live of a key, in seconds.
@@ -149,7 +151,7 @@ fn config(matches: &ArgMatches) -> Result<CacheFactoryConfig, Failure> {
             map.insert(key.to_string(), v.clone());
         }
     }
-    CacheFactoryConfig::from_map(map).or_else(|e| fail(USAGE, format!("invalid configuration: {e}")))
+    CacheFactoryConfig::from_map(map).or_else(|e| fail(USAGE, e.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -269,7 +271,11 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
             ctx.require_l2().await?;
             let backend = ctx.backend(&prefix)?;
             let stats = backend.get_stats().await.map_err(l2_err)?;
-            let value = serde_json::to_value(&stats).unwrap_or_default();
+            let mut value = serde_json::to_value(&stats).unwrap_or_default();
+            // The backend's default TTL is this tool's own setting, not the namespace's.
+            if let Some(map) = value.as_object_mut() {
+                map.remove("ttl");
+            }
             ctx.print(value, || {
                 let mut rows = vec![
                     ("namespace".to_string(), format!("{prefix}:*")),
@@ -280,7 +286,12 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
                     ("endpoint".to_string(), stats.endpoint.clone()),
                     ("serializer".to_string(), stats.serializer.clone()),
                 ];
-                rows.extend(stats.server.iter().map(|(k, v)| (k.clone(), v.clone())));
+                rows.extend(stats.server.iter().map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    )
+                }));
                 table(&rows);
             });
         }
@@ -303,16 +314,10 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
             let Some(bytes) = bytes else {
                 return fail(ERROR, format!("{prefix}:{key} not found"));
             };
-            let serializer = resilient_cache::get_serializer(&ctx.config.serializer)
-                .map_err(|e| Failure(USAGE, e.to_string()))?;
-            let value: Value = serializer.decode(&bytes).or_else(|e| {
+            let value = decode_any(&bytes).or_else(|why| {
                 fail(
                     ERROR,
-                    format!(
-                        "{prefix}:{key} ({} bytes) does not decode with serializer {}: {e}",
-                        bytes.len(),
-                        serializer.name()
-                    ),
+                    format!("{prefix}:{key} ({} bytes) cannot be shown: {why}", bytes.len()),
                 )
             })?;
             println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
@@ -369,16 +374,12 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
                 return fail(UNAVAILABLE, "L2 did not take the delete");
             }
             flush_backplane(&cache).await;
-            ctx.print(json!({"deleted": existed, "key": key}), || {
-                println!(
-                    "{}",
-                    if existed {
-                        "deleted"
-                    } else {
-                        "not found (nothing to delete)"
-                    }
-                )
-            });
+            // One rule for every command that names a key: absent is exit 1.
+            // (Running instances were still told to drop their L1 copies.)
+            if !existed {
+                return fail(ERROR, format!("{prefix}:{key} not found"));
+            }
+            ctx.print(json!({"deleted": true, "key": key}), || println!("deleted"));
         }
         Cmd::Clear { prefix, yes } => {
             ctx.require_l2().await?;
@@ -409,7 +410,10 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
             flush_backplane(&cache).await;
             let n = report.l2_items_removed;
             ctx.print(json!({"cleared": true, "prefix": prefix, "removed": n}), || {
-                println!("removed {n} keys from {prefix}:*")
+                println!(
+                    "removed {n} {} from {prefix}:*",
+                    if n == 1 { "key" } else { "keys" }
+                )
             });
         }
         Cmd::Demo => demo(&ctx).await?,
@@ -427,8 +431,12 @@ async fn demo(ctx: &Ctx) -> Outcome {
     let l2 = ctx.service.ping().await.ok();
     let endpoint = ctx.config.redis.endpoint();
     let prefix = format!("rcache-demo-{}", std::process::id());
-    let make = |l1: bool| {
-        ctx.service
+    // The L2-only reader plays a second instance: one service has one cache per namespace.
+    let other = CacheService::new(ctx.config.clone())
+        .await
+        .map_err(|e| Failure(USAGE, e.to_string()))?;
+    let make = |service: &CacheService, l1: bool| {
+        service
             .create_cache::<Value>(
                 CacheOptions::new(&prefix)
                     .l2_ttl(Duration::from_secs(60))
@@ -437,7 +445,7 @@ async fn demo(ctx: &Ctx) -> Outcome {
             )
             .map_err(|e| Failure(USAGE, e.to_string()))
     };
-    let (cache, l2_only) = (make(true)?, make(false)?);
+    let (cache, l2_only) = (make(&ctx.service, true)?, make(&other, false)?);
     let mut steps: Vec<(String, String)> = Vec::new();
     let mut step = |what: &str, took: Duration, result: String| {
         let line = (
@@ -510,6 +518,21 @@ async fn demo(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// Decodes stored bytes in the format that wrote them, told from the bytes
+/// themselves (the binary formats carry a header; anything else must be
+/// JSON), so any namespace reads without naming its serializer.
+fn decode_any(bytes: &[u8]) -> Result<Value, String> {
+    match resilient_cache::serializer::detect_format(bytes) {
+        Some("postcard") => Err("it is postcard, which cannot be shown without its Rust type".into()),
+        Some(name) => resilient_cache::get_serializer(name)
+            .and_then(|s| s.decode(bytes))
+            .map_err(|e| e.to_string()),
+        None => Err(
+            "it was not written by a built-in serializer (no msgpack or postcard header, not JSON)".into(),
+        ),
+    }
+}
+
 /// Asks on the terminal; refuses (usage error) when there is none to ask on.
 fn confirm(prefix: &str, total: u64) -> Result<bool, Failure> {
     let stdin = std::io::stdin();
@@ -552,8 +575,11 @@ async fn bench(ctx: &Ctx, ops: u64, concurrency: u64) -> Outcome {
                 .l1_maxsize(10_000),
         )
         .map_err(|e| Failure(USAGE, e.to_string()))?;
-    let l2_only = ctx
-        .service
+    // A second service: one service has one cache per namespace.
+    let other = CacheService::new(ctx.config.clone())
+        .await
+        .map_err(|e| Failure(USAGE, e.to_string()))?;
+    let l2_only = other
         .create_cache::<Value>(
             CacheOptions::new(&prefix)
                 .l2_ttl(Duration::from_secs(300))

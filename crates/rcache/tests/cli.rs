@@ -36,7 +36,8 @@ fn ping_reports_the_round_trip() {
     let out = rcache(&redis).args(["ping", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
-    assert!(v["rtt_ms"].as_f64().unwrap() >= 0.0);
+    let rtt = v["rtt_ms"].as_f64().unwrap();
+    assert!(rtt > 0.0 && rtt.is_finite(), "a measured round trip: {rtt}");
 }
 
 #[test]
@@ -56,8 +57,16 @@ fn set_get_ttl_keys_del_round_trip_in_the_configured_format() {
         "--ttl",
         "120",
     ]);
-    ok(&["set", "--prefix", "users", "43*", r#""glob in key""#]);
-    ok(&["set", "--prefix", "users2", "42", "1"]);
+    ok(&[
+        "set",
+        "--prefix",
+        "users",
+        "43*",
+        r#""glob in key""#,
+        "--ttl",
+        "60",
+    ]);
+    ok(&["set", "--prefix", "users2", "42", "1", "--ttl", "60"]);
     // Encoded with the configured serializer: plain JSON bytes in Redis.
     assert_eq!(
         redis.get_raw("users:42"),
@@ -81,13 +90,51 @@ fn set_get_ttl_keys_del_round_trip_in_the_configured_format() {
         "other namespace untouched"
     );
 
-    // A missing key is an error (1), one line, no backtrace.
+    // A missing key is an error (1) for every command that names a key:
+    // one line, no backtrace.
+    for cmd in ["get", "ttl", "del"] {
+        let out = rcache(&redis)
+            .args([cmd, "--prefix", "users", "42"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert_eq!(stderr(&out), "rcache: users:42 not found\n", "{cmd}");
+    }
+    // `set` does not guess a TTL.
     let out = rcache(&redis)
-        .args(["get", "--prefix", "users", "42"])
+        .args(["set", "--prefix", "users", "k", "1"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out), "rcache: users:42 not found\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
+}
+
+#[test]
+fn get_reads_any_namespace_in_the_format_that_wrote_it() {
+    let redis = RedisServer::start();
+    // Written as msgpack (with its header), read by a CLI configured for json.
+    let msgpack = resilient_cache::Serializer::msgpack()
+        .encode(&serde_json::json!({"n": 34}))
+        .unwrap();
+    redis.set_raw("nums:m", &msgpack);
+    redis.set_raw("nums:j", br#""alice""#);
+    let get = |key: &str, serializer: &str| {
+        let out = rcache(&redis)
+            .env("CACHE_SERIALIZER", serializer)
+            .args(["get", "--prefix", "nums", key])
+            .output()
+            .unwrap();
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    for serializer in ["json", "msgpack"] {
+        assert_eq!(get("m", serializer).1.trim(), "{\n  \"n\": 34\n}", "{serializer}");
+        assert_eq!(get("j", serializer).1.trim(), "\"alice\"", "{serializer}");
+    }
+    // Bytes of no format are not shown as some value: `redis-cli set nums:x 'not msgpack'`.
+    redis.set_raw("nums:x", b"not msgpack");
+    let (code, out, err) = get("x", "msgpack");
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(err.contains("cannot be shown"), "{err}");
 }
 
 #[test]
@@ -100,7 +147,7 @@ fn undecodable_bytes_are_an_error_and_are_left_alone() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("does not decode with serializer json"),
+        stderr(&out).contains("users:bad (3 bytes) cannot be shown"),
         "{}",
         stderr(&out)
     );
@@ -133,6 +180,12 @@ fn clear_one_prefix_leaves_the_others_and_asks_first() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["removed"], 2);
+    redis.set_raw("users:3", b"1");
+    let out = rcache(&redis)
+        .args(["clear", "--prefix", "users", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "removed 1 key from users:*\n");
     let mut left = redis.keys();
     left.sort();
     assert_eq!(left, ["other:1", "users", "users2:1", "usersX"]);
@@ -158,6 +211,9 @@ fn stats_and_bench_report_in_tables_or_json() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["size"], 1);
+    assert!(v["server"]["keyspace_hits"].is_u64(), "counters are numbers: {v}");
+    assert!(v["server"]["redis_version"].is_string(), "{v}");
+    assert!(v.get("ttl").is_none(), "no TTL of the tool's own: {v}");
 
     let out = rcache(&redis)
         .args(["bench", "--ops", "200", "--concurrency", "4", "--json"])

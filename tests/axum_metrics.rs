@@ -1,0 +1,41 @@
+//! `/metrics` of the example app. Alone in its test binary: the metrics
+//! recorder is process-wide, so no other test's traffic can reach the counters
+//! this one reads.
+#![cfg(all(feature = "axum", feature = "metrics"))]
+
+mod common;
+
+use common::http::Running;
+use common::RedisServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_publish_this_apps_own_counters() {
+    let redis = RedisServer::start();
+    let app = Running::start(&redis).await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/users/1").await.0, 200);
+    }
+    let stats = app.state.users.get_stats().await;
+    let (code, metrics) = app.get("/metrics").await;
+    assert_eq!(code, 200);
+    let text = metrics.as_str().unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{cache=\"users\"}}")))
+            .unwrap_or_else(|| panic!("no {name} for users in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // One load, then two L1 hits: exactly what the cache's own stats say.
+    assert_eq!(value("resilient_cache_loads_total"), stats.loader.loads as f64);
+    assert_eq!(stats.loader.loads, 1);
+    assert_eq!(
+        value("resilient_cache_l1_hits_total"),
+        stats.l1.as_ref().unwrap().hits as f64
+    );
+    assert_eq!(stats.l1.as_ref().unwrap().hits, 2);
+    assert!(
+        text.contains("resilient_cache_l2_command_seconds"),
+        "L2 latency histogram"
+    );
+}
