@@ -26,7 +26,7 @@ use crate::config::{CacheFactoryConfig, CacheOptions};
 use crate::error::{Error, Result};
 use crate::load::{LoadError, LoadOptions, LoaderStats};
 use crate::stats::{CacheStats, ServiceStats};
-use crate::two_level::{CacheValue, ClearReport, L2Budget, LookupStep};
+use crate::two_level::{CacheValue, ClearReport, LookupStep, NoBudget};
 
 /// Blocking [`crate::CacheService`].
 #[derive(Clone, Debug)]
@@ -106,7 +106,7 @@ impl<V: CacheValue> Cache<V> {
             LookupStep::Done(found) => found.fresh(),
             step => self
                 .rt
-                .block_on(self.inner.lookup_on(key, step, &mut L2Budget::unbounded()))
+                .block_on(self.inner.lookup_on(key, step, &mut NoBudget))
                 .fresh(),
         }
     }

@@ -252,10 +252,39 @@ pub(crate) enum LookupStep<V> {
     },
 }
 
+/// How long the L2 calls of one operation may wait, all together.
+pub(crate) trait CallBudget: Send {
+    /// Nothing is left: the operation skips L2.
+    fn is_spent(&self) -> bool;
+    /// Runs one L2 call within what is left.
+    fn bound<T: Send, F>(&mut self, call: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: Future<Output = Result<T, Error>> + Send;
+}
+
+/// The budget of a plain operation: each L2 call is bounded by the backend
+/// itself, and nothing is added around it (so `get`'s future, on the L1 hit
+/// path, stays as small as it was).
+pub(crate) struct NoBudget;
+
+impl CallBudget for NoBudget {
+    #[inline(always)]
+    fn is_spent(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn bound<T: Send, F>(&mut self, call: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: Future<Output = Result<T, Error>> + Send,
+    {
+        call
+    }
+}
+
 /// What one read-through may still spend waiting for L2, all of its L2
 /// calls together (the read, the lease, the fenced store of the loaded
-/// value). A plain `get` is [`unbounded`](Self::unbounded): its one L2 call
-/// is bounded by the backend itself.
+/// value).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct L2Budget {
     /// Time left; `None`: no bound beyond the backend's own.
@@ -266,13 +295,6 @@ pub(crate) struct L2Budget {
 }
 
 impl L2Budget {
-    pub(crate) const fn unbounded() -> Self {
-        Self {
-            left: None,
-            spent: false,
-        }
-    }
-
     /// At most `total` for every L2 call together (`None`: unbounded).
     pub(crate) fn new(total: Option<Duration>) -> Self {
         Self {
@@ -285,28 +307,34 @@ impl L2Budget {
     pub(crate) fn cap(&mut self, at_most: Duration) {
         self.left = Some(self.left.map_or(at_most, |l| l.min(at_most)));
     }
+}
 
-    pub(crate) fn is_spent(&self) -> bool {
+impl CallBudget for L2Budget {
+    fn is_spent(&self) -> bool {
         self.spent || self.left.is_some_and(|l| l.is_zero())
     }
 
-    /// Runs one L2 call within what is left; running out is a timeout (a
-    /// breaker failure, as the backend's own timeout would be).
-    async fn bound<T>(&mut self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        let Some(left) = self.left else {
-            let r = call.await;
-            self.spent |= r.as_ref().is_err_and(Error::is_connection);
-            return r;
+    /// Running out is a timeout (a breaker failure, as the backend's own
+    /// timeout would be); any connection failure spends the budget.
+    async fn bound<T: Send, F>(&mut self, call: F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>> + Send,
+    {
+        let r = match self.left {
+            None => call.await,
+            Some(left) => {
+                let started = tokio::time::Instant::now();
+                let r = match tokio::time::timeout(left, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::connection(
+                        ConnectionErrorKind::Timeout,
+                        format!("no answer within the read-through's L2 budget ({left:?})"),
+                    )),
+                };
+                self.left = Some(left.saturating_sub(started.elapsed()));
+                r
+            }
         };
-        let started = tokio::time::Instant::now();
-        let r = match tokio::time::timeout(left, call).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::connection(
-                ConnectionErrorKind::Timeout,
-                format!("no answer within the read-through's L2 budget ({left:?})"),
-            )),
-        };
-        self.left = Some(left.saturating_sub(started.elapsed()));
         self.spent |= r.as_ref().is_err_and(Error::is_connection);
         r
     }
@@ -616,15 +644,13 @@ where
             LookupStep::Done(found) => return found.fresh(),
             step => step,
         };
-        self.lookup_on(key, step, &mut L2Budget::unbounded())
-            .await
-            .fresh()
+        self.lookup_on(key, step, &mut NoBudget).await.fresh()
     }
 
     /// What the cache holds for `key`: fresh, stale (fail-safe caches only),
     /// or nothing. With `want_ttl`, a fresh entry comes with its logical TTL left.
     /// L2's part, if asked, is spent from `budget`.
-    pub(crate) async fn lookup(&self, key: &str, want_ttl: bool, budget: &mut L2Budget) -> Found<V> {
+    pub(crate) async fn lookup(&self, key: &str, want_ttl: bool, budget: &mut impl CallBudget) -> Found<V> {
         match self.lookup_now(key, want_ttl) {
             LookupStep::Done(found) => found,
             step => self.lookup_on(key, step, budget).await,
@@ -659,7 +685,12 @@ where
 
     /// The rest of a lookup after [`lookup_now`](Self::lookup_now); L2's
     /// part, if asked, is spent from `budget`.
-    pub(crate) async fn lookup_on(&self, key: &str, step: LookupStep<V>, budget: &mut L2Budget) -> Found<V> {
+    pub(crate) async fn lookup_on(
+        &self,
+        key: &str,
+        step: LookupStep<V>,
+        budget: &mut impl CallBudget,
+    ) -> Found<V> {
         let (want_ttl, stale) = match step {
             LookupStep::Done(found) => return found,
             LookupStep::AskL2 { want_ttl, stale } => (want_ttl, stale),
@@ -706,7 +737,7 @@ where
         }
     }
 
-    async fn lookup_l2(&self, key: &str, want_ttl: bool, budget: &mut L2Budget) -> Found<V> {
+    async fn lookup_l2(&self, key: &str, want_ttl: bool, budget: &mut impl CallBudget) -> Found<V> {
         let fresh = |value, remaining| Found::Fresh {
             value,
             remaining,
@@ -968,9 +999,10 @@ where
         call: impl FnOnce(&'a B) -> Fut,
     ) -> Option<T>
     where
-        Fut: Future<Output = Result<T, Error>>,
+        T: Send,
+        Fut: Future<Output = Result<T, Error>> + Send,
     {
-        self.with_l2_within(op, &mut L2Budget::unbounded(), call).await
+        self.with_l2_within(op, &mut NoBudget, call).await
     }
 
     /// [`with_l2`](Self::with_l2) within a read-through's `budget` (skipped,
@@ -978,11 +1010,12 @@ where
     pub(crate) async fn with_l2_within<'a, T, Fut>(
         &'a self,
         op: &'static str,
-        budget: &mut L2Budget,
+        budget: &mut impl CallBudget,
         call: impl FnOnce(&'a B) -> Fut,
     ) -> Option<T>
     where
-        Fut: Future<Output = Result<T, Error>>,
+        T: Send,
+        Fut: Future<Output = Result<T, Error>> + Send,
     {
         if budget.is_spent() {
             return None;

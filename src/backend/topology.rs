@@ -280,14 +280,7 @@ impl Link {
     /// failure may mean it moved (connection lost, timeout, `READONLY`).
     pub(crate) fn failed(&self, e: Option<&RedisError>) {
         if let Link::Sentinel(s) = self {
-            let moved = e.is_none_or(|e| {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || e.code() == Some("READONLY")
-            });
-            if moved {
+            if primary_may_have_moved(e) {
                 *s.primary.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
         }
@@ -386,6 +379,20 @@ impl SentinelLink {
     }
 }
 
+/// Whether a failure (`None`: a timeout around the call) may mean the
+/// primary is elsewhere now, so the sentinels must be asked again: the
+/// connection is gone or silent, or the server answers `READONLY` (it was
+/// demoted to a replica while our connection to it stayed up).
+fn primary_may_have_moved(e: Option<&RedisError>) -> bool {
+    e.is_none_or(|e| {
+        e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.code() == Some("READONLY")
+    })
+}
+
 /// Primaries from `CLUSTER NODES`: `id ip:port@cport[,host] flags …`; healthy masters only.
 fn parse_primaries(text: &str) -> Vec<(String, u16)> {
     text.lines()
@@ -409,6 +416,26 @@ fn parse_primaries(text: &str) -> Vec<(String, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_error(line: &[u8]) -> RedisError {
+        match redis::parse_redis_value(line) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_demoted_primary_sends_the_sentinel_link_back_to_the_sentinels() {
+        let readonly = server_error(b"-READONLY You can't write against a read only replica.\r\n");
+        assert!(primary_may_have_moved(Some(&readonly)));
+        assert!(primary_may_have_moved(None), "a timeout");
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(primary_may_have_moved(Some(&io)));
+        // An answer about the data says nothing about where the primary is.
+        let wrongtype =
+            server_error(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+        assert!(!primary_may_have_moved(Some(&wrongtype)));
+    }
 
     #[test]
     fn primaries_are_parsed_from_cluster_nodes() {
