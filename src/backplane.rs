@@ -60,6 +60,12 @@ pub trait InvalidationBus: Send + Sync + 'static {
     fn stats(&self) -> BackplaneStats;
 }
 
+impl std::fmt::Debug for dyn InvalidationBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InvalidationBus")
+    }
+}
+
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 type Evict = Pin<Box<dyn Future<Output = ()> + Send>>;
 

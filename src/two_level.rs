@@ -65,12 +65,14 @@ struct Inner<V, A, B> {
     queue: RecoveryQueue,
     replay_timer_armed: std::sync::atomic::AtomicBool,
     guard: PromotionGuard,
-    errors: Errors,
+    counters: Counters,
     _value: PhantomData<fn() -> V>,
 }
 
+/// The cache's own counters (L2 hits and misses, failures by kind, refused
+/// input) and the limiter of its warnings.
 #[derive(Default)]
-struct Errors {
+struct Counters {
     l2_hits: Counter,
     l2_misses: Counter,
     l2_timeout: Counter,
@@ -424,12 +426,6 @@ pub struct TwoLevelSettings {
     pub load: crate::load::LoadOptions,
 }
 
-impl std::fmt::Debug for dyn InvalidationBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InvalidationBus")
-    }
-}
-
 impl<V, A, B> TwoLevelCache<V, A, B>
 where
     V: CacheValue,
@@ -456,7 +452,7 @@ where
                 queue: RecoveryQueue::new(settings.replay_capacity),
                 replay_timer_armed: Default::default(),
                 guard: PromotionGuard::new(),
-                errors: Errors::default(),
+                counters: Counters::default(),
                 _value: PhantomData,
             }),
         }
@@ -523,7 +519,7 @@ where
         match self.inner.breaker.try_acquire() {
             Some(p) => Some((l2, p)),
             None => {
-                self.inner.errors.l2_skipped.incr();
+                self.inner.counters.l2_skipped.incr();
                 None
             }
         }
@@ -542,7 +538,7 @@ where
             }
             Err(Error::Connection(c)) => {
                 permit.failure();
-                let errs = &self.inner.errors;
+                let errs = &self.inner.counters;
                 match c.kind {
                     ConnectionErrorKind::Timeout => errs.l2_timeout.incr(),
                     ConnectionErrorKind::Refused => errs.l2_refused.incr(),
@@ -565,7 +561,7 @@ where
     }
 
     fn data_error(&self, op: DataOp, e: &Error) {
-        let errs = &self.inner.errors;
+        let errs = &self.inner.counters;
         let op = match op {
             DataOp::Encode => {
                 errs.encode.incr();
@@ -599,7 +595,7 @@ where
 
     #[cold]
     fn key_too_long(&self, key: &str) -> Result<(), Error> {
-        self.inner.errors.invalid_key.incr();
+        self.inner.counters.invalid_key.incr();
         let e = Error::InvalidInput(format!(
             "key of {} bytes is longer than the maximum of {} bytes (CACHE_MAX_KEY_BYTES)",
             key.len(),
@@ -612,7 +608,7 @@ where
     /// Logs (rate-limited) an input the cache refused; the counter is the caller's.
     #[cold]
     fn refused(&self, e: &Error) {
-        if let Some(suppressed) = self.inner.errors.log.admit() {
+        if let Some(suppressed) = self.inner.counters.log.admit() {
             tracing::warn!(cache = %self.inner.prefix, error = %e, suppressed, "cache input refused");
         }
     }
@@ -623,7 +619,7 @@ where
     fn check_ttl(&self, ttl: Option<Duration>) -> Result<(), Error> {
         match ttl {
             Some(t) if t < Duration::from_millis(1) => {
-                self.inner.errors.invalid_ttl.incr();
+                self.inner.counters.invalid_ttl.incr();
                 let e = Error::InvalidInput(format!("ttl={t:?} is not allowed: at least 1 ms"));
                 self.refused(&e);
                 Err(e)
@@ -775,11 +771,11 @@ where
         };
         let (bytes, physical) = match read {
             Some(Some(found)) => {
-                self.inner.errors.l2_hits.incr();
+                self.inner.counters.l2_hits.incr();
                 found
             }
             Some(None) => {
-                self.inner.errors.l2_misses.incr();
+                self.inner.counters.l2_misses.incr();
                 return Found::Miss;
             }
             None => return Found::Miss,
@@ -911,7 +907,7 @@ where
             }
         };
         if bytes.len() > self.inner.max_value_bytes {
-            self.inner.errors.oversize.incr();
+            self.inner.counters.oversize.incr();
             let e = Error::InvalidInput(format!(
                 "value of {} bytes encoded is larger than the maximum of {} bytes (CACHE_MAX_VALUE_BYTES)",
                 bytes.len(),
@@ -1039,17 +1035,13 @@ where
             if let Some((l2, permit)) = self.l2() {
                 // The bytes move into the command (no copy on the hot path); if
                 // L2 turns out to be unavailable, the value is encoded again.
-                let (r, deadline) = match op {
-                    PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(deadline_ms) {
-                        Some(ttl) => (
-                            l2.set(key, bytes, Some(ttl)).await.map(|_| true),
-                            Some(deadline_ms),
-                        ),
-                        None => (l2.delete(key).await, None),
-                    },
-                    PendingOp::SetNx { .. } => unreachable!("set_if_not_exist asks L2 itself"),
-                    PendingOp::Delete => (l2.delete(key).await, None),
+                let deadline = match &op {
+                    PendingOp::Set { deadline_ms, .. } => {
+                        PendingOp::remaining(*deadline_ms).map(|_| *deadline_ms)
+                    }
+                    _ => None,
                 };
+                let r = self.send_write(l2, key, op).await;
                 match self.settle(permit, "write", r) {
                     Outcome::Done(v) => {
                         self.announce(Some(key));
@@ -1071,9 +1063,34 @@ where
         None
     }
 
+    /// One write, direct or replayed, as L2 calls: a set while its deadline
+    /// is ahead (else a delete: the value expired while it waited), a claim
+    /// (`SET NX`: if another instance claimed the key meanwhile, L2 wins and
+    /// the local L1 claim is dropped), or a delete. `Ok(true)`: L2 stored or
+    /// removed something.
+    async fn send_write(&self, l2: &B, key: &str, op: PendingOp) -> Result<bool, Error> {
+        match op {
+            PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(deadline_ms) {
+                Some(ttl) => l2.set(key, bytes, Some(ttl)).await.map(|_| true),
+                None => l2.delete(key).await,
+            },
+            PendingOp::SetNx { bytes, deadline_ms } => {
+                let ttl = PendingOp::remaining(deadline_ms).unwrap_or(Duration::from_millis(1));
+                let stored = l2.set_if_not_exist(key, bytes, Some(ttl)).await?;
+                if !stored {
+                    if let Some(l1) = &self.inner.l1 {
+                        let _ = l1.delete(key).await;
+                    }
+                }
+                Ok(stored)
+            }
+            PendingOp::Delete => l2.delete(key).await,
+        }
+    }
+
     fn enqueue(&self, key: &str, op: PendingOp) {
         if !self.inner.queue.push(key, op) {
-            if let Some(suppressed) = self.inner.errors.log.admit() {
+            if let Some(suppressed) = self.inner.counters.log.admit() {
                 tracing::warn!(
                     cache = %self.inner.prefix, suppressed,
                     "outage replay queue full: L2 namespace will be cleared on recovery"
@@ -1141,26 +1158,7 @@ where
                     (true, outcome)
                 }
                 Step::Op(key, op) => {
-                    let r = match op {
-                        PendingOp::Set { bytes, deadline_ms } => match PendingOp::remaining(deadline_ms) {
-                            Some(ttl) => l2.set(&key, bytes, Some(ttl)).await,
-                            None => l2.delete(&key).await.map(|_| ()),
-                        },
-                        PendingOp::SetNx { bytes, deadline_ms } => {
-                            let ttl = PendingOp::remaining(deadline_ms).unwrap_or(Duration::from_millis(1));
-                            match l2.set_if_not_exist(&key, bytes, Some(ttl)).await {
-                                // Someone else claimed the key in L2 meanwhile: L2 wins.
-                                Ok(false) => {
-                                    if let Some(l1) = &self.inner.l1 {
-                                        let _ = l1.delete(&key).await;
-                                    }
-                                    Ok(())
-                                }
-                                r => r.map(|_| ()),
-                            }
-                        }
-                        PendingOp::Delete => l2.delete(&key).await.map(|_| ()),
-                    };
+                    let r = self.send_write(l2, &key, op).await.map(|_| ());
                     let outcome = self.settle(permit, "replay", r);
                     if matches!(outcome, Outcome::Done(_)) {
                         self.announce(Some(&key));
@@ -1395,7 +1393,7 @@ where
                 None => l2.describe(),
             }),
         };
-        let e = &self.inner.errors;
+        let e = &self.inner.counters;
         let q = &self.inner.queue;
         CacheStats {
             key_prefix: self.inner.prefix.clone(),

@@ -236,13 +236,13 @@ impl<T: Clone + Send + Sync + 'static> LruBackend<T> {
         v
     }
 
-    fn settle(&self) {
+    fn run_pending(&self) {
         // moka applies evictions in batches; settle them before counting.
         self.cache.run_pending_tasks();
     }
 
     fn stats(&self) -> L1Stats {
-        self.settle();
+        self.run_pending();
         L1Stats {
             backend: "lru",
             size: self.cache.entry_count(),
@@ -282,10 +282,10 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
     }
 
     async fn clear(&self) -> Result<u64> {
-        self.settle();
+        self.run_pending();
         let n = self.cache.entry_count();
         self.cache.invalidate_all();
-        self.settle();
+        self.run_pending();
         Ok(n)
     }
 
@@ -316,7 +316,7 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
     }
 
     async fn get_size(&self) -> Result<u64> {
-        self.settle();
+        self.run_pending();
         Ok(self.cache.entry_count())
     }
 
@@ -453,13 +453,13 @@ mod tests {
         for k in ["a", "b", "c"] {
             b.set(k, Arc::new(0), None).await.unwrap();
         }
-        b.settle();
+        b.run_pending();
         // Touch a and c: b becomes the least recently used.
         assert!(b.get("a").await.unwrap().is_some());
         assert!(b.get("c").await.unwrap().is_some());
-        b.settle();
+        b.run_pending();
         b.set("d", Arc::new(0), None).await.unwrap();
-        b.settle();
+        b.run_pending();
         let mut keys = b.list_keys(None).await.unwrap();
         keys.sort();
         assert_eq!(keys, vec!["a", "c", "d"]);

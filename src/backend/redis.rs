@@ -61,6 +61,26 @@ impl std::fmt::Debug for RedisConnection {
     }
 }
 
+/// Where load leases live: `rc:lease:{<namespace>:<key>}`, outside every
+/// namespace, hash-tagged into the data key's slot. One spelling, for the
+/// lease itself and for the pattern `clear` removes them by.
+const LEASE_PREFIX: &str = "rc:lease:{";
+
+/// The PEM file of `CACHE_REDIS_TLS_CA`, read; `None` for the system's roots.
+#[cfg(feature = "tls")]
+pub(crate) fn tls_root_cert(config: &RedisConfig) -> Result<Option<Vec<u8>>> {
+    let Some(path) = &config.tls_ca else {
+        return Ok(None);
+    };
+    std::fs::read(path).map(Some).map_err(|e| {
+        config_err(
+            keys::REDIS_TLS_CA,
+            &path.display().to_string(),
+            format!("a readable PEM file ({e})"),
+        )
+    })
+}
+
 /// A client for `info`, with the configured TLS roots for `rediss://`.
 pub(crate) fn open_client(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<redis::Client> {
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
@@ -76,19 +96,9 @@ pub(crate) fn open_client(config: &RedisConfig, info: redis::ConnectionInfo) -> 
     }
     #[cfg(feature = "tls")]
     {
-        let root_cert = match &config.tls_ca {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                config_err(
-                    keys::REDIS_TLS_CA,
-                    &path.display().to_string(),
-                    format!("a readable PEM file ({e})"),
-                )
-            })?),
-            None => None,
-        };
         let certs = redis::TlsCertificates {
             client_tls: None,
-            root_cert,
+            root_cert: tls_root_cert(config)?,
         };
         redis::Client::build_with_tls(info, certs).map_err(|e| {
             config_err(
@@ -452,7 +462,7 @@ impl RedisBackend {
         if !self.fence || (self.conn.mode() == RedisMode::Cluster && key.contains(['{', '}'])) {
             return None;
         }
-        Some(format!("rc:lease:{{{}{}}}", self.namespace, key))
+        Some(format!("{LEASE_PREFIX}{}{key}}}", self.namespace))
     }
 
     fn px(&self, ttl: Option<Duration>) -> u64 {
@@ -534,7 +544,7 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64> {
-        let leases = format!("rc:lease:{{{}*", escape_glob(&self.namespace));
+        let leases = format!("{LEASE_PREFIX}{}*", escape_glob(&self.namespace));
         self.conn
             .scan(&leases, |batch| {
                 let mut c = redis::cmd("UNLINK");

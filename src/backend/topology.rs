@@ -179,14 +179,7 @@ impl Link {
             #[cfg(feature = "tls")]
             {
                 builder = builder.tls(redis::TlsMode::Secure);
-                if let Some(path) = &config.tls_ca {
-                    let root_cert = std::fs::read(path).map_err(|e| {
-                        config_err(
-                            keys::REDIS_TLS_CA,
-                            &path.display().to_string(),
-                            format!("a readable PEM file ({e})"),
-                        )
-                    })?;
+                if let Some(root_cert) = super::redis::tls_root_cert(config)? {
                     builder = builder.certs(redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(root_cert),
