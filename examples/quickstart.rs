@@ -102,16 +102,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .circuit_breaker_timeout(Duration::from_secs(5)),
     )?;
     println!("\nMisses on keys nobody has, on a cache whose breaker opens after 3 failures:");
+    let mut before = CircuitState::Closed;
     for i in 0..5 {
         probes.get(&format!("nobody-{i}")).await;
         // The breaker itself, not get_stats: stats would ask L2 too.
         let cb = probes.circuit_breaker();
-        let what = match cb.state() {
-            CircuitState::Closed if l2_up => "L2 answered (a miss is an answer)".to_string(),
-            CircuitState::Closed => format!("L2 failed, {} of 3 failures", cb.failure_count()),
-            CircuitState::Open => "L2 skipped: no call, no wait".to_string(),
-            CircuitState::HalfOpen => "probing L2".to_string(),
+        let what = match (before, cb.state()) {
+            (_, CircuitState::Closed) if l2_up => "L2 answered (a miss is an answer)".to_string(),
+            (_, CircuitState::Closed) => format!("L2 failed, {} of 3 failures", cb.failure_count()),
+            (CircuitState::Open, CircuitState::Open) => "L2 skipped: no call, no wait".to_string(),
+            (_, CircuitState::Open) => "L2 failed a third time: skipped from now on".to_string(),
+            (_, CircuitState::HalfOpen) => "probing L2".to_string(),
         };
+        before = cb.state();
         println!(
             "  after miss {}: breaker {:<6} {what}",
             i + 1,
