@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::breaker::CircuitState;
+use crate::cache::load::{LoadError, LoadOptions, LoaderStats};
+use crate::cache::CacheStats;
+use crate::cache::{CacheValue, ClearReport, LookupStep, NoBudget};
 use crate::config::{CacheFactoryConfig, CacheOptions};
 use crate::error::{Error, Result};
-use crate::load::{LoadError, LoadOptions, LoaderStats};
-use crate::stats::{CacheStats, ServiceStats};
-use crate::two_level::{CacheValue, ClearReport, LookupStep, NoBudget};
+use crate::service::ServiceStats;
 
 /// Blocking [`crate::CacheService`].
 #[derive(Clone, Debug)]

@@ -10,10 +10,14 @@
 //! ms), plus however long the ticker waits for a CPU: an entry may outlive its
 //! TTL by that much.
 
+#[cfg(feature = "l1")]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
+#[cfg(feature = "l1")]
 use std::thread::Thread;
-use std::time::{Duration, Instant};
+#[cfg(feature = "l1")]
+use std::time::Duration;
+use std::time::Instant;
 
 /// Milliseconds since an arbitrary process-wide origin; never goes backwards.
 #[inline]
@@ -34,6 +38,7 @@ pub(crate) fn now_ms() -> u64 {
     ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+#[cfg(feature = "l1")]
 /// What the ticker publishes; one cache line, read on every L1 hit.
 #[repr(align(64))]
 struct Recent {
@@ -44,20 +49,25 @@ struct Recent {
     read: AtomicBool,
 }
 
+#[cfg(feature = "l1")]
 static RECENT: Recent = Recent {
     ms: AtomicU64::new(0),
     read: AtomicBool::new(false),
 };
 
+#[cfg(feature = "l1")]
 /// The ticker's thread, started on first use; `None` if it could not start.
 static TICKER: OnceLock<Option<Thread>> = OnceLock::new();
 
+#[cfg(feature = "l1")]
 /// The coarse clock itself moves in steps of a kernel tick (1–4 ms, usually
 /// 4): ticking faster would mostly store the same value again.
 const TICK: Duration = Duration::from_millis(4);
+#[cfg(feature = "l1")]
 /// Ticks without a read before the ticker parks (one second).
 const IDLE_TICKS: u32 = 250;
 
+#[cfg(feature = "l1")]
 /// [`now_ms`] as of the last tick of the ticker thread: one atomic load.
 #[inline]
 pub(crate) fn recent_ms() -> u64 {
@@ -71,6 +81,7 @@ pub(crate) fn recent_ms() -> u64 {
     ms
 }
 
+#[cfg(feature = "l1")]
 /// The ticker is parked or not started yet: read the clock, wake the ticker.
 #[cold]
 fn recent_slow() -> u64 {
@@ -89,6 +100,7 @@ fn recent_slow() -> u64 {
     now_ms()
 }
 
+#[cfg(feature = "l1")]
 fn tick() {
     let mut idle = 0;
     loop {
@@ -128,6 +140,7 @@ mod tests {
         assert!(b > a, "{b} should be after {a}");
     }
 
+    #[cfg(feature = "l1")]
     /// Polls `ok` every ms for up to `secs` seconds.
     fn within(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -140,6 +153,7 @@ mod tests {
         false
     }
 
+    #[cfg(feature = "l1")]
     #[test]
     fn recent_clock_follows_the_coarse_clock() {
         let first = super::recent_ms();
@@ -156,6 +170,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "l1")]
     #[test]
     fn ticker_parks_when_unread_and_resumes_on_a_read() {
         use std::sync::atomic::Ordering::Relaxed;

@@ -7,6 +7,7 @@
 //! into misses (see the crate docs).
 
 use std::fmt;
+use std::time::Duration;
 
 /// Result type of the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -155,6 +156,27 @@ impl std::error::Error for ConfigError {}
 /// Shorthand used by the config parsers.
 pub(crate) fn config_err(key: &str, value: &str, allowed: impl Into<String>) -> Error {
     Error::Configuration(ConfigError::new(key, value, allowed))
+}
+
+/// `d` is at least `min` seconds and at most a year.
+pub(crate) fn check_duration(key: &str, d: Duration, min: f64) -> Result<()> {
+    let s = d.as_secs_f64();
+    if s >= min && s <= MAX_SECONDS {
+        Ok(())
+    } else {
+        Err(config_err(key, &format!("{s}"), seconds_allowed(min)))
+    }
+}
+
+/// One year: a longer timeout is a mistake, and it keeps arithmetic far from overflow.
+pub(crate) const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+pub(crate) fn seconds_allowed(min: f64) -> String {
+    if min >= 1.0 {
+        format!("a number of seconds >= {min} (fractions allowed)")
+    } else {
+        "a number of seconds > 0 (fractions allowed, e.g. 0.25)".to_string()
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::CacheBackend;
+use crate::backend::{L1Stats, L2Stats};
 use crate::breaker::CircuitBreaker;
+use crate::cache::{CacheValue, TwoLevelCache, TwoLevelSettings};
 #[cfg(feature = "l1")]
 use crate::config::L1BackendKind;
 use crate::config::{CacheFactoryConfig, CacheOptions, L1Config, L2Config};
 use crate::error::Result;
 use crate::serializer::Serializer;
-use crate::stats::{L1Stats, L2Stats};
-use crate::two_level::{CacheValue, TwoLevelCache, TwoLevelSettings};
 
 #[cfg(feature = "l1")]
 use crate::backend::memory::{LruBackend, TtlBackend};
@@ -144,7 +144,7 @@ pub struct CacheFactory {
     connection: RedisConnection,
     /// Started with the first cache that uses it.
     #[cfg(feature = "redis")]
-    backplane: std::sync::OnceLock<Arc<crate::backplane::Backplane>>,
+    backplane: std::sync::OnceLock<Arc<crate::backend::redis::backplane::Backplane>>,
 }
 
 impl std::fmt::Debug for CacheFactory {
@@ -236,10 +236,10 @@ impl CacheFactory {
 
     /// The service's backplane, started on first use (needs a Tokio runtime).
     #[cfg(feature = "redis")]
-    fn backplane(&self) -> Arc<crate::backplane::Backplane> {
+    fn backplane(&self) -> Arc<crate::backend::redis::backplane::Backplane> {
         self.backplane
             .get_or_init(|| {
-                let bp = crate::backplane::Backplane::new(self.connection.clone());
+                let bp = crate::backend::redis::backplane::Backplane::new(self.connection.clone());
                 bp.spawn_subscriber(
                     self.connection.clone(),
                     self.breaker.clone(),

@@ -123,28 +123,48 @@ pub mod backend;
 pub mod backplane;
 pub mod blocking;
 pub mod breaker;
+pub mod cache;
 mod clock;
 pub mod config;
+mod counter;
 pub mod error;
 pub mod factory;
-pub mod load;
+pub mod keys;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod recovery;
 pub mod serializer;
 pub mod service;
-pub mod stats;
-pub mod two_level;
+
+/// The composition under its 0.1 name: [`cache`] re-exported.
+pub mod two_level {
+    pub use crate::cache::{CacheValue, ClearReport, L2ClearStatus, TwoLevelCache, TwoLevelSettings};
+}
+
+/// `get_or_load` and its options under their 0.1 path: [`cache::load`] re-exported.
+pub mod load {
+    pub use crate::cache::load::*;
+}
+
+/// Every statistics structure under its 0.1 path.
+pub mod stats {
+    pub use crate::backend::{L1Stats, L2Stats};
+    pub use crate::backplane::BackplaneStats;
+    pub use crate::breaker::CircuitBreakerStats;
+    pub use crate::cache::load::LoaderStats;
+    pub use crate::cache::{CacheStats, ErrorStats, RecoveryStats};
+    pub use crate::service::ServiceStats;
+}
 
 pub use backend::CacheBackend;
 pub use breaker::{CircuitBreaker, CircuitState};
+pub use cache::load::{LoadError, LoadOptions, LoaderStats};
+pub use cache::CacheStats;
+pub use cache::{ClearReport, L2ClearStatus, TwoLevelCache, TwoLevelSettings};
 pub use config::{
     CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2BackendKind, L2Config, RedisMode, Secret,
 };
 pub use error::{ConfigError, Error, Result};
 pub use factory::{Cache, CacheFactory};
-pub use load::{LoadError, LoadOptions, LoaderStats};
 pub use serializer::{get_serializer, list_serializers, register_serializer, CacheSerializer, Serializer};
+pub use service::ServiceStats;
 pub use service::{CacheService, Health};
-pub use stats::{CacheStats, ServiceStats};
-pub use two_level::{ClearReport, L2ClearStatus, TwoLevelCache, TwoLevelSettings};

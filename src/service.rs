@@ -6,12 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::cache::{CacheStats, CacheValue, StatsSource};
 use crate::clock::now_ms;
 use crate::config::{CacheFactoryConfig, CacheOptions};
 use crate::error::{config_err, ConnectionError, ConnectionErrorKind, Error, Result};
 use crate::factory::{Cache, CacheFactory};
-use crate::stats::ServiceStats;
-use crate::two_level::{CacheValue, StatsSource};
 
 /// A cache the service reports on: its namespace and a weak handle.
 type Registered = (String, Weak<dyn StatsSource>);
@@ -236,6 +235,17 @@ impl CacheService {
             caches: out,
         }
     }
+}
+
+/// Service-wide stats: one entry per cache, by namespace.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceStats {
+    /// `host:port/db` of L2, without credentials.
+    pub l2_endpoint: String,
+    /// Serializer default.
+    pub serializer: String,
+    /// Each live cache's stats.
+    pub caches: BTreeMap<String, CacheStats>,
 }
 
 /// The answer of [`CacheService::health`] (serializable; the axum

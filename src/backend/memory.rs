@@ -15,11 +15,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::config::L1Config;
 use crate::backend::CacheBackend;
+use crate::backend::L1Stats;
 use crate::clock::{now_ms, recent_ms};
-use crate::config::L1Config;
+use crate::counter::HotCounter;
 use crate::error::Result;
-use crate::stats::{HotCounter, L1Stats};
 
 #[derive(Clone)]
 struct Entry<T> {
@@ -332,7 +333,7 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::L1BackendKind;
+    use crate::backend::config::L1BackendKind;
 
     fn config(backend: L1BackendKind, maxsize: usize, ttl_ms: u64) -> L1Config {
         L1Config {

@@ -2,7 +2,7 @@
 //!
 //! A backend is one level of the cache. L1 backends ([`memory`]) hold typed
 //! values (`Arc<V>`, so a hit never deep-copies); L2 backends ([`redis`]) hold
-//! encoded bytes. The two-level logic ([`crate::two_level`]) composes one of
+//! encoded bytes. The two-level logic ([`crate::cache`]) composes one of
 //! each and never looks inside them. See `BACKEND_GUIDE.md` for adding one.
 
 use std::future::Future;
@@ -12,12 +12,15 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+pub mod config;
 #[cfg(feature = "l1")]
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(feature = "redis")]
-pub(crate) mod topology;
+mod stats;
+
+pub use config::{L1BackendKind, L1Config, L2BackendKind, L2Config, RedisConfig, RedisMode};
+pub use stats::{L1Stats, L2Stats};
 
 /// One level of a cache. Keys are the caller's keys, without any namespace:
 /// a backend that shares a server with others adds its own prefix.

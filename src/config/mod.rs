@@ -8,293 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{config_err, ConfigError, Error, Result};
+pub use crate::backend::config::{L1BackendKind, L1Config, L2BackendKind, L2Config, RedisConfig, RedisMode};
+pub use crate::breaker::CircuitBreakerConfig;
+use crate::error::{check_duration, config_err, seconds_allowed, ConfigError, Error, Result, MAX_SECONDS};
+use crate::keys::redact_url;
+pub use crate::keys::{self, validate_prefix, Secret};
 use crate::serializer::{self, CacheSerializer, Serializer};
-
-/// Configuration key names, as constants so that typos are compile errors.
-pub mod keys {
-    /// Redis host name or address.
-    pub const REDIS_HOST: &str = "CACHE_REDIS_HOST";
-    /// Redis TCP port.
-    pub const REDIS_PORT: &str = "CACHE_REDIS_PORT";
-    /// Redis database number.
-    pub const REDIS_DB: &str = "CACHE_REDIS_DB";
-    /// Redis password (never printed).
-    pub const REDIS_PASSWORD: &str = "CACHE_REDIS_PASSWORD";
-    /// Redis 6 ACL user name.
-    pub const REDIS_USERNAME: &str = "CACHE_REDIS_USERNAME";
-    /// `redis://` or `rediss://` URL; overrides host, port, db, user and password.
-    pub const REDIS_URL: &str = "CACHE_REDIS_URL";
-    /// Connection set-up bound, in seconds.
-    pub const REDIS_CONNECT_TIMEOUT: &str = "CACHE_REDIS_CONNECT_TIMEOUT";
-    /// Bound on one L2 operation, in seconds.
-    pub const REDIS_SOCKET_TIMEOUT: &str = "CACHE_REDIS_SOCKET_TIMEOUT";
-    /// Whether the circuit breaker guards L2.
-    pub const CIRCUIT_BREAKER_ENABLED: &str = "CACHE_CIRCUIT_BREAKER_ENABLED";
-    /// Consecutive failures that open the breaker.
-    pub const CIRCUIT_BREAKER_THRESHOLD: &str = "CACHE_CIRCUIT_BREAKER_THRESHOLD";
-    /// Seconds the breaker stays open before a probe.
-    pub const CIRCUIT_BREAKER_TIMEOUT: &str = "CACHE_CIRCUIT_BREAKER_TIMEOUT";
-    /// Registered serializer name.
-    pub const SERIALIZER: &str = "CACHE_SERIALIZER";
-    /// L1 backend name.
-    pub const L1_BACKEND: &str = "CACHE_L1_BACKEND";
-    /// L2 backend name.
-    pub const L2_BACKEND: &str = "CACHE_L2_BACKEND";
-    /// PEM file of the certificate authorities trusted for `rediss://`.
-    pub const REDIS_TLS_CA: &str = "CACHE_REDIS_TLS_CA";
-    /// Largest encoded value accepted by `set`, in bytes.
-    pub const MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
-    /// Longest key accepted, in bytes.
-    pub const MAX_KEY_BYTES: &str = "CACHE_MAX_KEY_BYTES";
-    /// Whether caches with both levels invalidate each other's L1 over pub/sub.
-    pub const BACKPLANE_ENABLED: &str = "CACHE_BACKPLANE_ENABLED";
-    /// Redis Cluster seed nodes, `host:port,host:port,…` (selects cluster mode).
-    pub const REDIS_CLUSTER_NODES: &str = "CACHE_REDIS_CLUSTER_NODES";
-    /// Sentinel nodes, `host:port,host:port,…` (selects sentinel mode).
-    pub const REDIS_SENTINEL_NODES: &str = "CACHE_REDIS_SENTINEL_NODES";
-    /// The name of the primary the sentinels watch (sentinel mode).
-    pub const REDIS_SENTINEL_MASTER: &str = "CACHE_REDIS_SENTINEL_MASTER";
-
-    /// Every key this crate reads.
-    pub const ALL: &[&str] = &[
-        REDIS_HOST,
-        REDIS_PORT,
-        REDIS_DB,
-        REDIS_PASSWORD,
-        REDIS_USERNAME,
-        REDIS_URL,
-        REDIS_CONNECT_TIMEOUT,
-        REDIS_SOCKET_TIMEOUT,
-        CIRCUIT_BREAKER_ENABLED,
-        CIRCUIT_BREAKER_THRESHOLD,
-        CIRCUIT_BREAKER_TIMEOUT,
-        SERIALIZER,
-        L1_BACKEND,
-        L2_BACKEND,
-        REDIS_TLS_CA,
-        MAX_VALUE_BYTES,
-        MAX_KEY_BYTES,
-        BACKPLANE_ENABLED,
-        REDIS_CLUSTER_NODES,
-        REDIS_SENTINEL_NODES,
-        REDIS_SENTINEL_MASTER,
-    ];
-
-    /// The keys whose default is "none": for these alone an empty value
-    /// means "not set" (as it does for an empty `CACHE_REDIS_PASSWORD=` in a
-    /// container's environment). Every other key has a default of its own,
-    /// and an empty value for it is refused, never silently defaulted.
-    pub const OPTIONAL: &[&str] = &[
-        REDIS_PASSWORD,
-        REDIS_USERNAME,
-        REDIS_URL,
-        REDIS_TLS_CA,
-        REDIS_CLUSTER_NODES,
-        REDIS_SENTINEL_NODES,
-        REDIS_SENTINEL_MASTER,
-    ];
-}
-
-/// A string that never shows itself in `Debug` or `Display` (passwords).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for handing to the Redis client. Do not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"***\")")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Which in-process backend L1 uses (`CACHE_L1_BACKEND`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum L1BackendKind {
-    /// `ttl`: bounded size, every entry expires after the L1 TTL (the default).
-    #[default]
-    Ttl,
-    /// `lru`: bounded size, least-recently-used entries are evicted first; no expiry.
-    Lru,
-}
-
-/// Which server L2 talks to (`CACHE_L2_BACKEND`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum L2BackendKind {
-    /// `redis`: Redis 6 or newer (the default).
-    #[default]
-    Redis,
-    /// `valkey`: Valkey, the protocol-compatible Redis fork.
-    Valkey,
-}
-
-macro_rules! named_choice {
-    ($ty:ty, $key:expr, $feature:expr, { $($name:literal => $variant:expr),+ $(,)? }) => {
-        impl $ty {
-            /// Every accepted name, lowercase.
-            pub const NAMES: &'static [&'static str] = &[$($name),+];
-
-            /// The stable, lowercase name.
-            pub fn name(self) -> &'static str {
-                match self { $(v if v == $variant => $name,)+ _ => unreachable!() }
-            }
-
-            /// The Cargo feature this backend needs.
-            pub fn feature(self) -> &'static str {
-                $feature
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                match s.trim().to_ascii_lowercase().as_str() {
-                    $($name => Ok($variant),)+
-                    _ => Err(config_err($key, s, format!("one of: {}", Self::NAMES.join(", ")))),
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-    };
-}
-
-named_choice!(L1BackendKind, keys::L1_BACKEND, "l1", { "ttl" => L1BackendKind::Ttl, "lru" => L1BackendKind::Lru });
-named_choice!(L2BackendKind, keys::L2_BACKEND, "redis", { "redis" => L2BackendKind::Redis, "valkey" => L2BackendKind::Valkey });
-
-impl L1BackendKind {
-    /// Whether this build has the backend compiled in.
-    pub fn is_available(self) -> bool {
-        cfg!(feature = "l1")
-    }
-}
-
-impl L2BackendKind {
-    /// Whether this build has the backend compiled in.
-    pub fn is_available(self) -> bool {
-        cfg!(feature = "redis")
-    }
-}
-
-/// How to reach Redis/Valkey.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisConfig {
-    /// `CACHE_REDIS_HOST` (default `localhost`).
-    pub host: String,
-    /// `CACHE_REDIS_PORT` (default 6379).
-    pub port: u16,
-    /// `CACHE_REDIS_DB` (default 0).
-    pub db: i64,
-    /// `CACHE_REDIS_PASSWORD` (default none).
-    pub password: Option<Secret>,
-    /// `CACHE_REDIS_USERNAME` (default none; Redis 6 ACL user).
-    pub username: Option<Secret>,
-    /// `CACHE_REDIS_URL`: when set, overrides host, port, db, username and password.
-    /// Its password is never printed: `Debug` shows the URL redacted.
-    pub url: Option<Secret>,
-    /// `CACHE_REDIS_CONNECT_TIMEOUT` (default 5 s).
-    pub connect_timeout: Duration,
-    /// `CACHE_REDIS_SOCKET_TIMEOUT` (default 5 s): the bound on one L2 operation.
-    pub socket_timeout: Duration,
-    /// `CACHE_REDIS_TLS_CA`: PEM file of the authorities trusted for `rediss://`
-    /// (default: the system's roots).
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// `CACHE_REDIS_CLUSTER_NODES`: seed nodes of a Redis Cluster (`host:port`,
-    /// or `rediss://host:port` for TLS). Non-empty selects cluster mode.
-    pub cluster_nodes: Vec<String>,
-    /// `CACHE_REDIS_SENTINEL_NODES`: Sentinel nodes (`host:port`). Non-empty
-    /// selects sentinel mode, with [`sentinel_master`](Self::sentinel_master).
-    pub sentinel_nodes: Vec<String>,
-    /// `CACHE_REDIS_SENTINEL_MASTER`: the name of the watched primary.
-    pub sentinel_master: Option<String>,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            host: "localhost".into(),
-            port: 6379,
-            db: 0,
-            password: None,
-            username: None,
-            url: None,
-            connect_timeout: Duration::from_secs(5),
-            socket_timeout: Duration::from_secs(5),
-            tls_ca: None,
-            cluster_nodes: Vec::new(),
-            sentinel_nodes: Vec::new(),
-            sentinel_master: None,
-        }
-    }
-}
-
-impl RedisConfig {
-    /// Where L2 lives, without any credential: `host:port/db`, or the URL with
-    /// its user info removed.
-    pub fn endpoint(&self) -> String {
-        if !self.cluster_nodes.is_empty() {
-            let nodes: Vec<String> = self.cluster_nodes.iter().map(|n| redact_url(n)).collect();
-            return format!("cluster[{}]", nodes.join(","));
-        }
-        if !self.sentinel_nodes.is_empty() {
-            let master = self.sentinel_master.as_deref().unwrap_or("");
-            return format!("sentinel[{master}@{}]/{}", self.sentinel_nodes.join(","), self.db);
-        }
-        match &self.url {
-            Some(url) => redact_url(url.expose()),
-            None => format!("{}:{}/{}", self.host, self.port, self.db),
-        }
-    }
-
-    /// Which kind of deployment L2 is.
-    pub fn mode(&self) -> RedisMode {
-        if !self.cluster_nodes.is_empty() {
-            RedisMode::Cluster
-        } else if !self.sentinel_nodes.is_empty() {
-            RedisMode::Sentinel
-        } else {
-            RedisMode::Standalone
-        }
-    }
-}
-
-/// The kinds of Redis deployment L2 can be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RedisMode {
-    /// One server (`CACHE_REDIS_URL` or host/port).
-    Standalone,
-    /// Redis Cluster (`CACHE_REDIS_CLUSTER_NODES`): keys sharded over primaries.
-    Cluster,
-    /// A Sentinel-managed primary (`CACHE_REDIS_SENTINEL_NODES` + `_MASTER`).
-    Sentinel,
-}
 
 /// `a:1, b:2` → `["a:1", "b:2"]`.
 fn node_list(v: &str) -> Vec<String> {
@@ -324,37 +46,6 @@ fn check_node(key: &str, node: &str) -> Result<()> {
             &redact_url(node),
             "a comma-separated list of host:port",
         ))
-    }
-}
-
-/// Removes `user:password@` from a URL, for display.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// Circuit breaker settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CircuitBreakerConfig {
-    /// `CACHE_CIRCUIT_BREAKER_ENABLED` (default true).
-    pub enabled: bool,
-    /// `CACHE_CIRCUIT_BREAKER_THRESHOLD` (default 5): consecutive failures that open it.
-    pub threshold: u32,
-    /// `CACHE_CIRCUIT_BREAKER_TIMEOUT` (default 60 s): how long it stays open.
-    pub timeout: Duration,
-}
-
-impl Default for CircuitBreakerConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            threshold: 5,
-            timeout: Duration::from_secs(60),
-        }
     }
 }
 
@@ -571,7 +262,7 @@ impl CacheFactoryConfig {
                 ));
             }
             #[cfg(feature = "redis")]
-            crate::backend::redis::check_url(u)?;
+            crate::backend::redis::connect::check_url(u)?;
         }
         for n in &r.cluster_nodes {
             check_node(keys::REDIS_CLUSTER_NODES, n)?;
@@ -648,15 +339,8 @@ impl CacheFactoryConfig {
                 "an integer from 1 to 1048576",
             ));
         }
-        let cb = &self.circuit_breaker;
-        if cb.threshold == 0 {
-            return Err(config_err(
-                keys::CIRCUIT_BREAKER_THRESHOLD,
-                "0",
-                "an integer >= 1",
-            ));
-        }
-        check_duration(keys::CIRCUIT_BREAKER_TIMEOUT, cb.timeout, 1.0)?;
+        self.circuit_breaker
+            .check(keys::CIRCUIT_BREAKER_THRESHOLD, keys::CIRCUIT_BREAKER_TIMEOUT)?;
         serializer::get_serializer(&self.serializer).map_err(|_| {
             config_err(
                 keys::SERIALIZER,
@@ -683,23 +367,6 @@ impl CacheFactoryConfig {
         }
         Ok(())
     }
-}
-
-/// A namespace is non-empty, at most 256 bytes, and has no glob characters
-/// (`*?[]\`), no control characters and no `:` (the separator: without it, no
-/// namespace can nest inside another, so `clear` of one never reaches another).
-pub fn validate_prefix(prefix: &str) -> Result<()> {
-    const ALLOWED: &str =
-        "a non-empty string of at most 256 bytes without ':', '*', '?', '[', ']', '\\' or control characters";
-    let bad = prefix.is_empty()
-        || prefix.len() > 256
-        || prefix
-            .chars()
-            .any(|c| c.is_control() || matches!(c, ':' | '*' | '?' | '[' | ']' | '\\'));
-    if bad {
-        return Err(config_err("l2_key_prefix", prefix, ALLOWED));
-    }
-    Ok(())
 }
 
 fn feature_err(key: &str, value: &str, feature: &str) -> Error {
@@ -731,32 +398,12 @@ fn parse_seconds(key: &str, raw: &str, min: f64) -> Result<Duration> {
     }
 }
 
-fn check_duration(key: &str, d: Duration, min: f64) -> Result<()> {
-    let s = d.as_secs_f64();
-    if s >= min && s <= MAX_SECONDS {
-        Ok(())
-    } else {
-        Err(config_err(key, &format!("{s}"), seconds_allowed(min)))
-    }
-}
-
 /// The highest database a Redis or Valkey server has by default (`databases
 /// 16`). A server configured with more is reached with a URL naming the
 /// database (`CACHE_REDIS_URL=redis://host:6379/42`), which is not capped.
 const MAX_DB: i64 = 15;
 const DB_ALLOWED: &str = "an integer from 0 to 15 (a server's default `databases 16`; \
      for a server with more, name the database in CACHE_REDIS_URL)";
-
-/// One year: a longer timeout is a mistake, and it keeps arithmetic far from overflow.
-const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
-
-fn seconds_allowed(min: f64) -> String {
-    if min >= 1.0 {
-        format!("a number of seconds >= {min} (fractions allowed)")
-    } else {
-        "a number of seconds > 0 (fractions allowed, e.g. 0.25)".to_string()
-    }
-}
 
 fn parse_bool(key: &str, raw: &str) -> Result<bool> {
     match raw.trim().to_ascii_lowercase().as_str() {
@@ -797,7 +444,7 @@ pub struct CacheOptions {
     pub(crate) max_value_bytes: Option<usize>,
     pub(crate) backplane: Option<bool>,
     pub(crate) fail_safe_max_duration: Option<Duration>,
-    pub(crate) load: crate::load::LoadOptions,
+    pub(crate) load: crate::cache::load::LoadOptions,
     pub(crate) lease_fence: bool,
 }
 
@@ -850,11 +497,11 @@ impl CacheOptions {
             breaker_enabled: None,
             breaker_threshold: None,
             breaker_timeout: None,
-            replay_capacity: crate::recovery::DEFAULT_REPLAY_CAPACITY,
+            replay_capacity: crate::cache::DEFAULT_REPLAY_CAPACITY,
             max_value_bytes: None,
             backplane: None,
             fail_safe_max_duration: None,
-            load: crate::load::LoadOptions::default(),
+            load: crate::cache::load::LoadOptions::default(),
             lease_fence: true,
         }
     }
@@ -977,7 +624,7 @@ impl CacheOptions {
     }
 
     /// Default [`LoadOptions`](crate::LoadOptions) of this cache's `get_or_load`.
-    pub fn load(mut self, options: crate::load::LoadOptions) -> Self {
+    pub fn load(mut self, options: crate::cache::load::LoadOptions) -> Self {
         self.load = options;
         self
     }
@@ -997,10 +644,7 @@ impl CacheOptions {
                 .unwrap_or(defaults.circuit_breaker.threshold),
             timeout: self.breaker_timeout.unwrap_or(defaults.circuit_breaker.timeout),
         };
-        if breaker.threshold == 0 {
-            return Err(config_err("circuit_breaker_threshold", "0", "an integer >= 1"));
-        }
-        check_duration("circuit_breaker_timeout", breaker.timeout, 1.0)?;
+        breaker.check("circuit_breaker_threshold", "circuit_breaker_timeout")?;
         let l1 = if self.l1_enabled {
             if self.l1_maxsize == 0 {
                 return Err(config_err("l1_maxsize", "0", "an integer >= 1"));
@@ -1091,33 +735,6 @@ impl CacheOptions {
     }
 }
 
-/// The L1 settings of one cache (the original's `L1Config`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct L1Config {
-    /// Which backend.
-    pub backend: L1BackendKind,
-    /// Maximum number of entries.
-    pub maxsize: usize,
-    /// Time to live (the `ttl` backend only).
-    pub ttl: Duration,
-    /// How much longer than `ttl` entries are kept, readable as stale, for
-    /// fail-safe (`CacheOptions::fail_safe_max_duration`); zero without it.
-    pub fail_safe: Duration,
-}
-
-/// The L2 settings of one cache (the original's `L2Config`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct L2Config {
-    /// Which server kind.
-    pub backend: L2BackendKind,
-    /// Namespace: keys are `"{key_prefix}:{key}"`.
-    pub key_prefix: String,
-    /// Default time to live.
-    pub ttl: Duration,
-    /// Whether writes end load leases (see [`CacheOptions::lease_fence`]).
-    pub lease_fence: bool,
-}
-
 pub(crate) struct ResolvedOptions {
     pub prefix: String,
     pub l1: Option<L1Config>,
@@ -1133,7 +750,7 @@ pub(crate) struct ResolvedOptions {
     pub backplane: bool,
     pub l1_ttl: Duration,
     pub fail_safe_max_duration: Option<Duration>,
-    pub load: crate::load::LoadOptions,
+    pub load: crate::cache::load::LoadOptions,
 }
 
 #[cfg(test)]

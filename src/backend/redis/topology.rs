@@ -20,8 +20,12 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError, RedisFuture, Value};
 
-use crate::config::{keys, redact_url, RedisConfig};
+#[cfg(feature = "tls")]
+use super::connect::tls_root_cert;
+use super::connect::{check_url, open_client};
+use crate::backend::config::RedisConfig;
 use crate::error::{config_err, ConnectionErrorKind as Kind, Error, Result};
+use crate::keys::{self, redact_url};
 
 /// A connection to run one command on (cheap clones of shared, multiplexed connections).
 pub(crate) enum Handle {
@@ -141,7 +145,7 @@ impl Link {
         }
         let info = match &config.url {
             Some(url) => {
-                super::redis::check_url(url.expose())?;
+                check_url(url.expose())?;
                 url.expose().into_connection_info().expect("checked above")
             }
             None => {
@@ -151,7 +155,7 @@ impl Link {
                 with_credentials(info, config, Some(config.db))
             }
         };
-        let client = super::redis::open_client(config, info)?;
+        let client = open_client(config, info)?;
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(config))
             .map_err(|e| Error::connection(Kind::Io, e.to_string()))?;
         Ok(Link::Single(Arc::new(SingleLink { manager, client })))
@@ -179,7 +183,7 @@ impl Link {
             #[cfg(feature = "tls")]
             {
                 builder = builder.tls(redis::TlsMode::Secure);
-                if let Some(root_cert) = super::redis::tls_root_cert(config)? {
+                if let Some(root_cert) = tls_root_cert(config)? {
                     builder = builder.certs(redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(root_cert),

@@ -16,7 +16,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::clock::{now_ms, unix_now};
-use crate::config::CircuitBreakerConfig;
+
+mod config;
+pub use config::CircuitBreakerConfig;
 
 /// The breaker's state, named as in the original package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

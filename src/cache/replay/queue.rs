@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::now_ms;
-use crate::stats::Counter;
+use crate::counter::Counter;
 
 /// Default number of distinct keys a cache queues during an outage.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 10_000;

@@ -1,0 +1,289 @@
+//! The service's shared L2 connection: one multiplexed link per service, every
+//! call bounded by the operation timeout, timed for metrics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::{Cmd, FromRedisValue};
+
+use super::connect::map_err;
+use super::topology::{Handle, Link};
+use crate::backend::config::{RedisConfig, RedisMode};
+use crate::error::{ConnectionErrorKind as Kind, Error, Result};
+
+/// The service's shared L2 connection. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisConnection {
+    link: Link,
+    op_timeout: Duration,
+    pub(super) endpoint: String,
+    pub(super) db: i64,
+    mode: RedisMode,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("endpoint", &self.endpoint)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+impl RedisConnection {
+    /// Builds the connection without connecting (must run inside a Tokio runtime).
+    pub fn new(config: &RedisConfig) -> Result<Self> {
+        let link = Link::new(config)?;
+        let db = match &link {
+            Link::Single(s) => s.client.get_connection_info().redis_settings().db(),
+            _ => config.db,
+        };
+        Ok(Self {
+            link,
+            op_timeout: config.socket_timeout,
+            endpoint: config.endpoint(),
+            db,
+            mode: config.mode(),
+        })
+    }
+
+    /// A RESP3 client for the backplane's subscriber connection (see
+    /// [`topology`](super::topology) for which node it reaches).
+    pub(crate) async fn subscriber_client(&self) -> Result<redis::Client> {
+        self.link
+            .subscriber_client()
+            .await
+            .map_err(|e| Error::connection(Kind::Io, format!("backplane client: {}", e.category())))
+    }
+
+    /// Standalone, cluster or sentinel.
+    pub fn mode(&self) -> RedisMode {
+        self.mode
+    }
+
+    /// `host:port/db` (or the redacted URL).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The bound on one operation.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// Runs one command, bounded by the operation timeout.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.call(Request::Cmd(cmd)).await
+    }
+
+    /// Sends several commands in one round trip, bounded by the operation timeout.
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        self.call(Request::Pipeline(pipe)).await
+    }
+
+    /// Runs a Lua script (`EVALSHA`, loading it once if needed), bounded by the operation timeout.
+    pub(crate) async fn query_script<T: FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.call(Request::Script(&invocation)).await
+    }
+
+    /// Every request: on a connection from the link, bounded by the operation
+    /// timeout, its time observed under the request's name.
+    async fn call<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
+        let timer = Timer::start();
+        let run = async {
+            let mut conn = self.link.handle().await?;
+            match request.send::<T>(&mut conn).await {
+                // A refusal is reported before anything is sent. It may be the
+                // stale result of an earlier attempt (the manager has just started
+                // a fresh one), so one retry is safe and finds a recovered server.
+                Err(e) if e.is_connection_refusal() => request.send::<T>(&mut conn).await,
+                r => r,
+            }
+        };
+        let r = self.bounded(run).await;
+        timer.observe(|| request.name(), &r);
+        r
+    }
+
+    /// Bounds a call by the operation timeout; tells the link about failures.
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.link.failed(Some(&e));
+                Err(map_err(e))
+            }
+            Err(_) => {
+                self.link.failed(None);
+                Err(Error::connection(
+                    Kind::Timeout,
+                    format!("no answer within {:?} from {}", self.op_timeout, self.endpoint),
+                ))
+            }
+        }
+    }
+
+    /// `PING`: round-trip time, bounded by the operation timeout.
+    pub async fn ping(&self) -> Result<Duration> {
+        let t = std::time::Instant::now();
+        self.query::<String>(&redis::cmd("PING")).await?;
+        Ok(t.elapsed())
+    }
+
+    /// Selected `INFO` fields: server identity, clients, memory, keyspace
+    /// hits/misses. Counters are numbers, names and versions strings.
+    pub async fn info(&self) -> Result<BTreeMap<String, serde_json::Value>> {
+        const FIELDS: &[&str] = &[
+            "redis_version",
+            "valkey_version",
+            "uptime_in_seconds",
+            "connected_clients",
+            "used_memory",
+            "used_memory_human",
+            "maxmemory_policy",
+            "keyspace_hits",
+            "keyspace_misses",
+            "evicted_keys",
+            "expired_keys",
+            "total_commands_processed",
+        ];
+        let text: String = self.query(&redis::cmd("INFO")).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| FIELDS.contains(k))
+            .map(|(k, v)| {
+                let v = v.trim();
+                let v = v
+                    .parse::<u64>()
+                    .map_or_else(|_| v.into(), serde_json::Value::from);
+                (k.to_string(), v)
+            })
+            .collect())
+    }
+
+    /// Every key matching `pattern`, by `SCAN` (each round trip bounded); on
+    /// a cluster, on every primary in turn.
+    pub async fn scan(&self, pattern: &str, mut each: impl FnMut(Vec<String>) -> Option<Cmd>) -> Result<()> {
+        match self
+            .bounded(async { self.link.primaries().await.transpose() })
+            .await?
+        {
+            None => self.scan_node(pattern, None, &mut each).await,
+            Some(primaries) => {
+                for (host, port) in primaries {
+                    self.scan_node(pattern, Some((&host, port)), &mut each).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn scan_node(
+        &self,
+        pattern: &str,
+        node: Option<(&str, u16)>,
+        each: &mut impl FnMut(Vec<String>) -> Option<Cmd>,
+    ) -> Result<()> {
+        let mut cursor: u64 = 0;
+        loop {
+            let mut c = redis::cmd("SCAN");
+            c.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let (next, batch): (u64, Vec<String>) = match node {
+                None => self.query(&c).await?,
+                Some((host, port)) => {
+                    let v = self.bounded(self.link.query_node(&c, host, port)).await?;
+                    redis::from_redis_value(v).map_err(|e| Error::Serialization(e.to_string()))?
+                }
+            };
+            if !batch.is_empty() {
+                if let Some(follow_up) = each(batch) {
+                    self.query::<redis::Value>(&follow_up).await?;
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// What one L2 call sends.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Cmd(&'a Cmd),
+    Pipeline(&'a redis::Pipeline),
+    Script(&'a redis::ScriptInvocation<'a>),
+}
+
+impl Request<'_> {
+    async fn send<T: FromRedisValue>(self, conn: &mut Handle) -> redis::RedisResult<T> {
+        match self {
+            Request::Cmd(c) => c.query_async(conn).await,
+            Request::Pipeline(p) => p.query_async(conn).await,
+            Request::Script(s) => s.invoke_async(conn).await,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Request::Cmd(c) => command_name(c),
+            Request::Pipeline(_) => "pipeline",
+            Request::Script(_) => "script",
+        }
+    }
+}
+
+/// Times one L2 round trip for the `resilient_cache_l2_command_seconds`
+/// histogram (feature `metrics`; nothing at all without it).
+struct Timer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl Timer {
+    #[inline]
+    fn start() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    #[inline]
+    #[allow(unused_variables)]
+    fn observe<T>(self, command: impl FnOnce() -> &'static str, r: &Result<T>) {
+        #[cfg(feature = "metrics")]
+        metrics::histogram!(
+            "resilient_cache_l2_command_seconds",
+            "command" => command(),
+            "outcome" => if r.is_ok() { "ok" } else { "error" }
+        )
+        .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The command's name as a static label (unknown commands are `other`).
+#[cfg(feature = "metrics")]
+fn command_name(cmd: &Cmd) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "GET", "SET", "UNLINK", "DEL", "EXISTS", "PTTL", "SCAN", "INFO", "PING", "PUBLISH",
+    ];
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => KNOWN
+            .iter()
+            .find(|k| k.as_bytes().eq_ignore_ascii_case(name))
+            .copied()
+            .unwrap_or("other"),
+        _ => "other",
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+fn command_name(_: &Cmd) -> &'static str {
+    ""
+}

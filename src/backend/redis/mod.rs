@@ -1,0 +1,334 @@
+//! L2 on Redis or Valkey, through the `redis` crate.
+//!
+//! One [`RedisConnection`] per service: a lazily connecting, auto-reconnecting,
+//! multiplexed `ConnectionManager` that every cache shares. It is created
+//! without touching the network, so a dead Redis at start-up costs nothing;
+//! the first L2 call connects, and after a failure the manager reconnects in
+//! the background. Every call is bounded by the operation timeout
+//! (`CACHE_REDIS_SOCKET_TIMEOUT`), connection set-up included.
+//!
+//! One command per operation: `GET`, `SET … PX`, `SET … NX PX`, `UNLINK`,
+//! `EXISTS`, `PTTL`; `SCAN` (never `KEYS`) with `UNLINK` for `clear`.
+
+//!
+//! Where things are: `connect` opens clients and maps errors, `conn`
+//! is the shared connection, `topology` follows single servers, clusters and
+//! sentinels, `backplane` is the pub/sub worker; this file is the backend of
+//! one cache (namespacing, leases, the commands of each operation).
+
+use std::time::Duration;
+
+use std::collections::BTreeMap;
+
+use crate::backend::config::{L2BackendKind, L2Config, RedisMode};
+use crate::backend::{CacheBackend, L2Stats};
+use crate::error::{ConnectionErrorKind as Kind, Error, Result};
+
+pub(crate) mod backplane;
+mod conn;
+pub(crate) mod connect;
+mod topology;
+
+pub use conn::RedisConnection;
+
+/// Where load leases live: `rc:lease:{<namespace>:<key>}`, outside every
+/// namespace, hash-tagged into the data key's slot. One spelling, for the
+/// lease itself and for the pattern `clear` removes them by.
+const LEASE_PREFIX: &str = "rc:lease:{";
+
+/// Escapes the glob characters of `SCAN MATCH`, so that caller text is matched literally.
+pub(crate) fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `redis` / `valkey` L2 backend of one cache: keys are `"{prefix}:{key}"`.
+pub struct RedisBackend {
+    conn: RedisConnection,
+    kind: L2BackendKind,
+    namespace: String,
+    prefix: String,
+    ttl: Duration,
+    serializer: String,
+    fence: bool,
+}
+
+impl RedisBackend {
+    /// A backend for one cache's namespace on the shared connection.
+    pub fn new(conn: RedisConnection, config: &L2Config, serializer: &str) -> Self {
+        Self {
+            conn,
+            kind: config.backend,
+            namespace: format!("{}:", config.key_prefix),
+            prefix: config.key_prefix.clone(),
+            ttl: config.ttl,
+            serializer: serializer.to_string(),
+            fence: config.lease_fence,
+        }
+    }
+
+    /// The full Redis key of `key`.
+    pub fn redis_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.namespace.len() + key.len());
+        k.push_str(&self.namespace);
+        k.push_str(key);
+        k
+    }
+
+    /// The shared connection.
+    pub fn connection(&self) -> &RedisConnection {
+        &self.conn
+    }
+
+    /// The key of `key`'s load lease, or `None` when this namespace has no
+    /// leases. It is outside the namespace (so `list_keys` never sees it) and
+    /// hash-tagged with the data key, so both share a cluster slot — except
+    /// for keys with braces of their own, which get no lease on a cluster.
+    fn lease_key(&self, key: &str) -> Option<String> {
+        if !self.fence || (self.conn.mode() == RedisMode::Cluster && key.contains(['{', '}'])) {
+            return None;
+        }
+        Some(format!("{LEASE_PREFIX}{}{key}}}", self.namespace))
+    }
+
+    fn px(&self, ttl: Option<Duration>) -> u64 {
+        ttl.unwrap_or(self.ttl).as_millis().clamp(1, i64::MAX as u128) as u64
+    }
+
+    fn pattern(&self, prefix: Option<&str>) -> String {
+        format!(
+            "{}{}*",
+            escape_glob(&self.namespace),
+            escape_glob(prefix.unwrap_or(""))
+        )
+    }
+
+    fn strip(&self, keys: Vec<String>) -> impl Iterator<Item = String> + '_ {
+        keys.into_iter()
+            .filter_map(|k| k.strip_prefix(&self.namespace).map(str::to_string))
+    }
+}
+
+impl CacheBackend for RedisBackend {
+    type Value = Vec<u8>;
+    type Stats = L2Stats;
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.conn.query(redis::cmd("GET").arg(self.redis_key(key))).await
+    }
+
+    fn operation_timeout(&self) -> Option<Duration> {
+        Some(self.conn.op_timeout())
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        let Some(lease) = self.lease_key(key) else {
+            let mut c = redis::cmd("SET");
+            c.arg(self.redis_key(key)).arg(value).arg("PX").arg(self.px(ttl));
+            return self.conn.query::<()>(&c).await;
+        };
+        // Ending the lease first (one round trip) fences out a load in flight:
+        // its conditional store can no longer land over this value.
+        let mut p = redis::pipe();
+        p.cmd("DEL").arg(lease).ignore();
+        p.cmd("SET")
+            .arg(self.redis_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(self.px(ttl))
+            .ignore();
+        self.conn.query_pipeline::<()>(&p).await
+    }
+
+    async fn set_if_not_exist(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<bool> {
+        let mut c = redis::cmd("SET");
+        c.arg(self.redis_key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.px(ttl));
+        Ok(self.conn.query::<Option<String>>(&c).await?.is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let Some(lease) = self.lease_key(key) else {
+            let n: u64 = self
+                .conn
+                .query(redis::cmd("UNLINK").arg(self.redis_key(key)))
+                .await?;
+            return Ok(n > 0);
+        };
+        let mut p = redis::pipe();
+        p.cmd("DEL").arg(lease).ignore();
+        p.cmd("UNLINK").arg(self.redis_key(key));
+        let (removed,): (u64,) = self.conn.query_pipeline(&p).await?;
+        Ok(removed > 0)
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        self.clear_with_progress(&|_| {}).await
+    }
+
+    async fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64> {
+        let leases = format!("{LEASE_PREFIX}{}*", escape_glob(&self.namespace));
+        self.conn
+            .scan(&leases, |batch| {
+                let mut c = redis::cmd("UNLINK");
+                c.arg(batch);
+                Some(c)
+            })
+            .await?;
+        let mut removed = 0u64;
+        self.conn
+            .scan(&self.pattern(None), |batch| {
+                removed += batch.len() as u64;
+                progress(removed);
+                let mut c = redis::cmd("UNLINK");
+                c.arg(batch);
+                Some(c)
+            })
+            .await?;
+        Ok(removed)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query::<u64>(redis::cmd("EXISTS").arg(self.redis_key(key)))
+            .await?
+            > 0)
+    }
+
+    async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
+        let ms: i64 = self
+            .conn
+            .query(redis::cmd("PTTL").arg(self.redis_key(key)))
+            .await?;
+        Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
+    }
+
+    async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        self.conn
+            .scan(&self.pattern(prefix), |batch| {
+                keys.extend(self.strip(batch));
+                None
+            })
+            .await?;
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn get_size(&self) -> Result<u64> {
+        Ok(self.list_keys(None).await?.len() as u64)
+    }
+
+    async fn get_stats(&self) -> Result<L2Stats> {
+        let (size, server) = tokio::join!(self.get_size(), self.conn.info());
+        let mut s = self.describe();
+        s.available = size.is_ok() || server.is_ok();
+        s.size = size.ok();
+        s.server = server.unwrap_or_default();
+        if s.available {
+            Ok(s)
+        } else {
+            Err(Error::connection(Kind::Io, "stats unavailable"))
+        }
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>> {
+        let k = self.redis_key(key);
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
+        let (value, ms): (Option<Vec<u8>>, i64) = self.conn.query_pipeline(&p).await?;
+        Ok(value.map(|v| (v, (ms >= 0).then(|| Duration::from_millis(ms as u64)))))
+    }
+
+    async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
+        let Some(lease) = self.lease_key(key) else {
+            return Ok(None);
+        };
+        let mut c = redis::cmd("SET");
+        c.arg(lease).arg(token).arg("PX").arg(self.px(Some(ttl)));
+        if exclusive {
+            c.arg("NX");
+        }
+        Ok(Some(self.conn.query::<Option<String>>(&c).await?.is_some()))
+    }
+
+    async fn store_if_leased(
+        &self,
+        key: &str,
+        token: u64,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> Result<Option<bool>> {
+        static STORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1",
+            )
+        });
+        let Some(lease) = self.lease_key(key) else {
+            return Ok(None);
+        };
+        let mut inv = STORE.prepare_invoke();
+        inv.key(self.redis_key(key))
+            .key(lease)
+            .arg(token)
+            .arg(value)
+            .arg(self.px(ttl))
+            .arg(if only_if_absent { "1" } else { "0" });
+        Ok(Some(self.conn.query_script::<u8>(inv).await? == 1))
+    }
+
+    async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
+        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
+            )
+        });
+        let Some(lease) = self.lease_key(key) else {
+            return Ok(());
+        };
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(lease).arg(token);
+        self.conn.query_script::<()>(inv).await
+    }
+
+    fn describe(&self) -> L2Stats {
+        L2Stats {
+            backend: self.kind.name(),
+            endpoint: self.conn.endpoint.clone(),
+            db: self.conn.db,
+            key_prefix: self.prefix.clone(),
+            ttl: self.ttl.as_secs_f64(),
+            serializer: self.serializer.clone(),
+            available: false,
+            size: None,
+            server: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(escape_glob("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
+        assert_eq!(escape_glob("users"), "users");
+    }
+}

@@ -1,0 +1,55 @@
+//! The cache's side of the backplane: announcing its L2 writes on the bus,
+//! and evicting from L1 when another instance announces one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+
+use super::{CacheValue, Inner, TwoLevelCache};
+use crate::backend::CacheBackend;
+use crate::backplane::Invalidate;
+
+impl<V, A, B> TwoLevelCache<V, A, B>
+where
+    V: CacheValue,
+    A: CacheBackend<Value = Arc<V>>,
+    B: CacheBackend<Value = Vec<u8>>,
+{
+    /// Tells other instances that `key` (or, with `None`, the namespace) changed in L2.
+    pub(super) fn announce(&self, key: Option<&str>) {
+        if let Some(bus) = &self.inner.bus {
+            bus.publish(&self.inner.prefix, key);
+        }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn invalidation_target(&self) -> Weak<dyn Invalidate> {
+        let weak: Weak<Inner<V, A, B>> = Arc::downgrade(&self.inner);
+        weak
+    }
+}
+
+impl<V, A, B> Invalidate for Inner<V, A, B>
+where
+    V: CacheValue,
+    A: CacheBackend<Value = Arc<V>>,
+    B: CacheBackend<Value = Vec<u8>>,
+{
+    fn invalidate(self: Arc<Self>, key: Option<String>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let Some(l1) = &self.l1 else { return };
+            match key {
+                Some(key) => {
+                    // Moving the guard stops an L2 read in flight from promoting the old value.
+                    let _write = self.guard.write(&key);
+                    let _ = l1.delete(&key).await;
+                }
+                None => {
+                    self.guard.bump_epoch();
+                    let _ = l1.clear().await;
+                    self.guard.bump_epoch();
+                }
+            }
+        })
+    }
+}
