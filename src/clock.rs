@@ -1,8 +1,8 @@
 //! Cheap monotonic millisecond clocks for TTL checks.
 //!
 //! `Instant::now()` costs about as much as a whole L1 hit; on Linux the coarse
-//! monotonic clock ([`now_ms`]: a few ms of resolution, ample for TTLs) costs
-//! a few ns, still ~8 % of a hit. [`recent_ms`], read on every L1 hit, is one
+//! monotonic clock ([`now_ms`]: a few ms of resolution, ample for TTLs) is
+//! much cheaper, still a visible share of a hit. [`recent_ms`], read on every L1 hit, is one
 //! atomic load: a ticker thread stores the coarse time every 4 ms while the
 //! cache is being read, and parks after a second without reads (then the next
 //! read falls back to [`now_ms`] and wakes it), so an idle process has no

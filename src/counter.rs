@@ -41,8 +41,8 @@ impl Counter {
 }
 
 /// The L1 hit/miss counter: like [`Counter`], but bumped with a plain load and
-/// store instead of an atomic read-modify-write, which costs as much as a
-/// third of an L1 hit. Each of the first [`HOT_STRIPES`] threads that touch it
+/// store instead of an atomic read-modify-write, which would be a large
+/// share of an L1 hit. Each of the first [`HOT_STRIPES`] threads that touch it
 /// owns a stripe, so counts are exact; beyond that, two threads sharing a
 /// stripe can, rarely, lose an increment.
 #[cfg(feature = "l1")]

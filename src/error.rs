@@ -1,6 +1,6 @@
 //! The one error type of the crate.
 //!
-//! The kinds mirror the original package's exceptions (`CacheConfigurationError`,
+//! The kinds mirror the Python package's exceptions (`CacheConfigurationError`,
 //! `CacheConnectionError`, `CacheSerializationError`, `CircuitBreakerOpenError`).
 //! Only configuration errors ever reach the caller of the everyday operations:
 //! connection and serialization problems are counted in the stats and turned
@@ -26,7 +26,10 @@ pub enum Error {
     /// (`CacheSerializationError`).
     #[error("cache serialization error: {0}")]
     Serialization(String),
-    /// The circuit breaker is open, so L2 was not called (`CircuitBreakerOpenError`).
+    /// The circuit breaker refused a call, so L2 was not called
+    /// (`CircuitBreakerOpenError`); see [`CircuitBreaker::permit`](crate::CircuitBreaker::permit).
+    /// The cache itself never returns it: a skipped L2 is counted in
+    /// `errors.l2_skipped` and the operation carries on with L1.
     #[error("circuit breaker is open: L2 skipped")]
     CircuitBreakerOpen,
     /// A key or value outside the accepted bounds (too long a key, too large a value).

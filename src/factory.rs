@@ -186,7 +186,7 @@ impl CacheFactory {
         &self.connection
     }
 
-    /// Builds a cache (the original's `create_cache`). Fails only on invalid options.
+    /// Builds a cache. Fails only on invalid options.
     pub fn create_cache<V: CacheValue>(&self, options: &CacheOptions) -> Result<Cache<V>> {
         let resolved = options.resolve(&self.config)?;
         let l1 = resolved
@@ -226,7 +226,7 @@ impl CacheFactory {
                 .map(|b| b as Arc<dyn crate::backplane::InvalidationBus>),
             ..settings
         };
-        let cache = TwoLevelCache::new(l1, l2, settings);
+        let cache = TwoLevelCache::new(l1, l2, settings)?;
         #[cfg(feature = "redis")]
         if let Some(bp) = backplane {
             bp.register(cache.key_prefix(), cache.invalidation_target());

@@ -142,3 +142,34 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The largest `max_value_bytes` allowed: Redis' own limit on a string (512 MiB).
+pub const MAX_VALUE_BYTES_LIMIT: usize = 512 << 20;
+/// The largest `max_key_bytes` allowed (1 MiB).
+pub const MAX_KEY_BYTES_LIMIT: usize = 1 << 20;
+
+/// `bytes` is a usable largest-value setting (1 to [`MAX_VALUE_BYTES_LIMIT`]);
+/// the error names `key`.
+pub(crate) fn check_max_value_bytes(key: &str, bytes: usize) -> Result<()> {
+    if (1..=MAX_VALUE_BYTES_LIMIT).contains(&bytes) {
+        return Ok(());
+    }
+    Err(config_err(
+        key,
+        &bytes.to_string(),
+        format!("an integer from 1 to {MAX_VALUE_BYTES_LIMIT} (Redis' own limit)"),
+    ))
+}
+
+/// `bytes` is a usable longest-key setting (1 to [`MAX_KEY_BYTES_LIMIT`]);
+/// the error names `key`.
+pub(crate) fn check_max_key_bytes(key: &str, bytes: usize) -> Result<()> {
+    if (1..=MAX_KEY_BYTES_LIMIT).contains(&bytes) {
+        return Ok(());
+    }
+    Err(config_err(
+        key,
+        &bytes.to_string(),
+        format!("an integer from 1 to {MAX_KEY_BYTES_LIMIT}"),
+    ))
+}

@@ -38,7 +38,7 @@
 //! - **clear**: this cache's namespace only (`"{prefix}:*"` in L2, by `SCAN`
 //!   and `UNLINK`, never `KEYS`), and the report says whether L2 was cleared.
 //!
-//! L2 keys are `"{key_prefix}:{key}"`, the layout of the original Python
+//! L2 keys are `"{key_prefix}:{key}"`, the layout of the Python `resilient-cache`
 //! package: with the `json` serializer, both can share a namespace.
 //!
 //! ## The circuit breaker

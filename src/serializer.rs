@@ -1,7 +1,7 @@
 //! Named value formats and their registry.
 //!
 //! Built in: `msgpack` (the default: compact, cross-language), `json` (plain
-//! UTF-8 JSON, no envelope, readable by the original package's `json`
+//! UTF-8 JSON, no envelope, readable by the Python package's `json`
 //! serializer) and `postcard` (the most compact; not self-describing, so only
 //! for Rust readers of the same type).
 //!
@@ -22,7 +22,7 @@
 //! A value is never read in a format other than the one it was written in:
 //!
 //! - `json` writes plain UTF-8 JSON, byte for byte what `serde_json` produces,
-//!   with no envelope (the original Python package reads and writes the same
+//!   with no envelope (the Python package reads and writes the same
 //!   bytes in a shared namespace).
 //! - The binary formats put a three-byte header in front of the payload:
 //!   [`FORMAT_MARK`] (`0xC1`: a byte that no JSON text and no MessagePack value

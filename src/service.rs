@@ -15,7 +15,7 @@ use crate::factory::{Cache, CacheFactory};
 /// A cache the service reports on: its namespace and a weak handle.
 type Registered = (String, Weak<dyn StatsSource>);
 
-/// The cache service (the original's `CacheService`). Cheap to clone.
+/// The cache service: one L2 connection, one breaker, and the caches built on them. Cheap to clone.
 ///
 /// ```no_run
 /// use std::time::Duration;

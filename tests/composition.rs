@@ -113,7 +113,7 @@ fn compose(
         fail_safe_max_duration: fail_safe,
         load: LoadOptions::default(),
     };
-    (TwoLevelCache::new(Some(l1), Some(l2), settings), reads)
+    (TwoLevelCache::new(Some(l1), Some(l2), settings).unwrap(), reads)
 }
 
 #[tokio::test]

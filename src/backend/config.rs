@@ -176,7 +176,7 @@ pub enum RedisMode {
     Sentinel,
 }
 
-/// The L1 settings of one cache (the original's `L1Config`).
+/// The L1 settings of one cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct L1Config {
     /// Which backend.
@@ -190,7 +190,7 @@ pub struct L1Config {
     pub fail_safe: Duration,
 }
 
-/// The L2 settings of one cache (the original's `L2Config`).
+/// The L2 settings of one cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct L2Config {
     /// Which server kind.

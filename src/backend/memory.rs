@@ -1,13 +1,13 @@
 //! In-process L1 backends.
 //!
 //! - [`TtlBackend`] (`ttl`, the default): `quick_cache`, a sharded concurrent
-//!   cache (≈ 20 ns per hit), bounded by entry count. `quick_cache` has no TTL,
+//!   cache, bounded by entry count. `quick_cache` has no TTL,
 //!   so each entry carries its expiry time, checked on read (`get`) against
 //!   the ticker-kept clock (one atomic load; may lag real time by a tick or
 //!   more, see the `clock` module) and elsewhere against a coarse monotonic
 //!   clock; an expired entry reads as a miss and is removed.
 //! - [`LruBackend`] (`lru`): `moka` with its strict LRU eviction policy,
-//!   bounded by entry count, without expiry (as the original's `LRUCache`).
+//!   bounded by entry count, without expiry.
 //!
 //! Both hold `T` as given (the two-level cache gives `Arc<V>`), so a read
 //! clones an `Arc`, never the value.

@@ -16,11 +16,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::clock::{now_ms, unix_now};
+use crate::error::Error;
 
 mod config;
 pub use config::CircuitBreakerConfig;
 
-/// The breaker's state, named as in the original package.
+/// The breaker's state (in stats: `closed`, `open`, `half_open`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
@@ -213,6 +214,13 @@ impl CircuitBreaker {
         }
     }
 
+    /// [`try_acquire`](Self::try_acquire) as a `Result`, for code that guards
+    /// its own calls with the breaker: [`Error::CircuitBreakerOpen`] while the
+    /// breaker refuses (open, or half-open with its probe in flight).
+    pub fn permit(&self) -> Result<Permit<'_>, Error> {
+        self.try_acquire().ok_or(Error::CircuitBreakerOpen)
+    }
+
     /// A probe permit now, even if an open breaker's timeout has not run
     /// out: for a caller that checks L2's health on purpose (the service's
     /// health check, itself rate-limited), so recovery is seen without
@@ -331,7 +339,7 @@ impl CircuitBreaker {
         }
     }
 
-    /// Back to CLOSED with no failures (the original's `reset`).
+    /// Back to CLOSED with no failures.
     pub fn reset(&self) {
         self.failures.store(0, Release);
         self.state.store(CLOSED, Release);
@@ -454,6 +462,7 @@ mod tests {
         }
         assert_eq!(b.state(), CircuitState::Open);
         assert!(b.try_acquire().is_none());
+        assert!(matches!(b.permit(), Err(Error::CircuitBreakerOpen)));
     }
 
     #[test]

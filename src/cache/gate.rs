@@ -139,9 +139,9 @@ where
     /// L2 and a permit to call it, or `None` (no L2, or breaker open: counted).
     pub(super) fn l2(&self) -> Option<(&B, Permit<'_>)> {
         let l2 = self.inner.l2.as_ref()?;
-        match self.inner.breaker.try_acquire() {
-            Some(p) => Some((l2, p)),
-            None => {
+        match self.inner.breaker.permit() {
+            Ok(p) => Some((l2, p)),
+            Err(_) => {
                 self.inner.counters.l2_skipped.incr();
                 None
             }

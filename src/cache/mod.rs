@@ -51,7 +51,10 @@ use crate::backend::CacheBackend;
 use crate::backplane::InvalidationBus;
 use crate::breaker::{CircuitBreaker, CircuitState};
 use crate::counter::{Counter, LogLimiter};
+use crate::error::{check_duration, config_err, Result};
+use crate::keys::{check_max_key_bytes, check_max_value_bytes, validate_prefix};
 use crate::serializer::Serializer;
+use load::LoadOptions;
 
 mod gate;
 mod guard;
@@ -95,8 +98,8 @@ impl<V, A, B> Clone for TwoLevelCache<V, A, B> {
 }
 
 struct Inner<V, A, B> {
-    flights: crate::cache::load::Flights,
-    load: crate::cache::load::LoadOptions,
+    flights: load::Flights,
+    load: LoadOptions,
     fail_safe: Option<Duration>,
     l1_ttl: Duration,
     prefix: String,
@@ -159,7 +162,63 @@ pub struct TwoLevelSettings {
     /// How long entries stay past their TTL as fail-safe fallbacks; `None`: no fail-safe.
     pub fail_safe_max_duration: Option<Duration>,
     /// Defaults of [`get_or_load`](TwoLevelCache::get_or_load).
-    pub load: crate::cache::load::LoadOptions,
+    pub load: LoadOptions,
+}
+
+impl TwoLevelSettings {
+    /// Checks every setting by the rules [`CacheOptions`](crate::CacheOptions)
+    /// keeps; an error names the `CacheOptions` method that sets the value.
+    pub fn validate(&self) -> Result<()> {
+        check_settings(&SettingsToCheck {
+            key_prefix: &self.key_prefix,
+            l1_ttl: Some(self.l1_ttl),
+            l2_ttl: Some(self.l2_ttl),
+            fail_safe_max_duration: self.fail_safe_max_duration,
+            replay_capacity: self.replay_capacity,
+            max_value_bytes: self.max_value_bytes,
+            max_key_bytes: self.max_key_bytes,
+            load: &self.load,
+        })
+    }
+}
+
+/// What [`check_settings`] looks at: the settings of one cache, however it
+/// is being built (from [`CacheOptions`](crate::CacheOptions) or from
+/// [`TwoLevelSettings`]). A level that is off has no TTL to check.
+pub(crate) struct SettingsToCheck<'a> {
+    pub key_prefix: &'a str,
+    pub l1_ttl: Option<Duration>,
+    pub l2_ttl: Option<Duration>,
+    pub fail_safe_max_duration: Option<Duration>,
+    pub replay_capacity: usize,
+    pub max_value_bytes: usize,
+    pub max_key_bytes: usize,
+    pub load: &'a LoadOptions,
+}
+
+/// The rules every cache's settings keep, in one place: a valid namespace,
+/// TTLs of at least 1 ms (L1, fail-safe) and 1 s (L2), a replay queue of at
+/// least one key, value and key limits within bounds, valid load options.
+pub(crate) fn check_settings(s: &SettingsToCheck<'_>) -> Result<()> {
+    validate_prefix(s.key_prefix)?;
+    if let Some(ttl) = s.l1_ttl {
+        check_duration("l1_ttl", ttl, 0.001)?;
+    }
+    if let Some(ttl) = s.l2_ttl {
+        check_duration("l2_ttl", ttl, 1.0)?;
+    }
+    if let Some(d) = s.fail_safe_max_duration {
+        check_duration("fail_safe_max_duration", d, 0.001)?;
+    }
+    if s.replay_capacity == 0 {
+        return Err(config_err("replay_queue_capacity", "0", "an integer >= 1"));
+    }
+    check_max_value_bytes("max_value_bytes", s.max_value_bytes)?;
+    check_max_key_bytes("max_key_bytes", s.max_key_bytes)?;
+    s.load.validate().map_err(|e| {
+        let key = format!("load.{}", e.key());
+        e.with_key(key).into()
+    })
 }
 
 impl<V, A, B> TwoLevelCache<V, A, B>
@@ -168,9 +227,13 @@ where
     A: CacheBackend<Value = Arc<V>>,
     B: CacheBackend<Value = Vec<u8>>,
 {
-    /// Composes two levels (either may be absent) under one breaker.
-    pub fn new(l1: Option<A>, l2: Option<B>, settings: TwoLevelSettings) -> Self {
-        Self {
+    /// Composes two levels (either may be absent) under one breaker, after
+    /// checking `settings` ([`TwoLevelSettings::validate`]): an invalid
+    /// setting is an [`Error::Configuration`](crate::Error::Configuration)
+    /// naming it, the value and what is allowed.
+    pub fn new(l1: Option<A>, l2: Option<B>, settings: TwoLevelSettings) -> Result<Self> {
+        settings.validate()?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 flights: Default::default(),
                 load: settings.load,
@@ -191,7 +254,7 @@ where
                 counters: Counters::default(),
                 _value: PhantomData,
             }),
-        }
+        })
     }
 
     pub(crate) fn flights(&self) -> &crate::cache::load::Flights {
@@ -199,7 +262,7 @@ where
     }
 
     /// This cache's default [`LoadOptions`](crate::LoadOptions).
-    pub fn load_defaults(&self) -> &crate::cache::load::LoadOptions {
+    pub fn load_defaults(&self) -> &LoadOptions {
         &self.inner.load
     }
 
@@ -264,8 +327,8 @@ mod tests {
         })
     }
 
-    fn cache(l2: Option<TtlBackend<Vec<u8>>>) -> L1Only {
-        let settings = TwoLevelSettings {
+    fn settings() -> TwoLevelSettings {
+        TwoLevelSettings {
             key_prefix: "t".into(),
             serializer: Serializer::json(),
             breaker: Arc::new(CircuitBreaker::new(Default::default())),
@@ -277,8 +340,40 @@ mod tests {
             l1_ttl: Duration::from_secs(60),
             fail_safe_max_duration: None,
             load: Default::default(),
-        };
-        TwoLevelCache::new(Some(l1(60)), l2, settings)
+        }
+    }
+
+    fn cache(l2: Option<TtlBackend<Vec<u8>>>) -> L1Only {
+        TwoLevelCache::new(Some(l1(60)), l2, settings()).unwrap()
+    }
+
+    /// The low-level constructor keeps the rules `CacheOptions` keeps: each
+    /// bad setting is refused, and the error names it.
+    #[test]
+    fn new_refuses_what_cache_options_refuse() {
+        type Spoil = fn(&mut TwoLevelSettings);
+        let bad: [(&str, Spoil); 8] = [
+            ("replay_queue_capacity", |s| s.replay_capacity = 0),
+            ("l2_key_prefix", |s| s.key_prefix = "a:b".into()),
+            ("l2_key_prefix", |s| s.key_prefix = String::new()),
+            ("max_value_bytes", |s| s.max_value_bytes = 0),
+            ("max_key_bytes", |s| s.max_key_bytes = 0),
+            ("l2_ttl", |s| s.l2_ttl = Duration::from_millis(10)),
+            ("l1_ttl", |s| s.l1_ttl = Duration::ZERO),
+            ("load.eager_refresh", |s| {
+                s.load = LoadOptions::new().eager_refresh(2.0)
+            }),
+        ];
+        for (key, spoil) in bad {
+            let mut s = settings();
+            spoil(&mut s);
+            let e = match L1Only::new(Some(l1(60)), None, s) {
+                Ok(_) => panic!("{key}: accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(L1Only::new(Some(l1(60)), None, settings()).is_ok());
     }
 
     #[tokio::test]

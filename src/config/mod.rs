@@ -188,13 +188,15 @@ impl CacheFactoryConfig {
             c.redis.tls_ca = Some(v.trim().into());
         }
         if let Some(v) = get(keys::MAX_VALUE_BYTES) {
-            c.max_value_bytes = parse_int(keys::MAX_VALUE_BYTES, v, 1, 512 << 20)? as usize;
+            c.max_value_bytes =
+                parse_int(keys::MAX_VALUE_BYTES, v, 1, keys::MAX_VALUE_BYTES_LIMIT as i64)? as usize;
         }
         if let Some(v) = get(keys::BACKPLANE_ENABLED) {
             c.backplane_enabled = parse_bool(keys::BACKPLANE_ENABLED, v)?;
         }
         if let Some(v) = get(keys::MAX_KEY_BYTES) {
-            c.max_key_bytes = parse_int(keys::MAX_KEY_BYTES, v, 1, 1 << 20)? as usize;
+            c.max_key_bytes =
+                parse_int(keys::MAX_KEY_BYTES, v, 1, keys::MAX_KEY_BYTES_LIMIT as i64)? as usize;
         }
         let single_node = [keys::REDIS_URL, keys::REDIS_HOST, keys::REDIS_PORT]
             .into_iter()
@@ -325,20 +327,8 @@ impl CacheFactoryConfig {
                 ));
             }
         }
-        if !(1..=512 << 20).contains(&self.max_value_bytes) {
-            return Err(config_err(
-                keys::MAX_VALUE_BYTES,
-                &self.max_value_bytes.to_string(),
-                "an integer from 1 to 536870912 (Redis' own limit)",
-            ));
-        }
-        if !(1..=1 << 20).contains(&self.max_key_bytes) {
-            return Err(config_err(
-                keys::MAX_KEY_BYTES,
-                &self.max_key_bytes.to_string(),
-                "an integer from 1 to 1048576",
-            ));
-        }
+        keys::check_max_value_bytes(keys::MAX_VALUE_BYTES, self.max_value_bytes)?;
+        keys::check_max_key_bytes(keys::MAX_KEY_BYTES, self.max_key_bytes)?;
         self.circuit_breaker
             .check(keys::CIRCUIT_BREAKER_THRESHOLD, keys::CIRCUIT_BREAKER_TIMEOUT)?;
         serializer::get_serializer(&self.serializer).map_err(|_| {
@@ -414,7 +404,7 @@ fn parse_bool(key: &str, raw: &str) -> Result<bool> {
 }
 
 /// Per-cache options: the namespace, TTLs, levels, serializer and breaker
-/// overrides (the original's `create_cache` arguments).
+/// overrides.
 ///
 /// ```
 /// use std::time::Duration;
@@ -633,7 +623,17 @@ impl CacheOptions {
     /// configurations of one cache, checking every value.
     pub(crate) fn resolve(&self, defaults: &CacheFactoryConfig) -> Result<ResolvedOptions> {
         let prefix = &self.key_prefix;
-        validate_prefix(prefix)?;
+        let max_value_bytes = self.max_value_bytes.unwrap_or(defaults.max_value_bytes);
+        crate::cache::check_settings(&crate::cache::SettingsToCheck {
+            key_prefix: prefix,
+            l1_ttl: self.l1_enabled.then_some(self.l1_ttl),
+            l2_ttl: self.l2_ttl.filter(|_| self.l2_enabled),
+            fail_safe_max_duration: self.fail_safe_max_duration,
+            replay_capacity: self.replay_capacity,
+            max_value_bytes,
+            max_key_bytes: defaults.max_key_bytes,
+            load: &self.load,
+        })?;
         let breaker_shared = self.breaker_enabled.is_none()
             && self.breaker_threshold.is_none()
             && self.breaker_timeout.is_none();
@@ -653,7 +653,6 @@ impl CacheOptions {
             if !backend.is_available() {
                 return Err(feature_err("l1_backend", backend.name(), backend.feature()));
             }
-            check_duration("l1_ttl", self.l1_ttl, 0.001)?;
             Some(L1Config {
                 backend,
                 maxsize: self.l1_maxsize,
@@ -675,7 +674,6 @@ impl CacheOptions {
                     "a TTL >= 1 s whenever L2 is enabled (CacheOptions::l2_ttl)",
                 ))
             })?;
-            check_duration("l2_ttl", ttl, 1.0)?;
             if let Some(l1) = &l1 {
                 if l1.backend == L1BackendKind::Ttl && l1.ttl > ttl {
                     tracing::warn!(
@@ -701,20 +699,6 @@ impl CacheOptions {
                 "false/false",
                 "allowed: at least one level must be enabled",
             ));
-        }
-        if let Some(d) = self.fail_safe_max_duration {
-            check_duration("fail_safe_max_duration", d, 0.001)?;
-        }
-        if let Err(e) = self.load.validate() {
-            let key = format!("load.{}", e.key());
-            return Err(e.with_key(key).into());
-        }
-        if self.replay_capacity == 0 {
-            return Err(config_err("replay_queue_capacity", "0", "an integer >= 1"));
-        }
-        let max_value_bytes = self.max_value_bytes.unwrap_or(defaults.max_value_bytes);
-        if max_value_bytes == 0 {
-            return Err(config_err("max_value_bytes", "0", "an integer >= 1"));
         }
         let backplane = l1.is_some() && l2.is_some() && self.backplane.unwrap_or(defaults.backplane_enabled);
         Ok(ResolvedOptions {
@@ -831,7 +815,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_original() {
+    fn defaults_are_the_documented_ones() {
         let c = CacheFactoryConfig::from_map(Vec::<(String, String)>::new()).unwrap();
         assert_eq!(c.redis.host, "localhost");
         assert_eq!(c.redis.port, 6379);
