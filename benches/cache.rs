@@ -9,8 +9,7 @@
 //! - `set`: our `set` (L1 + L2) vs encode + `SET PX`.
 //! - `serializer`: encode/decode of a ~100 B and a ~100 KB struct, each format.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use resilient_cache_testkit as common;
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -14,8 +14,7 @@
 //! curl localhost:3000/metrics          # Prometheus text format
 //! ```
 
-#[path = "../tests/common/app.rs"]
-mod app;
+use resilient_cache_testkit::app;
 
 #[tokio::main]
 async fn main() {

@@ -11,8 +11,7 @@
 //! Options: `--tasks N` (48), `--keys N` (4000), `--phase-secs S` (4),
 //! `--op-timeout-ms N` (250), `--breaker-timeout-ms N` (2000).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

@@ -8,8 +8,7 @@
 //! that B's L1 is cleared when its subscriber reconnects. Starts its own
 //! `redis-server` unless `--redis-url` is given (then the restart is skipped).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use resilient_cache_testkit as common;
 
 use common::cli::{self, Args};
 use common::coherence::{run, CoherenceParams};

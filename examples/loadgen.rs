@@ -10,8 +10,7 @@
 //! Options: `--json PATH`, `--redis-url URL`, `--run-ms N` (1500),
 //! `--repeats N` (3; medians are reported), `--concurrency 1,64`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use resilient_cache_testkit as common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -6,8 +6,7 @@
 //! a hot key read for three TTLs with eager refresh on. Starts its own
 //! `redis-server` unless `--redis-url` is given.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use resilient_cache_testkit as common;
 
 use common::cli::{self, Args};
 use common::stampede::{run, StampedeParams};

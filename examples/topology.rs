@@ -5,8 +5,7 @@
 //! long callers are served from L1 only) when a cluster primary is killed,
 //! and when a Sentinel-managed primary is killed. Starts every process itself.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use resilient_cache_testkit as common;
 
 use common::cli::{self, Args};
 use common::topology_bench::{run, TopologyParams};

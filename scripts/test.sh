@@ -21,6 +21,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 echo "using $(redis-server --version)"
 
+# The library with no feature, then with each feature alone: each builds
+# without a warning (code that only one feature uses is compiled only with it).
+for features in "" l1 redis tls axum metrics; do
+  echo "library with --no-default-features ${features:+--features $features}"
+  cargo clippy -q -p resilient-cache --lib --no-default-features ${features:+--features "$features"} -- -D warnings
+done
+
 cargo test --workspace --all-features "$@"
 # The library's own unit tests once more with the default features, for the
 # rules that depend on a feature being absent (e.g. rediss:// without `tls`).

@@ -151,25 +151,22 @@ pub const MAX_KEY_BYTES_LIMIT: usize = 1 << 20;
 /// `bytes` is a usable largest-value setting (1 to [`MAX_VALUE_BYTES_LIMIT`]);
 /// the error names `key`.
 pub(crate) fn check_max_value_bytes(key: &str, bytes: usize) -> Result<()> {
-    if (1..=MAX_VALUE_BYTES_LIMIT).contains(&bytes) {
-        return Ok(());
-    }
-    Err(config_err(
-        key,
-        &bytes.to_string(),
-        format!("an integer from 1 to {MAX_VALUE_BYTES_LIMIT} (Redis' own limit)"),
-    ))
+    check_limit(key, bytes, MAX_VALUE_BYTES_LIMIT, " (Redis' own limit)")
 }
 
 /// `bytes` is a usable longest-key setting (1 to [`MAX_KEY_BYTES_LIMIT`]);
 /// the error names `key`.
 pub(crate) fn check_max_key_bytes(key: &str, bytes: usize) -> Result<()> {
-    if (1..=MAX_KEY_BYTES_LIMIT).contains(&bytes) {
+    check_limit(key, bytes, MAX_KEY_BYTES_LIMIT, "")
+}
+
+fn check_limit(key: &str, bytes: usize, max: usize, why: &str) -> Result<()> {
+    if (1..=max).contains(&bytes) {
         return Ok(());
     }
     Err(config_err(
         key,
         &bytes.to_string(),
-        format!("an integer from 1 to {MAX_KEY_BYTES_LIMIT}"),
+        format!("an integer from 1 to {max}{why}"),
     ))
 }

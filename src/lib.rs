@@ -85,17 +85,24 @@
 //! expire. A value loaded while the key was written or deleted (here or on
 //! another instance) is returned but never stored over that write: every L2
 //! write ends the key's lease, and the loaded value is stored only while the
-//! lease holds. See [`load`].
+//! lease holds. See [`cache::load`].
 //!
-//! ## Modules
+//! ## Where things are
 //!
-//! [`config`] (keys and options), [`error`], [`serializer`] (named formats),
-//! [`backplane`] (cross-instance L1 invalidation),
-//! [`breaker`], [`backend`] (the [`CacheBackend`] trait; [`backend::memory`]
-//! and [`backend::redis`]), [`two_level`] (the composition), [`factory`],
-//! [`load`] (`get_or_load` and its options), [`service`], [`stats`],
-//! [`blocking`] (the same API without async), and, behind features, `axum`
-//! (handlers and a response-caching layer) and `metrics`.
+//! Imports point one way, down this table: leaves, then the parts (each with
+//! its own config and stats), then the composition, then what is built on it.
+//!
+//! | layer | modules |
+//! |---|---|
+//! | leaves | [`error`] (one error type; config errors name key, value and what is allowed), `clock` (cheap monotonic time), [`serializer`] (named formats), `counter` (striped counters, log limiter), [`keys`] (`CACHE_*` names, the namespace rule, redaction) |
+//! | parts | [`breaker`] (the breaker and its config); [`backend`] (the [`CacheBackend`] trait, backend config and stats, [`backend::memory`] for L1, [`backend::redis`] for L2: connection, topology, error mapping, the backplane worker); [`backplane`] (the invalidation contract the cache sees) |
+//! | composition | [`cache`]: [`TwoLevelCache`], one file per concern (reads, writes, the L2 gate, the promotion guard, TTLs, the outage replay, invalidation, stats) and [`cache::load`] (`get_or_load`) |
+//! | on top | [`config`] ([`CacheFactoryConfig`], [`CacheOptions`]), [`factory`], [`service`], [`blocking`] (the same API without async), and, behind features, `axum` and `metrics` |
+//!
+//! The 0.1 paths [`two_level`], [`load`] and [`stats`] remain as re-exports.
+//! The test helpers and harnesses (real `redis-server` processes, chaos,
+//! coherence, load and stampede runs) are the workspace crate
+//! `resilient-cache-testkit` (`crates/testkit`).
 //!
 //! ## Cargo features
 //!

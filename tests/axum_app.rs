@@ -2,7 +2,7 @@
 //! real `redis-server` that the test kills and restarts.
 #![cfg(all(feature = "axum", feature = "metrics"))]
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

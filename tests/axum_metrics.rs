@@ -3,7 +3,7 @@
 //! this one reads.
 #![cfg(all(feature = "axum", feature = "metrics"))]
 
-mod common;
+use resilient_cache_testkit as common;
 
 use common::http::Running;
 use common::RedisServer;

@@ -1,7 +1,7 @@
 //! Cross-instance L1 invalidation: two services (separate connections, as two
 //! processes would have) on one real redis-server.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;

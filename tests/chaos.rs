@@ -1,6 +1,6 @@
 //! The chaos harness at small scale: the invariants, not the timings.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

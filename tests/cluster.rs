@@ -2,7 +2,7 @@
 //! Sentinel set-up (1 primary, 1 replica, 3 sentinels): every operation,
 //! SCAN over every primary, and failover without errors or restarts.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};

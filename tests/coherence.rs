@@ -1,6 +1,6 @@
 //! The coherence harness at small scale: invariants only, no timings.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use common::coherence::{run, CoherenceParams};
 

@@ -4,7 +4,7 @@
 //! then takes the awaited path instead of the memory backends' direct one,
 //! and must behave the same.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! a panic, never an open breaker. And the plain-JSON layout shared with the
 //! original package.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

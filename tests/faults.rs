@@ -1,7 +1,7 @@
 //! The breaker and degraded mode, driven by killing, freezing and restarting a
 //! real redis-server. No timing assertions: only states, counts and values.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

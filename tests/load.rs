@@ -2,7 +2,7 @@
 //! timeouts, eager refresh, the distributed lock and the stale-write fence.
 //! Counts and states, never times.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The load generator at tiny scale, so it cannot rot. No speed assertions.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Each operation's semantics against a real redis-server (SPEC §2).
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;

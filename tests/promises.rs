@@ -3,7 +3,7 @@
 //! warnings, refused keys that say so, one cache per namespace, and the
 //! quickstart's own output.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The README's promises that are data, checked against the code: the stats
 //! layout it documents is the one `get_stats` serializes, field for field.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

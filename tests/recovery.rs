@@ -1,7 +1,7 @@
 //! Recovery without resurrection: writes and deletes made while L2 was
 //! unavailable are replayed when it is back, and nothing deleted comes back.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

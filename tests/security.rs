@@ -1,7 +1,7 @@
 //! The hardened boundary: key and value bounds, namespace isolation, secrets
 //! that never show, ACL auth and TLS, against real redis-server processes.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The stampede harness at small scale: counts and flags only, no timings.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use common::stampede::{run, StampedeParams};
 

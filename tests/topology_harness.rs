@@ -1,7 +1,7 @@
 //! The topology harness at small scale: it runs end to end, callers never
 //! hang, and L2 comes back after both failovers. No timings asserted.
 
-mod common;
+use resilient_cache_testkit as common;
 
 use common::topology_bench::{run, TopologyParams};
 

@@ -261,7 +261,7 @@ where
         &self.inner.flights
     }
 
-    /// This cache's default [`LoadOptions`](crate::LoadOptions).
+    /// This cache's default [`LoadOptions`].
     pub fn load_defaults(&self) -> &LoadOptions {
         &self.inner.load
     }

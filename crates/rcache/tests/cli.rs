@@ -1,10 +1,7 @@
 //! `rcache` run as a process against a real `redis-server`.
 
-#[path = "../../../tests/common/server.rs"]
-mod server;
-
 use assert_cmd::Command;
-use server::RedisServer;
+use resilient_cache_testkit::RedisServer;
 
 fn rcache(redis: &RedisServer) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rcache"));
