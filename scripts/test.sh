@@ -23,7 +23,7 @@ echo "using $(redis-server --version)"
 
 # The library with no feature, then with each feature alone: each builds
 # without a warning (code that only one feature uses is compiled only with it).
-for features in "" l1 redis tls axum metrics; do
+for features in "" l1 redis tls axum metrics testing; do
   echo "library with --no-default-features ${features:+--features $features}"
   cargo clippy -q -p resilient-cache --lib --no-default-features ${features:+--features "$features"} -- -D warnings
 done

@@ -141,6 +141,8 @@ pub mod keys;
 pub mod metrics;
 pub mod serializer;
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// The composition under its 0.1 name: [`cache`] re-exported.
 pub mod two_level {

@@ -173,9 +173,11 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
 
     #[inline(always)]
     fn get_with_ttl_now(&self, key: &str) -> Option<Option<(T, Option<Duration>)>> {
-        let now = recent_ms();
-        Some(self.get_sync_entry(key, now).map(|e| {
-            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
+        // Liveness by the ticker's clock (one load), but the time left by
+        // the real one: the ticker lags, and the lag would report more time
+        // left than the entry was given.
+        Some(self.get_sync_entry(key, recent_ms()).map(|e| {
+            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now_ms()));
             (e.value, Some(ttl))
         }))
     }

@@ -166,3 +166,112 @@ pub trait CacheBackend: Send + Sync + 'static {
         async { Ok(()) }
     }
 }
+
+/// A shared backend is a backend: every method, the optional ones too, is
+/// forwarded (so a test can keep a handle on the L2 it gave a cache).
+impl<B: CacheBackend> CacheBackend for std::sync::Arc<B> {
+    type Value = B::Value;
+    type Stats = B::Stats;
+
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Self::Value>>> + Send {
+        (**self).get(key)
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: Self::Value,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).set(key, value, ttl)
+    }
+
+    fn set_if_not_exist(
+        &self,
+        key: &str,
+        value: Self::Value,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        (**self).set_if_not_exist(key, value, ttl)
+    }
+
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {
+        (**self).delete(key)
+    }
+
+    fn clear(&self) -> impl Future<Output = Result<u64>> + Send {
+        (**self).clear()
+    }
+
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {
+        (**self).exists(key)
+    }
+
+    fn get_ttl(&self, key: &str) -> impl Future<Output = Result<Option<Duration>>> + Send {
+        (**self).get_ttl(key)
+    }
+
+    fn list_keys(&self, prefix: Option<&str>) -> impl Future<Output = Result<Vec<String>>> + Send {
+        (**self).list_keys(prefix)
+    }
+
+    fn get_size(&self) -> impl Future<Output = Result<u64>> + Send {
+        (**self).get_size()
+    }
+
+    fn get_stats(&self) -> impl Future<Output = Result<Self::Stats>> + Send {
+        (**self).get_stats()
+    }
+
+    fn describe(&self) -> Self::Stats {
+        (**self).describe()
+    }
+
+    fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Self::Value, Option<Duration>)>>> + Send {
+        (**self).get_with_ttl(key)
+    }
+
+    #[inline]
+    fn get_with_ttl_now(&self, key: &str) -> Option<Option<(Self::Value, Option<Duration>)>> {
+        (**self).get_with_ttl_now(key)
+    }
+
+    fn lease(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+        exclusive: bool,
+    ) -> impl Future<Output = Result<Option<bool>>> + Send {
+        (**self).lease(key, token, ttl, exclusive)
+    }
+
+    fn store_if_leased(
+        &self,
+        key: &str,
+        token: u64,
+        value: Self::Value,
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> impl Future<Output = Result<Option<bool>>> + Send {
+        (**self).store_if_leased(key, token, value, ttl, only_if_absent)
+    }
+
+    fn clear_with_progress(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> impl Future<Output = Result<u64>> + Send {
+        (**self).clear_with_progress(progress)
+    }
+
+    fn operation_timeout(&self) -> Option<Duration> {
+        (**self).operation_timeout()
+    }
+
+    fn release_lease(&self, key: &str, token: u64) -> impl Future<Output = Result<()>> + Send {
+        (**self).release_lease(key, token)
+    }
+}
