@@ -6,8 +6,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::registry::{self, RegisteredL2};
 use crate::backend::CacheBackend;
-use crate::backend::{L1Stats, L2Stats};
+use crate::backend::{L1Stats, L2BackendKind, L2Stats};
 use crate::breaker::CircuitBreaker;
 use crate::cache::{CacheValue, TwoLevelCache, TwoLevelSettings};
 #[cfg(feature = "l1")]
@@ -37,78 +38,81 @@ pub enum AnyL1<V> {
     _Never(Infallible, PhantomData<V>),
 }
 
-/// One of the built-in L2 backends, chosen at run time by `CACHE_L2_BACKEND`
-/// (`redis` and `valkey` share one implementation: the protocol is the same).
+/// The L2 backend chosen at run time by `CACHE_L2_BACKEND`: a built-in one
+/// (`redis` and `valkey` share one implementation: the protocol is the same)
+/// or one registered by name.
 #[non_exhaustive]
-// The other variant is uninhabited: there is no wasted space to avoid.
+// The Redis backend is larger than a pointer; an L2 call is a network call.
 #[allow(clippy::large_enum_variant)]
 pub enum AnyL2 {
     /// `redis` or `valkey`.
     #[cfg(feature = "redis")]
     Redis(RedisBackend),
+    /// A backend registered with [`register_l2_backend`](crate::backend::registry::register_l2_backend).
+    Registered(RegisteredL2),
     #[doc(hidden)]
     _Never(Infallible),
 }
 
 /// Forwards every `CacheBackend` method to the variant's backend.
 macro_rules! forward {
-    ($self:ident, $b:ident => $call:expr, [$($variant:ident : $feature:literal),*]) => {
+    ($self:ident, $b:ident => $call:expr, [$($variant:ident : $cfg:meta),*]) => {
         match $self {
-            $( #[cfg(feature = $feature)] Self::$variant($b) => $call, )*
+            $( #[cfg($cfg)] Self::$variant($b) => $call, )*
             Self::_Never(never, ..) => match *never {},
         }
     };
 }
 
 macro_rules! impl_forwarding_backend {
-    ($ty:ty, $value:ty, $stats:ty, [$($variant:ident : $feature:literal),*] $(, $g:ident)?) => {
+    ($ty:ty, $value:ty, $stats:ty, [$($variant:ident : $cfg:meta),*] $(, $g:ident)?) => {
         // Arguments go unused when every variant is compiled out.
         #[allow(unused_variables)]
         impl$(<$g: CacheValue>)? CacheBackend for $ty {
             type Value = $value;
             type Stats = $stats;
             async fn get(&self, key: &str) -> Result<Option<$value>> {
-                forward!(self, b => b.get(key).await, [$($variant : $feature),*])
+                forward!(self, b => b.get(key).await, [$($variant : $cfg),*])
             }
             async fn set(&self, key: &str, value: $value, ttl: Option<Duration>) -> Result<()> {
-                forward!(self, b => b.set(key, value, ttl).await, [$($variant : $feature),*])
+                forward!(self, b => b.set(key, value, ttl).await, [$($variant : $cfg),*])
             }
             async fn set_if_not_exist(&self, key: &str, value: $value, ttl: Option<Duration>) -> Result<bool> {
-                forward!(self, b => b.set_if_not_exist(key, value, ttl).await, [$($variant : $feature),*])
+                forward!(self, b => b.set_if_not_exist(key, value, ttl).await, [$($variant : $cfg),*])
             }
             async fn delete(&self, key: &str) -> Result<bool> {
-                forward!(self, b => b.delete(key).await, [$($variant : $feature),*])
+                forward!(self, b => b.delete(key).await, [$($variant : $cfg),*])
             }
             async fn clear(&self) -> Result<u64> {
-                forward!(self, b => b.clear().await, [$($variant : $feature),*])
+                forward!(self, b => b.clear().await, [$($variant : $cfg),*])
             }
             async fn exists(&self, key: &str) -> Result<bool> {
-                forward!(self, b => b.exists(key).await, [$($variant : $feature),*])
+                forward!(self, b => b.exists(key).await, [$($variant : $cfg),*])
             }
             async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
-                forward!(self, b => b.get_ttl(key).await, [$($variant : $feature),*])
+                forward!(self, b => b.get_ttl(key).await, [$($variant : $cfg),*])
             }
             async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
-                forward!(self, b => b.list_keys(prefix).await, [$($variant : $feature),*])
+                forward!(self, b => b.list_keys(prefix).await, [$($variant : $cfg),*])
             }
             async fn get_size(&self) -> Result<u64> {
-                forward!(self, b => b.get_size().await, [$($variant : $feature),*])
+                forward!(self, b => b.get_size().await, [$($variant : $cfg),*])
             }
             async fn get_stats(&self) -> Result<$stats> {
-                forward!(self, b => b.get_stats().await, [$($variant : $feature),*])
+                forward!(self, b => b.get_stats().await, [$($variant : $cfg),*])
             }
             fn describe(&self) -> $stats {
-                forward!(self, b => b.describe(), [$($variant : $feature),*])
+                forward!(self, b => b.describe(), [$($variant : $cfg),*])
             }
             async fn get_with_ttl(&self, key: &str) -> Result<Option<($value, Option<Duration>)>> {
-                forward!(self, b => b.get_with_ttl(key).await, [$($variant : $feature),*])
+                forward!(self, b => b.get_with_ttl(key).await, [$($variant : $cfg),*])
             }
             #[inline(always)]
             fn get_with_ttl_now(&self, key: &str) -> Option<Option<($value, Option<Duration>)>> {
-                forward!(self, b => b.get_with_ttl_now(key), [$($variant : $feature),*])
+                forward!(self, b => b.get_with_ttl_now(key), [$($variant : $cfg),*])
             }
             async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
-                forward!(self, b => b.lease(key, token, ttl, exclusive).await, [$($variant : $feature),*])
+                forward!(self, b => b.lease(key, token, ttl, exclusive).await, [$($variant : $cfg),*])
             }
             async fn store_if_leased(
                 &self,
@@ -118,20 +122,20 @@ macro_rules! impl_forwarding_backend {
                 ttl: Option<Duration>,
                 only_if_absent: bool,
             ) -> Result<Option<bool>> {
-                forward!(self, b => b.store_if_leased(key, token, value, ttl, only_if_absent).await, [$($variant : $feature),*])
+                forward!(self, b => b.store_if_leased(key, token, value, ttl, only_if_absent).await, [$($variant : $cfg),*])
             }
             async fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64> {
-                forward!(self, b => b.clear_with_progress(progress).await, [$($variant : $feature),*])
+                forward!(self, b => b.clear_with_progress(progress).await, [$($variant : $cfg),*])
             }
             async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
-                forward!(self, b => b.release_lease(key, token).await, [$($variant : $feature),*])
+                forward!(self, b => b.release_lease(key, token).await, [$($variant : $cfg),*])
             }
         }
     };
 }
 
-impl_forwarding_backend!(AnyL1<V>, Arc<V>, L1Stats, [Ttl: "l1", Lru: "l1"], V);
-impl_forwarding_backend!(AnyL2, Vec<u8>, L2Stats, [Redis: "redis"]);
+impl_forwarding_backend!(AnyL1<V>, Arc<V>, L1Stats, [Ttl: feature = "l1", Lru: feature = "l1"], V);
+impl_forwarding_backend!(AnyL2, Vec<u8>, L2Stats, [Redis: feature = "redis", Registered: all()]);
 
 /// Builds caches from a validated [`CacheFactoryConfig`]. Holds the service's
 /// one shared L2 connection.
@@ -268,6 +272,9 @@ impl CacheFactory {
 
     /// The L2 backend named by `config.backend`.
     fn create_l2_backend(&self, config: &L2Config, serializer: &Serializer) -> Result<AnyL2> {
+        if let L2BackendKind::Registered(name) = config.backend {
+            return registry::build_l2(name, config).map(AnyL2::Registered);
+        }
         #[cfg(feature = "redis")]
         {
             // `redis` and `valkey` speak the same protocol; the name is kept for stats.

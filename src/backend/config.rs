@@ -19,15 +19,62 @@ pub enum L1BackendKind {
     Lru,
 }
 
-/// Which server L2 talks to (`CACHE_L2_BACKEND`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Which server L2 talks to (`CACHE_L2_BACKEND`). Names are read by
+/// `FromStr` (in [`registry`](super::registry)), which knows the registered ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum L2BackendKind {
     /// `redis`: Redis 6 or newer (the default).
     #[default]
     Redis,
     /// `valkey`: Valkey, the protocol-compatible Redis fork.
     Valkey,
+    /// A backend registered under this name with
+    /// [`register_l2_backend`](super::registry::register_l2_backend).
+    Registered(&'static str),
+}
+
+impl L2BackendKind {
+    /// The built-in names, lowercase.
+    pub const NAMES: &'static [&'static str] = &["redis", "valkey"];
+
+    /// The stable, lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Valkey => "valkey",
+            Self::Registered(name) => name,
+        }
+    }
+
+    /// The Cargo feature a built-in backend needs (none for a registered one).
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Registered(_) => "",
+            _ => "redis",
+        }
+    }
+
+    /// Whether this build has the backend: a built-in one compiled in, or a registered one.
+    pub fn is_available(self) -> bool {
+        matches!(self, Self::Registered(_)) || cfg!(feature = "redis")
+    }
+
+    /// Whether this is Redis or Valkey (the backplane is Redis pub/sub).
+    pub fn is_redis(self) -> bool {
+        !matches!(self, Self::Registered(_))
+    }
+}
+
+impl fmt::Display for L2BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for L2BackendKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 macro_rules! named_choice {
@@ -66,19 +113,11 @@ macro_rules! named_choice {
 }
 
 named_choice!(L1BackendKind, keys::L1_BACKEND, "l1", { "ttl" => L1BackendKind::Ttl, "lru" => L1BackendKind::Lru });
-named_choice!(L2BackendKind, keys::L2_BACKEND, "redis", { "redis" => L2BackendKind::Redis, "valkey" => L2BackendKind::Valkey });
 
 impl L1BackendKind {
     /// Whether this build has the backend compiled in.
     pub fn is_available(self) -> bool {
         cfg!(feature = "l1")
-    }
-}
-
-impl L2BackendKind {
-    /// Whether this build has the backend compiled in.
-    pub fn is_available(self) -> bool {
-        cfg!(feature = "redis")
     }
 }
 

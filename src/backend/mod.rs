@@ -17,6 +17,7 @@ pub mod config;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod registry;
 mod stats;
 
 pub use config::{L1BackendKind, L1Config, L2BackendKind, L2Config, RedisConfig, RedisMode};

@@ -308,7 +308,11 @@ impl CacheOptions {
                 "allowed: at least one level must be enabled",
             ));
         }
-        let backplane = l1.is_some() && l2.is_some() && self.backplane.unwrap_or(defaults.backplane_enabled);
+        // The backplane is Redis pub/sub: caches over a registered L2 have none.
+        let backplane = l1.is_some()
+            && l2.is_some()
+            && defaults.l2_backend.is_redis()
+            && self.backplane.unwrap_or(defaults.backplane_enabled);
         Ok(ResolvedOptions {
             backplane,
             max_value_bytes,

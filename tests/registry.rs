@@ -1,0 +1,120 @@
+//! L2 backends registered by name: selected by `CACHE_L2_BACKEND` from the
+//! environment's keys, refused with clear errors when the name is wrong, and
+//! given what built-in backends get (breaker, outage replay, stats). The
+//! registry is process-wide: each test registers names of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use resilient_cache::backend::registry::{list_backends, register_l2_backend, RegisteredL2};
+use resilient_cache::error::ConnectionErrorKind;
+use resilient_cache::testing::conformance::{self, Options};
+use resilient_cache::testing::MemoryL2;
+use resilient_cache::{CacheBackend, CacheFactoryConfig, CacheOptions, CacheService, CircuitState};
+
+#[tokio::test]
+async fn a_registered_backend_is_selected_by_name_and_gets_breaker_replay_and_stats() {
+    let l2 = Arc::new(MemoryL2::new());
+    let shared = l2.clone();
+    register_l2_backend("reg_shared", move |config| {
+        assert_eq!(
+            config.key_prefix, "users",
+            "the factory sees the cache's namespace"
+        );
+        Ok(shared.clone())
+    })
+    .unwrap();
+    let config = CacheFactoryConfig::from_map([
+        ("CACHE_L2_BACKEND", " REG_shared "),
+        ("CACHE_CIRCUIT_BREAKER_THRESHOLD", "2"),
+        ("CACHE_CIRCUIT_BREAKER_TIMEOUT", "1"),
+    ])
+    .unwrap();
+    assert_eq!(config.l2_backend.name(), "reg_shared");
+    let service = CacheService::new(config).await.unwrap();
+    let users = service
+        .create_cache::<String>(CacheOptions::new("users").l2_ttl(Duration::from_secs(60)))
+        .unwrap();
+
+    users.set("42", "Ada".into()).await;
+    assert!(
+        l2.exists("42").await.unwrap(),
+        "the write reached the registered backend"
+    );
+    let stats = users.get_stats().await;
+    assert_eq!(stats.l2.as_ref().map(|s| s.backend), Some("memory"));
+    assert!(stats.backplane.is_none(), "no Redis pub/sub for a registered L2");
+
+    // An outage: the breaker opens, writes wait, and are replayed on recovery.
+    l2.faults().drop_connection();
+    for key in ["a", "b"] {
+        assert_eq!(users.get(key).await, None);
+    }
+    assert_eq!(users.breaker_state(), CircuitState::Open);
+    users.set("43", "Grace".into()).await;
+    assert_eq!(
+        users.get("43").await.as_deref().map(String::as_str),
+        Some("Grace")
+    );
+    l2.faults().restore();
+    let mut replayed = false;
+    for _ in 0..300 {
+        if l2.exists("43").await.unwrap_or(false) {
+            replayed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        replayed,
+        "the outage write was replayed into the registered backend"
+    );
+    assert!(users.get_stats().await.errors.l2_refused >= 2);
+}
+
+#[test]
+fn names_are_checked_and_listed() {
+    register_l2_backend("reg_listed", |_| Ok(MemoryL2::new())).unwrap();
+    assert!(list_backends().l2.contains(&"reg_listed"));
+    for bad in ["redis", "valkey", "ttl", "reg_listed", "Upper", "with space", ""] {
+        let e = register_l2_backend(bad, |_| Ok(MemoryL2::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CACHE_L2_BACKEND") && e.contains("lowercase"),
+            "{bad:?}: {e}"
+        );
+    }
+    let e = CacheFactoryConfig::from_map([("CACHE_L2_BACKEND", "nope")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"nope\"") && e.contains("redis, valkey") && e.contains("reg_listed"),
+        "an unknown name lists every known one: {e}"
+    );
+}
+
+#[tokio::test]
+async fn a_factory_error_reaches_create_cache() {
+    register_l2_backend("reg_failing", |_| -> resilient_cache::Result<MemoryL2> {
+        Err(resilient_cache::Error::connection(
+            ConnectionErrorKind::Io,
+            "no such store",
+        ))
+    })
+    .unwrap();
+    let config = CacheFactoryConfig::from_map([("CACHE_L2_BACKEND", "reg_failing")]).unwrap();
+    let service = CacheService::new(config).await.unwrap();
+    let e = service
+        .create_cache::<u32>(CacheOptions::new("x").l2_ttl(Duration::from_secs(60)))
+        .unwrap_err();
+    assert!(e.to_string().contains("no such store"), "{e}");
+}
+
+#[tokio::test]
+async fn the_registered_wrapper_forwards_every_rule() {
+    let wrapped = Arc::new(RegisteredL2::new(MemoryL2::new()));
+    let report = conformance::check(wrapped, Options::default(), |i: u32| i.to_be_bytes().to_vec()).await;
+    report.assert_ok();
+    assert_eq!(report.passed, conformance::RULES);
+}
