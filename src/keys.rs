@@ -143,6 +143,11 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// Default `CACHE_MAX_VALUE_BYTES`: 16 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
+/// Default `CACHE_MAX_KEY_BYTES`: 1 KiB.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+
 /// The largest `max_value_bytes` allowed: Redis' own limit on a string (512 MiB).
 pub const MAX_VALUE_BYTES_LIMIT: usize = 512 << 20;
 /// The largest `max_key_bytes` allowed (1 MiB).

@@ -24,21 +24,12 @@ fn cache(l2: &Arc<MemoryL2>, breaker_timeout: Duration) -> Cache {
         fail_safe: Duration::ZERO,
     });
     let settings = TwoLevelSettings {
-        key_prefix: "kit".into(),
-        serializer: Serializer::json(),
         breaker: Arc::new(CircuitBreaker::new(CircuitBreakerConfig {
             enabled: true,
             threshold: 3,
             timeout: breaker_timeout,
         })),
-        l2_ttl: Duration::from_secs(60),
-        replay_capacity: 100,
-        max_key_bytes: 1024,
-        max_value_bytes: 1 << 20,
-        bus: None,
-        l1_ttl: Duration::from_secs(60),
-        fail_safe_max_duration: None,
-        load: Default::default(),
+        ..TwoLevelSettings::new("kit", Serializer::json())
     };
     TwoLevelCache::new(Some(l1), Some(l2.clone()), settings).unwrap()
 }

@@ -52,7 +52,10 @@ use crate::backplane::InvalidationBus;
 use crate::breaker::{CircuitBreaker, CircuitState};
 use crate::counter::{Counter, LogLimiter};
 use crate::error::{check_duration, config_err, Result};
-use crate::keys::{check_max_key_bytes, check_max_value_bytes, validate_prefix};
+use crate::keys::{
+    check_max_key_bytes, check_max_value_bytes, validate_prefix, DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+};
 use crate::serializer::Serializer;
 use load::LoadOptions;
 
@@ -166,6 +169,39 @@ pub struct TwoLevelSettings {
 }
 
 impl TwoLevelSettings {
+    /// Settings for a cache named `key_prefix` with `serializer`, and the
+    /// defaults `CacheOptions` has: a breaker of its own with the default
+    /// settings, an L2 TTL of an hour, an L1 TTL of 60 s, a replay queue of
+    /// [`DEFAULT_REPLAY_CAPACITY`] keys, the default key and value limits,
+    /// no backplane, no fail-safe, default load options. Change any field
+    /// with struct update syntax.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilient_cache::{Serializer, TwoLevelSettings};
+    ///
+    /// let settings = TwoLevelSettings {
+    ///     l2_ttl: Duration::from_secs(600),
+    ///     ..TwoLevelSettings::new("users", Serializer::json())
+    /// };
+    /// assert!(settings.validate().is_ok());
+    /// ```
+    pub fn new(key_prefix: impl Into<String>, serializer: Serializer) -> Self {
+        Self {
+            key_prefix: key_prefix.into(),
+            serializer,
+            breaker: Arc::new(CircuitBreaker::new(Default::default())),
+            l2_ttl: Duration::from_secs(3600),
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            bus: None,
+            l1_ttl: Duration::from_secs(60),
+            fail_safe_max_duration: None,
+            load: LoadOptions::default(),
+        }
+    }
+
     /// Checks every setting by the rules [`CacheOptions`](crate::CacheOptions)
     /// keeps; an error names the `CacheOptions` method that sets the value.
     pub fn validate(&self) -> Result<()> {
@@ -329,17 +365,9 @@ mod tests {
 
     fn settings() -> TwoLevelSettings {
         TwoLevelSettings {
-            key_prefix: "t".into(),
-            serializer: Serializer::json(),
-            breaker: Arc::new(CircuitBreaker::new(Default::default())),
             l2_ttl: Duration::from_secs(600),
             replay_capacity: 100,
-            max_key_bytes: 1024,
-            max_value_bytes: 1 << 20,
-            bus: None,
-            l1_ttl: Duration::from_secs(60),
-            fail_safe_max_duration: None,
-            load: Default::default(),
+            ..TwoLevelSettings::new("t", Serializer::json())
         }
     }
 

@@ -92,10 +92,7 @@ pub struct CacheFactoryConfig {
     pub backplane_enabled: bool,
 }
 
-/// Default `CACHE_MAX_VALUE_BYTES`: 16 MiB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
-/// Default `CACHE_MAX_KEY_BYTES`: 1 KiB.
-pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+pub use crate::keys::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
 
 impl Default for CacheFactoryConfig {
     fn default() -> Self {
