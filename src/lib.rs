@@ -96,7 +96,7 @@
 //! |---|---|
 //! | leaves | [`error`] (one error type; config errors name key, value and what is allowed), `clock` (cheap monotonic time), [`serializer`] (named formats), `counter` (striped counters, log limiter), [`keys`] (`CACHE_*` names, the namespace rule, redaction) |
 //! | parts | [`breaker`] (the breaker and its config); [`backend`] (the [`CacheBackend`] trait, backend config and stats, [`backend::memory`] for L1, [`backend::redis`] for L2: connection, topology, error mapping, the backplane worker; [`backend::registry`] for L2 backends registered by name); [`backplane`] (the invalidation contract the cache sees) |
-//! | composition | [`cache`]: [`TwoLevelCache`], one file per concern (reads, writes, the L2 gate, the promotion guard, TTLs, the outage replay, invalidation, stats) and [`cache::load`] (`get_or_load`) |
+//! | composition | [`cache`]: [`TwoLevelCache`], one file per concern (reads, writes, the L2 gate, the promotion guard, TTLs, the outage replay, invalidation, events, stats) and [`cache::load`] (`get_or_load`) |
 //! | on top | [`config`] ([`CacheFactoryConfig`], [`CacheOptions`]), [`factory`], [`service`], [`blocking`] (the same API without async), and, behind features, `axum`, `metrics` and `testing` (the backend conformance suite, an in-memory L2 with fault injection) |
 //!
 //! The 0.1 paths [`two_level`], [`load`] and [`stats`] remain as re-exports.
@@ -169,7 +169,7 @@ pub use backend::CacheBackend;
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use cache::load::{LoadError, LoadOptions, LoaderStats};
 pub use cache::CacheStats;
-pub use cache::{ClearReport, L2ClearStatus, TwoLevelCache, TwoLevelSettings};
+pub use cache::{CacheEvent, ClearReport, EventStream, L2ClearStatus, TwoLevelCache, TwoLevelSettings};
 pub use config::{
     CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2BackendKind, L2Config, RedisMode, Secret,
 };

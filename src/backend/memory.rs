@@ -168,16 +168,22 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
     }
 
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
-        Ok(self.get_with_ttl_now(key).flatten())
+        // The real clock: the ticker's lags, and would report more time left
+        // than the entry was given.
+        let now = now_ms();
+        Ok(self.get_sync_entry(key, now).map(|e| {
+            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
+            (e.value, Some(ttl))
+        }))
     }
 
+    /// The hot path: one clock load (the ticker's), so the time left may be
+    /// up to a tick longer than the entry was given (see `clock`).
     #[inline(always)]
     fn get_with_ttl_now(&self, key: &str) -> Option<Option<(T, Option<Duration>)>> {
-        // Liveness by the ticker's clock (one load), but the time left by
-        // the real one: the ticker lags, and the lag would report more time
-        // left than the entry was given.
-        Some(self.get_sync_entry(key, recent_ms()).map(|e| {
-            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now_ms()));
+        let now = recent_ms();
+        Some(self.get_sync_entry(key, now).map(|e| {
+            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
             (e.value, Some(ttl))
         }))
     }

@@ -12,9 +12,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::CacheEvent;
 use super::{CacheValue, TwoLevelCache};
 use crate::backend::CacheBackend;
-use crate::breaker::Permit;
+use crate::breaker::{CircuitState, Permit};
 use crate::error::{ConnectionErrorKind, Error};
 
 /// How long the L2 calls of one operation may wait, all together.
@@ -152,7 +153,11 @@ where
     pub(super) fn settle<T>(&self, permit: Permit<'_>, op: &'static str, r: Result<T, Error>) -> Outcome<T> {
         match r {
             Ok(v) => {
+                let probe = permit.is_probe();
                 permit.success();
+                if probe {
+                    self.inner.events.emit(|| CacheEvent::BreakerClosed);
+                }
                 tracing::trace!(cache = %self.inner.prefix, op, "L2 call done");
                 if self.inner.queue.is_active() {
                     self.kick_replay();
@@ -160,7 +165,14 @@ where
                 Outcome::Done(v)
             }
             Err(Error::Connection(c)) => {
+                let was_open = self.inner.breaker.state() == CircuitState::Open;
                 permit.failure();
+                self.inner
+                    .events
+                    .emit(|| CacheEvent::L2Failure { op, kind: c.kind });
+                if !was_open && self.inner.breaker.state() == CircuitState::Open {
+                    self.inner.events.emit(|| CacheEvent::BreakerOpened);
+                }
                 let errs = &self.inner.counters;
                 match c.kind {
                     ConnectionErrorKind::Timeout => errs.l2_timeout.incr(),

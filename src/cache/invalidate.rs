@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
+use super::events::CacheEvent;
 use super::{CacheValue, Inner, TwoLevelCache};
 use crate::backend::CacheBackend;
 use crate::backplane::Invalidate;
@@ -38,6 +39,7 @@ where
     fn invalidate(self: Arc<Self>, key: Option<String>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             let Some(l1) = &self.l1 else { return };
+            self.events.emit(|| CacheEvent::Invalidated { key: key.clone() });
             match key {
                 Some(key) => {
                     // Moving the guard stops an L2 read in flight from promoting the old value.

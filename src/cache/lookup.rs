@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::CacheEvent;
 use super::gate::{CallBudget, DataOp, NoBudget};
 use super::guard::Snapshot;
 use super::replay::Lookup;
@@ -22,10 +23,12 @@ use super::{CacheValue, TwoLevelCache};
 use crate::backend::CacheBackend;
 use crate::error::Error;
 
-/// Which level answered a lookup.
+/// Which level answered a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Level {
+pub enum Level {
+    /// The in-process level.
     L1,
+    /// The shared level (Redis, or another L2 backend).
     L2,
 }
 
@@ -108,14 +111,19 @@ where
         let want_ttl = want_ttl || self.inner.fail_safe.is_some();
         let stale = match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
             Some(Some(read)) => match self.l1_verdict(read, want_ttl) {
-                Ok(found) => return LookupStep::Done(found),
+                Ok(found) => {
+                    self.observe(key, &found);
+                    return LookupStep::Done(found);
+                }
                 Err(stale) => stale,
             },
             Some(None) => return LookupStep::AwaitL1 { want_ttl },
             None => None,
         };
         if self.inner.l2.is_none() {
-            return LookupStep::Done(stale.map_or(Found::Miss, Found::Stale));
+            let found = stale.map_or(Found::Miss, Found::Stale);
+            self.observe(key, &found);
+            return LookupStep::Done(found);
         }
         LookupStep::AskL2 { want_ttl, stale }
     }
@@ -141,15 +149,32 @@ where
                     l1.get(key).await.map(|v| v.map(|v| (v, None)))
                 };
                 match self.l1_verdict(read.ok().flatten(), want_ttl) {
-                    Ok(found) => return found,
+                    Ok(found) => {
+                        self.observe(key, &found);
+                        return found;
+                    }
                     Err(stale) => (want_ttl, stale),
                 }
             }
         };
-        match (self.lookup_l2(key, want_ttl, budget).await, stale) {
+        let found = match (self.lookup_l2(key, want_ttl, budget).await, stale) {
             (Found::Miss, Some(v)) => Found::Stale(v),
             (found, _) => found,
-        }
+        };
+        self.observe(key, &found);
+        found
+    }
+
+    /// Tells subscribers what a read found (nothing is built without one).
+    #[inline(always)]
+    fn observe(&self, key: &str, found: &Found<V>) {
+        self.inner.events.emit(|| match found {
+            Found::Fresh { level, .. } => CacheEvent::Hit {
+                key: key.to_string(),
+                level: *level,
+            },
+            _ => CacheEvent::Miss { key: key.to_string() },
+        });
     }
 
     /// What an L1 read means: `Ok` is the answer (a fresh entry), `Err` says

@@ -109,6 +109,10 @@ pub const RULES: &[&str] = &[
 
 type Outcome = Result<(), String>;
 
+/// How much longer than given `get_with_ttl_now` may report an entry's time
+/// left: the lag of a clock kept by a ticker thread.
+const NOW_CLOCK_LAG: Duration = Duration::from_millis(50);
+
 /// Fails the rule with `message` unless `ok`.
 fn ensure(ok: bool, message: impl FnOnce() -> String) -> Outcome {
     if ok {
@@ -398,8 +402,17 @@ where
         },
     )?;
     if let Some(now) = b.get_with_ttl_now("w") {
+        // The answer without I/O may read a clock that lags by a tick or two
+        // (the built-in L1 does, to keep a hit to one clock load).
+        let near = |t: &Option<Duration>| {
+            if o.expires {
+                t.is_some_and(|t| t > Duration::ZERO && t <= Duration::from_secs(10) + NOW_CLOCK_LAG)
+            } else {
+                t.is_none()
+            }
+        };
         ensure(
-            matches!(&now, Some((value, t)) if *value == v(7) && ttl_ok(t)),
+            matches!(&now, Some((value, t)) if *value == v(7) && near(t)),
             || format!("get_with_ttl_now returned {now:?}, not what get_with_ttl says"),
         )?;
     }

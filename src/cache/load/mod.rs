@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::CacheEvent;
 use super::gate::L2Budget;
 use super::lookup::{Found, LookupStep};
 use super::{CacheValue, TwoLevelCache};
@@ -64,6 +65,11 @@ where
         // A panicking loader is a loader error; an aborted load (every caller gone) is not.
         if std::thread::panicking() {
             bump(&flights.counters.loader_errors);
+            let key = &self.key;
+            self.cache
+                .inner
+                .events
+                .emit(|| CacheEvent::LoaderError { key: key.clone() });
         }
         self.flight
             .finished
@@ -242,9 +248,8 @@ where
             };
             if let Some(s) = &stale {
                 if self.flights().is_throttled(key) {
-                    bump(&counters.stale_served);
                     tracing::debug!(cache = %self.key_prefix(), "loader throttled after a failure: served stale");
-                    return Ok(s.clone());
+                    return Ok(self.serve_stale(key, s.clone(), "loader throttled"));
                 }
             }
             let (flight, created) = self.flights().join(key);
@@ -264,7 +269,7 @@ where
             match wait::<V, E>(&flight, limit).await {
                 Waited::Done(Ok(v)) => return Ok(v),
                 Waited::Done(Err(e)) => match stale {
-                    Some(s) => return Ok(self.serve_stale(s, "loader failed")),
+                    Some(s) => return Ok(self.serve_stale(key, s, "loader failed")),
                     None => return Err(LoadError::Loader(e)),
                 },
                 Waited::TimedOut(after) => {
@@ -272,14 +277,17 @@ where
                     flight.detached.store(true, Relaxed);
                     drop(waiter);
                     bump(&counters.timeouts);
+                    self.inner
+                        .events
+                        .emit(|| CacheEvent::LoaderTimeout { key: key.to_string() });
                     match stale {
-                        Some(s) => return Ok(self.serve_stale(s, "loader timed out")),
+                        Some(s) => return Ok(self.serve_stale(key, s, "loader timed out")),
                         None => return Err(LoadError::Timeout(after)),
                     }
                 }
                 Waited::Abandoned if loader.is_none() => {
                     return match stale {
-                        Some(s) => Ok(self.serve_stale(s, "loader panicked")),
+                        Some(s) => Ok(self.serve_stale(key, s, "loader panicked")),
                         None => Err(LoadError::Panicked),
                     }
                 }
@@ -289,8 +297,12 @@ where
         }
     }
 
-    fn serve_stale(&self, v: Arc<V>, why: &'static str) -> Arc<V> {
+    fn serve_stale(&self, key: &str, v: Arc<V>, why: &'static str) -> Arc<V> {
         bump(&self.flights().counters.stale_served);
+        self.inner.events.emit(|| CacheEvent::StaleServed {
+            key: key.to_string(),
+            why,
+        });
         tracing::info!(cache = %self.key_prefix(), why, "fail-safe: served a stale value");
         v
     }
@@ -394,6 +406,9 @@ where
                 }
                 Err(e) => {
                     bump(&counters.loader_errors);
+                    this.inner
+                        .events
+                        .emit(|| CacheEvent::LoaderError { key: key.to_string() });
                     this.flights().throttle(key, opts.fail_safe_throttle);
                     if let Some(token) = held {
                         this.with_l2_within("release_lease", budget, |l2| l2.release_lease(key, token))

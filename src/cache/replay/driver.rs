@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::queue::{Lookup, PendingOp, Step};
 use crate::backend::CacheBackend;
 use crate::breaker::CircuitState;
+use crate::cache::events::CacheEvent;
 use crate::cache::gate::Outcome;
 use crate::cache::{CacheValue, TwoLevelCache};
 use crate::error::Error;
@@ -135,6 +136,9 @@ where
         }
         if replayed > 0 {
             tracing::info!(cache = %self.inner.prefix, replayed, pending = queue.depth(), "outage writes replayed into L2");
+            self.inner
+                .events
+                .emit(|| CacheEvent::Replayed { count: replayed });
         }
     }
 

@@ -1,0 +1,215 @@
+//! Cache events: what a subscriber sees for reads, loads, L2 failures,
+//! breaker changes, replays and invalidations from other instances; nothing
+//! before subscribing; lag counted, never waited for.
+
+use resilient_cache_testkit as common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::RedisServer;
+use resilient_cache::backend::memory::TtlBackend;
+use resilient_cache::breaker::CircuitBreakerConfig;
+use resilient_cache::cache::Level;
+use resilient_cache::error::ConnectionErrorKind;
+use resilient_cache::testing::MemoryL2;
+use resilient_cache::{
+    CacheBackend, CacheEvent, CacheOptions, CacheService, CircuitBreaker, EventStream, L1BackendKind,
+    L1Config, LoadOptions, Serializer, TwoLevelCache, TwoLevelSettings,
+};
+
+type Cache = TwoLevelCache<u32, TtlBackend<Arc<u32>>, Arc<MemoryL2>>;
+
+fn cache(l2: &Arc<MemoryL2>, settings: TwoLevelSettings) -> Cache {
+    let l1 = TtlBackend::new(&L1Config {
+        backend: L1BackendKind::Ttl,
+        maxsize: 10_000,
+        ttl: Duration::from_secs(60),
+        fail_safe: settings.fail_safe_max_duration.unwrap_or_default(),
+    });
+    TwoLevelCache::new(Some(l1), Some(l2.clone()), settings).unwrap()
+}
+
+fn settings() -> TwoLevelSettings {
+    TwoLevelSettings {
+        breaker: Arc::new(CircuitBreaker::new(CircuitBreakerConfig {
+            enabled: true,
+            threshold: 2,
+            timeout: Duration::from_secs(1),
+        })),
+        ..TwoLevelSettings::new("ev", Serializer::json())
+    }
+}
+
+fn drain(events: &mut EventStream) -> Vec<CacheEvent> {
+    std::iter::from_fn(|| events.try_recv()).collect()
+}
+
+/// Waits (up to 10 s) for an event that `wanted` accepts; returns every event seen until then.
+async fn until(events: &mut EventStream, wanted: impl Fn(&CacheEvent) -> bool) -> Vec<CacheEvent> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        let done = wanted(&e);
+        seen.push(e);
+        if done {
+            return seen;
+        }
+    }
+    panic!("event never seen; saw {seen:?}");
+}
+
+#[tokio::test]
+async fn reads_report_the_level_that_answered() {
+    let l2 = Arc::new(MemoryL2::new());
+    let c = cache(&l2, settings());
+    c.set("before", 1).await;
+    c.get("before").await;
+    let mut events = c.subscribe();
+    assert!(drain(&mut events).is_empty(), "nothing from before subscribing");
+
+    c.set("k", 7).await;
+    c.get("k").await; // L1
+    l2.set("only_l2", b"8".to_vec(), None).await.unwrap();
+    c.get("only_l2").await; // L2, promoted
+    c.get("absent").await;
+    assert_eq!(
+        drain(&mut events),
+        [
+            CacheEvent::Hit {
+                key: "k".into(),
+                level: Level::L1
+            },
+            CacheEvent::Hit {
+                key: "only_l2".into(),
+                level: Level::L2
+            },
+            CacheEvent::Miss { key: "absent".into() },
+        ]
+    );
+    drop(events);
+    c.get("k").await;
+    let mut again = c.subscribe();
+    c.get("k").await;
+    assert_eq!(
+        drain(&mut again),
+        [CacheEvent::Hit {
+            key: "k".into(),
+            level: Level::L1
+        }]
+    );
+}
+
+#[tokio::test]
+async fn failures_breaker_changes_and_the_replay_are_reported() {
+    let l2 = Arc::new(MemoryL2::new());
+    let c = cache(&l2, settings());
+    let mut events = c.subscribe();
+    l2.faults().drop_connection();
+    c.set("k", 1).await; // refused: queued
+    c.get("x").await; // refused: the second failure opens the breaker
+    let seen = until(&mut events, |e| *e == CacheEvent::BreakerOpened).await;
+    assert!(
+        seen.contains(&CacheEvent::L2Failure {
+            op: "write",
+            kind: ConnectionErrorKind::Refused
+        }),
+        "{seen:?}"
+    );
+    l2.faults().restore();
+    // The replay timer probes once the breaker allows it: closed again, then replayed.
+    let seen = until(&mut events, |e| matches!(e, CacheEvent::Replayed { .. })).await;
+    assert!(seen.contains(&CacheEvent::BreakerClosed), "{seen:?}");
+    assert!(seen.contains(&CacheEvent::Replayed { count: 1 }), "{seen:?}");
+}
+
+#[tokio::test]
+async fn loader_errors_timeouts_and_stale_values_are_reported() {
+    let l2 = Arc::new(MemoryL2::new());
+    let s = TwoLevelSettings {
+        fail_safe_max_duration: Some(Duration::from_secs(60)),
+        ..settings()
+    };
+    let c = cache(&l2, s);
+    let mut events = c.subscribe();
+    let short = LoadOptions::new().ttl(Duration::from_millis(50));
+    c.get_or_load_with("k", &short, || async { Ok::<_, String>(1) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await; // now stale
+    let v = c
+        .get_or_load_with("k", &short, || async { Err::<u32, _>("db down".to_string()) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 1, "fail-safe served the stale value");
+    let slow = LoadOptions::new().hard_timeout(Duration::from_millis(50));
+    let r = c
+        .get_or_load_with("slow", &slow, || async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok::<u32, String>(2)
+        })
+        .await;
+    assert!(r.is_err());
+    let seen = drain(&mut events);
+    for wanted in [
+        CacheEvent::LoaderError { key: "k".into() },
+        CacheEvent::StaleServed {
+            key: "k".into(),
+            why: "loader failed",
+        },
+        CacheEvent::LoaderTimeout { key: "slow".into() },
+    ] {
+        assert!(seen.contains(&wanted), "{wanted:?} not in {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_loses_the_oldest_events_and_is_told_how_many() {
+    let l2 = Arc::new(MemoryL2::new());
+    let c = cache(&l2, settings());
+    c.set("k", 1).await;
+    let mut events = c.subscribe();
+    for _ in 0..5000 {
+        c.get("k").await;
+    }
+    let kept = drain(&mut events).len() as u64;
+    assert_eq!(
+        events.lagged() + kept,
+        5000,
+        "every event is either kept or counted"
+    );
+    assert!(
+        events.lagged() > 0 && kept > 0,
+        "lagged {} kept {kept}",
+        events.lagged()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instances_write_is_reported_as_an_invalidation() {
+    let redis = RedisServer::start();
+    let options = || CacheOptions::new("evbp").l2_ttl(Duration::from_secs(60));
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let b = CacheService::new(redis.config()).await.unwrap();
+    let writer = a.create_cache::<u32>(options()).unwrap();
+    let reader = b.create_cache::<u32>(options()).unwrap();
+    writer.set("k", 1).await;
+    assert_eq!(reader.get("k").await.as_deref(), Some(&1));
+    let mut events = reader.subscribe();
+    // The reader's subscriber may still be connecting: write until it hears one.
+    let mut heard = false;
+    for i in 2..200 {
+        writer.set("k", i).await;
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), events.recv()).await {
+            assert_eq!(
+                e,
+                CacheEvent::Invalidated {
+                    key: Some("k".into())
+                }
+            );
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "no invalidation event");
+}
