@@ -13,10 +13,17 @@ use tokio::sync::broadcast;
 
 use crate::error::ConnectionErrorKind;
 
-pub use super::lookup::Level;
-
 /// Events a subscriber can hold before the oldest are dropped (and counted).
 const CAPACITY: usize = 4096;
+
+/// Which level answered a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// The in-process level.
+    L1,
+    /// The shared level (Redis, or another L2 backend).
+    L2,
+}
 
 /// One thing that happened in a cache.
 #[derive(Debug, Clone, PartialEq, Eq)]

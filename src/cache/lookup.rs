@@ -15,22 +15,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::events::CacheEvent;
+use super::events::{CacheEvent, Level};
 use super::gate::{CallBudget, DataOp, NoBudget};
 use super::guard::Snapshot;
 use super::replay::Lookup;
 use super::{CacheValue, TwoLevelCache};
 use crate::backend::CacheBackend;
 use crate::error::Error;
-
-/// Which level answered a read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    /// The in-process level.
-    L1,
-    /// The shared level (Redis, or another L2 backend).
-    L2,
-}
 
 /// What a lookup found.
 pub(crate) enum Found<V> {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::lookup::Level;
+use super::events::Level;
 use super::{CacheValue, TwoLevelCache};
 use crate::backend::CacheBackend;
 use crate::error::Error;
