@@ -94,6 +94,15 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
         }
     }
 
+    /// A counted read at time `now`, with the time left measured from `now`.
+    #[inline(always)]
+    fn read_with_ttl(&self, key: &str, now: u64) -> Option<(T, Option<Duration>)> {
+        self.get_sync_entry(key, now).map(|e| {
+            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
+            (e.value, Some(ttl))
+        })
+    }
+
     fn stats(&self) -> L1Stats {
         L1Stats {
             backend: "ttl",
@@ -170,22 +179,14 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
         // The real clock: the ticker's lags, and would report more time left
         // than the entry was given.
-        let now = now_ms();
-        Ok(self.get_sync_entry(key, now).map(|e| {
-            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
-            (e.value, Some(ttl))
-        }))
+        Ok(self.read_with_ttl(key, now_ms()))
     }
 
     /// The hot path: one clock load (the ticker's), so the time left may be
     /// up to a tick longer than the entry was given (see `clock`).
     #[inline(always)]
     fn get_with_ttl_now(&self, key: &str) -> Option<Option<(T, Option<Duration>)>> {
-        let now = recent_ms();
-        Some(self.get_sync_entry(key, now).map(|e| {
-            let ttl = Duration::from_millis(e.expires_at_ms.saturating_sub(now));
-            (e.value, Some(ttl))
-        }))
+        Some(self.read_with_ttl(key, recent_ms()))
     }
 
     async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {

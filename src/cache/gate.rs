@@ -165,13 +165,17 @@ where
                 Outcome::Done(v)
             }
             Err(Error::Connection(c)) => {
-                let was_open = self.inner.breaker.state() == CircuitState::Open;
+                // The breaker's state is read only for a subscriber.
+                let watched = self.inner.events.on();
+                let was_open = watched && self.inner.breaker.state() == CircuitState::Open;
                 permit.failure();
-                self.inner
-                    .events
-                    .emit(|| CacheEvent::L2Failure { op, kind: c.kind });
-                if !was_open && self.inner.breaker.state() == CircuitState::Open {
-                    self.inner.events.emit(|| CacheEvent::BreakerOpened);
+                if watched {
+                    self.inner
+                        .events
+                        .emit(|| CacheEvent::L2Failure { op, kind: c.kind });
+                    if !was_open && self.inner.breaker.state() == CircuitState::Open {
+                        self.inner.events.emit(|| CacheEvent::BreakerOpened);
+                    }
                 }
                 let errs = &self.inner.counters;
                 match c.kind {

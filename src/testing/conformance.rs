@@ -338,10 +338,9 @@ where
             format!("a backend without expiry answered get_ttl {t:?}: it must be None")
         });
     }
-    ensure(
-        t.is_some_and(|t| t > Duration::ZERO && t <= Duration::from_secs(10)),
-        || format!("get_ttl after a 10 s set is {t:?}: the real remaining time, in (0, 10 s]"),
-    )?;
+    ensure(ttl_fits(o, t, Duration::from_secs(10)), || {
+        format!("get_ttl after a 10 s set is {t:?}: the real remaining time, in (0, 10 s]")
+    })?;
     call("set", b.set("default", v(2), None).await)?;
     let d = call("get_ttl", b.get_ttl("default").await)?;
     ensure(d.is_some(), || {
@@ -362,6 +361,16 @@ where
     ensure(later.is_some_and(|l| Some(l) < t), || {
         format!("get_ttl did not decrease over time ({t:?}, then {later:?}): it is the real remaining time")
     })
+}
+
+/// Whether `t` is a time left a backend may report for an entry given at
+/// most `limit`: in (0, limit] when entries expire, `None` when they do not.
+fn ttl_fits(o: &Options, t: Option<Duration>, limit: Duration) -> bool {
+    if o.expires {
+        t.is_some_and(|t| t > Duration::ZERO && t <= limit)
+    } else {
+        t.is_none()
+    }
 }
 
 /// Polls `ok` until it holds or `limit` passes.
@@ -386,15 +395,9 @@ where
     })?;
     call("set", b.set("w", v(7), Some(Duration::from_secs(10))).await)?;
     let got = call("get_with_ttl", b.get_with_ttl("w").await)?;
-    let ttl_ok = |t: &Option<Duration>| {
-        if o.expires {
-            t.is_some_and(|t| t > Duration::ZERO && t <= Duration::from_secs(10))
-        } else {
-            t.is_none()
-        }
-    };
+    let ten = Duration::from_secs(10);
     ensure(
-        matches!(&got, Some((value, t)) if *value == v(7) && ttl_ok(t)),
+        matches!(&got, Some((value, t)) if *value == v(7) && ttl_fits(o, *t, ten)),
         || {
             format!(
                 "get_with_ttl returned {got:?}: the value and its real remaining TTL, as get and get_ttl say"
@@ -404,15 +407,8 @@ where
     if let Some(now) = b.get_with_ttl_now("w") {
         // The answer without I/O may read a clock that lags by a tick or two
         // (the built-in L1 does, to keep a hit to one clock load).
-        let near = |t: &Option<Duration>| {
-            if o.expires {
-                t.is_some_and(|t| t > Duration::ZERO && t <= Duration::from_secs(10) + NOW_CLOCK_LAG)
-            } else {
-                t.is_none()
-            }
-        };
         ensure(
-            matches!(&now, Some((value, t)) if *value == v(7) && near(t)),
+            matches!(&now, Some((value, t)) if *value == v(7) && ttl_fits(o, *t, ten + NOW_CLOCK_LAG)),
             || format!("get_with_ttl_now returned {now:?}, not what get_with_ttl says"),
         )?;
     }
