@@ -131,8 +131,15 @@ impl CacheService {
     /// recovered L2 is reported, and used again, without waiting for the
     /// breaker's timeout. When L2 fails, the answer names the cause
     /// (refused, timeout, authentication, …).
+    ///
+    /// With a [registered](crate::backend::registry) L2 backend there is no
+    /// Redis to `PING`: health is then the breakers' states alone (the
+    /// caches' own calls keep them current).
     pub async fn health(&self) -> Health {
         let breaker = self.factory.circuit_breaker();
+        if !self.factory.config().l2_backend.is_redis() {
+            return self.health_from_breakers().await;
+        }
         let permit = breaker.try_acquire().or_else(|| {
             let now = now_ms();
             let last = self.health.last_probe_ms.load(Relaxed);
@@ -205,6 +212,38 @@ impl CacheService {
             l2_error: l2_error.map(|e| e.message),
             l2_endpoint: stats.l2_endpoint,
             l2_ping_ms: ping.map(|d| d.as_secs_f64() * 1000.0),
+            circuit_breaker: breaker.state(),
+            open_breakers,
+            caches: stats.caches.len(),
+        }
+    }
+
+    /// Health for a service whose L2 is not Redis: degraded while a breaker is open.
+    async fn health_from_breakers(&self) -> Health {
+        let breaker = self.factory.circuit_breaker();
+        let stats = self.stats_asking_l2(false).await;
+        let mut open_breakers: Vec<String> = stats
+            .caches
+            .iter()
+            .filter(|(_, c)| c.l2.is_some() && c.circuit_breaker.state == crate::CircuitState::Open)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if breaker.state() == crate::CircuitState::Open && open_breakers.is_empty() {
+            open_breakers.push(breaker.name().to_string());
+        }
+        let healthy = open_breakers.is_empty();
+        Health {
+            status: if healthy { "healthy" } else { "degraded" },
+            reason: (!healthy).then(|| {
+                format!(
+                    "L2 unavailable: the circuit breaker of {} is open until its next probe",
+                    open_breakers.join(", ")
+                )
+            }),
+            l2_error_kind: None,
+            l2_error: None,
+            l2_endpoint: stats.l2_endpoint,
+            l2_ping_ms: None,
             circuit_breaker: breaker.state(),
             open_breakers,
             caches: stats.caches.len(),

@@ -118,3 +118,40 @@ async fn the_registered_wrapper_forwards_every_rule() {
     report.assert_ok();
     assert_eq!(report.passed, conformance::RULES);
 }
+
+#[tokio::test]
+async fn health_with_a_registered_backend_does_not_ping_redis() {
+    let l2 = Arc::new(MemoryL2::new());
+    let shared = l2.clone();
+    register_l2_backend("reg_health", move |_| Ok(shared.clone())).unwrap();
+    // No Redis anywhere: a PING would be refused and count against the breaker.
+    let config = CacheFactoryConfig::from_map([
+        ("CACHE_L2_BACKEND", "reg_health"),
+        ("CACHE_REDIS_URL", "redis://127.0.0.1:1"),
+        ("CACHE_CIRCUIT_BREAKER_THRESHOLD", "2"),
+    ])
+    .unwrap();
+    let service = CacheService::new(config).await.unwrap();
+    let c = service
+        .create_cache::<u32>(CacheOptions::new("h").l2_ttl(Duration::from_secs(60)))
+        .unwrap();
+    for _ in 0..5 {
+        let health = service.health().await;
+        assert!(health.is_healthy(), "{health:?}");
+    }
+    c.set("k", 1).await;
+    assert!(
+        l2.exists("k").await.unwrap(),
+        "the breaker stayed closed: L2 was written"
+    );
+    // A failing registered backend opens the breaker: health says so.
+    l2.faults().drop_connection();
+    c.get("a").await;
+    c.get("b").await;
+    let health = service.health().await;
+    assert!(!health.is_healthy(), "{health:?}");
+    assert!(
+        health.reason.as_deref().unwrap_or("").contains("circuit breaker"),
+        "{health:?}"
+    );
+}
