@@ -130,6 +130,18 @@ macro_rules! impl_forwarding_backend {
             async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
                 forward!(self, b => b.release_lease(key, token).await, [$($variant : $cfg),*])
             }
+            fn operation_timeout(&self) -> Option<Duration> {
+                forward!(self, b => b.operation_timeout(), [$($variant : $cfg),*])
+            }
+            async fn load_markers(&self) -> Result<Option<crate::backend::MarkerFields>> {
+                forward!(self, b => b.load_markers().await, [$($variant : $cfg),*])
+            }
+            async fn put_marker(&self, field: &str, at_us: u64, keep: Duration) -> Result<bool> {
+                forward!(self, b => b.put_marker(field, at_us, keep).await, [$($variant : $cfg),*])
+            }
+            async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
+                forward!(self, b => b.expire_in(key, ttl).await, [$($variant : $cfg),*])
+            }
         }
     };
 }

@@ -103,6 +103,8 @@ async fn in_memory_l2_conforms() {
 struct Broken {
     inner: MemoryL2,
     flaw: Flaw,
+    /// The markers of `Flaw::LastMarkerWins`.
+    markers: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -115,6 +117,8 @@ enum Flaw {
     PrefixedKeys,
     /// `get` panics on an empty key.
     PanicsOnEmptyKey,
+    /// `put_marker` overwrites a newer stamp with an older one.
+    LastMarkerWins,
 }
 
 impl CacheBackend for Broken {
@@ -204,6 +208,23 @@ impl CacheBackend for Broken {
     async fn release_lease(&self, key: &str, token: u64) -> resilient_cache::Result<()> {
         self.inner.release_lease(key, token).await
     }
+
+    async fn load_markers(&self) -> resilient_cache::Result<Option<Vec<(String, u64)>>> {
+        if self.flaw == Flaw::LastMarkerWins {
+            return Ok(Some(self.markers.lock().unwrap().clone()));
+        }
+        self.inner.load_markers().await
+    }
+
+    async fn put_marker(&self, field: &str, at_us: u64, keep: Duration) -> resilient_cache::Result<bool> {
+        if self.flaw == Flaw::LastMarkerWins {
+            let mut m = self.markers.lock().unwrap();
+            m.retain(|(f, _)| f != field);
+            m.push((field.to_string(), at_us));
+            return Ok(true);
+        }
+        self.inner.put_marker(field, at_us, keep).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,10 +238,12 @@ async fn broken_backends_fail_the_rule_they_break() {
             "without the backend's namespace",
         ),
         (Flaw::PanicsOnEmptyKey, "errors_not_panics", "never panics"),
+        (Flaw::LastMarkerWins, "markers", "older stamp replaced a newer"),
     ] {
         let broken = Arc::new(Broken {
             inner: MemoryL2::new(),
             flaw,
+            markers: Default::default(),
         });
         let report = check_l2(broken).await;
         let failure = report

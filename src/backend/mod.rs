@@ -23,6 +23,10 @@ mod stats;
 pub use config::{L1BackendKind, L1Config, L2BackendKind, L2Config, RedisConfig, RedisMode};
 pub use stats::{L1Stats, L2Stats};
 
+/// The invalidation markers a backend keeps, as stored: each marker's
+/// field and stamp (see [`crate::tags`]).
+pub type MarkerFields = Vec<(String, u64)>;
+
 /// One level of a cache. Keys are the caller's keys, without any namespace:
 /// a backend that shares a server with others adds its own prefix.
 ///
@@ -166,6 +170,39 @@ pub trait CacheBackend: Send + Sync + 'static {
         let _ = (key, token);
         async { Ok(()) }
     }
+
+    /// The namespace's invalidation markers (see [`crate::tags`]): each
+    /// marker's field and stamp. `Ok(None)`: this backend keeps no markers
+    /// (the default), so markers live in each process (and travel on the
+    /// backplane) only.
+    fn load_markers(&self) -> impl Future<Output = Result<Option<MarkerFields>>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Records a marker: `field` takes the stamp `at_us` unless it holds a
+    /// later one, and the markers are kept for at least `keep`. `Ok(false)`:
+    /// this backend keeps no markers (the default).
+    fn put_marker(
+        &self,
+        field: &str,
+        at_us: u64,
+        keep: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (field, at_us, keep);
+        async { Ok(false) }
+    }
+
+    /// Shortens the life of `key` to `ttl` from now (how `expire` keeps an
+    /// entry as a fail-safe fallback only); `true` if the key exists. The
+    /// default reads the value and writes it back with `ttl`.
+    fn expire_in(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            match self.get(key).await? {
+                Some(v) => self.set(key, v, Some(ttl)).await.map(|_| true),
+                None => Ok(false),
+            }
+        }
+    }
 }
 
 /// A shared backend is a backend: every method, the optional ones too, is
@@ -274,5 +311,22 @@ impl<B: CacheBackend> CacheBackend for std::sync::Arc<B> {
 
     fn release_lease(&self, key: &str, token: u64) -> impl Future<Output = Result<()>> + Send {
         (**self).release_lease(key, token)
+    }
+
+    fn load_markers(&self) -> impl Future<Output = Result<Option<MarkerFields>>> + Send {
+        (**self).load_markers()
+    }
+
+    fn put_marker(
+        &self,
+        field: &str,
+        at_us: u64,
+        keep: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        (**self).put_marker(field, at_us, keep)
+    }
+
+    fn expire_in(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<bool>> + Send {
+        (**self).expire_in(key, ttl)
     }
 }

@@ -180,6 +180,9 @@ trait DynL2: Send + Sync {
     ) -> BoxFuture<'a, Result<u64>>;
     fn operation_timeout(&self) -> Option<Duration>;
     fn release_lease<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<()>>;
+    fn load_markers(&self) -> BoxFuture<'_, Result<Option<crate::backend::MarkerFields>>>;
+    fn put_marker<'a>(&'a self, field: &'a str, at_us: u64, keep: Duration) -> BoxFuture<'a, Result<bool>>;
+    fn expire_in<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>>;
 }
 
 impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
@@ -262,6 +265,15 @@ impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
     fn release_lease<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<()>> {
         Box::pin(CacheBackend::release_lease(self, key, token))
     }
+    fn load_markers(&self) -> BoxFuture<'_, Result<Option<crate::backend::MarkerFields>>> {
+        Box::pin(CacheBackend::load_markers(self))
+    }
+    fn put_marker<'a>(&'a self, field: &'a str, at_us: u64, keep: Duration) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(CacheBackend::put_marker(self, field, at_us, keep))
+    }
+    fn expire_in<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(CacheBackend::expire_in(self, key, ttl))
+    }
 }
 
 /// A registered L2 backend, as a cache holds it: any byte backend behind one
@@ -338,5 +350,14 @@ impl CacheBackend for RegisteredL2 {
     }
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
         self.0.release_lease(key, token).await
+    }
+    async fn load_markers(&self) -> Result<Option<crate::backend::MarkerFields>> {
+        self.0.load_markers().await
+    }
+    async fn put_marker(&self, field: &str, at_us: u64, keep: Duration) -> Result<bool> {
+        self.0.put_marker(field, at_us, keep).await
+    }
+    async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
+        self.0.expire_in(key, ttl).await
     }
 }

@@ -103,6 +103,8 @@ pub const RULES: &[&str] = &[
     "ttl",
     "get_with_ttl",
     "leases",
+    "markers",
+    "expire_in",
     "errors_not_panics",
     "stats",
 ];
@@ -183,6 +185,8 @@ where
         "ttl" => ttl(&*b, &o, &v).await,
         "get_with_ttl" => get_with_ttl(&*b, &o, &v).await,
         "leases" => leases(&*b, &v).await,
+        "markers" => markers(&*b).await,
+        "expire_in" => expire_in(&*b, &o, &v).await,
         "errors_not_panics" => errors_not_panics(&*b, &v).await,
         "stats" => stats(&*b).await,
         other => Err(format!("unknown rule {other}")),
@@ -413,6 +417,63 @@ where
         )?;
     }
     Ok(())
+}
+
+/// Markers are optional; a backend that keeps them keeps the latest stamp
+/// of each field, and one that does not says so on both methods.
+async fn markers<B: CacheBackend>(b: &B) -> Outcome {
+    // A field of its own: markers outlive `clear` (they cover only older entries).
+    let field = format!("r:conformance-{}", std::process::id());
+    let keep = Duration::from_secs(3600);
+    let base = 1_000_000_000_000_000 + u64::from(std::process::id());
+    let kept = call("put_marker", b.put_marker(&field, base + 5, keep).await)?;
+    let loaded = call("load_markers", b.load_markers().await)?;
+    if !kept {
+        return ensure(loaded.is_none(), || {
+            format!("put_marker said markers are not kept, but load_markers returned {loaded:?}")
+        });
+    }
+    let stamp = |loaded: Option<crate::backend::MarkerFields>| {
+        loaded.and_then(|fields| fields.into_iter().find(|(f, _)| *f == field).map(|(_, at)| at))
+    };
+    let at = stamp(loaded);
+    ensure(at.is_some_and(|at| at >= base + 5), || {
+        format!("after put_marker({field}, {}), load_markers has {at:?}", base + 5)
+    })?;
+    call("put_marker", b.put_marker(&field, base + 3, keep).await)?;
+    let at = stamp(call("load_markers", b.load_markers().await)?);
+    ensure(at.is_some_and(|at| at >= base + 5), || {
+        format!("an older stamp replaced a newer one: {at:?}")
+    })?;
+    call(
+        "put_marker",
+        b.put_marker(&field, base + 9_000_000_000, keep).await,
+    )?;
+    let at = stamp(call("load_markers", b.load_markers().await)?);
+    ensure(at == Some(base + 9_000_000_000), || {
+        format!("a newer stamp was not kept: {at:?}")
+    })
+}
+
+/// `expire_in` shortens a key's life and says whether the key exists.
+async fn expire_in<B: CacheBackend>(b: &B, o: &Options, v: &impl Fn(u32) -> B::Value) -> Outcome
+where
+    B::Value: PartialEq + fmt::Debug,
+{
+    call("set", b.set("k", v(1), Some(Duration::from_secs(600))).await)?;
+    let existed = call("expire_in", b.expire_in("k", Duration::from_secs(5)).await)?;
+    ensure(existed, || "expire_in of a present key returned false".into())?;
+    let left = call("get_ttl", b.get_ttl("k").await)?;
+    ensure(
+        !o.expires || left.is_some_and(|t| t <= Duration::from_secs(5) + NOW_CLOCK_LAG),
+        || format!("after expire_in(5 s), get_ttl is {left:?}"),
+    )?;
+    let value = call("get", b.get("k").await)?;
+    ensure(value == Some(v(1)), || {
+        format!("expire_in changed the value: {value:?}")
+    })?;
+    let absent = call("expire_in", b.expire_in("absent", Duration::from_secs(5)).await)?;
+    ensure(!absent, || "expire_in of an absent key returned true".into())
 }
 
 async fn leases<B: CacheBackend>(b: &B, v: &impl Fn(u32) -> B::Value) -> Outcome

@@ -38,6 +38,8 @@ pub struct MemoryL2 {
     store: TtlBackend<Vec<u8>>,
     /// Key → (token, expiry in ms) of its load lease.
     leases: tokio::sync::Mutex<HashMap<String, (u64, u64)>>,
+    /// Invalidation markers: field → stamp (kept for the test's lifetime).
+    markers: std::sync::Mutex<HashMap<String, u64>>,
     default_ttl: Duration,
     op_timeout: Duration,
     faults: Arc<Faults>,
@@ -66,6 +68,7 @@ impl MemoryL2 {
                 fail_safe: Duration::ZERO,
             }),
             leases: Default::default(),
+            markers: Default::default(),
             default_ttl: Duration::from_secs(3600),
             op_timeout: Duration::from_secs(1),
             faults: Arc::default(),
@@ -247,6 +250,20 @@ impl CacheBackend for MemoryL2 {
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>> {
         self.faults.before(self.op_timeout).await?;
         self.store.get_with_ttl(key).await
+    }
+
+    async fn load_markers(&self) -> Result<Option<crate::backend::MarkerFields>> {
+        self.faults.before(self.op_timeout).await?;
+        let markers = self.markers.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(markers.iter().map(|(f, at)| (f.clone(), *at)).collect()))
+    }
+
+    async fn put_marker(&self, field: &str, at_us: u64, _keep: Duration) -> Result<bool> {
+        self.faults.before(self.op_timeout).await?;
+        let mut markers = self.markers.lock().unwrap_or_else(|p| p.into_inner());
+        let at = markers.entry(field.to_string()).or_default();
+        *at = (*at).max(at_us);
+        Ok(true)
     }
 
     async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {

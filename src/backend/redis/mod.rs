@@ -35,6 +35,11 @@ pub use conn::RedisConnection;
 /// namespace, hash-tagged into the data key's slot. One spelling, for the
 /// lease itself and for the pattern `clear` removes them by.
 const LEASE_PREFIX: &str = "rc:lease:{";
+/// The namespace's marker hash is `rc:marks:{<namespace>}` (see [`crate::tags`]).
+const MARKS_PREFIX: &str = "rc:marks:{";
+/// Past this many fields, recording a marker also drops those older than
+/// the marker lifetime (each field says when it was set).
+const MARKS_PRUNE_ABOVE: u32 = 1024;
 
 /// Escapes the glob characters of `SCAN MATCH`, so that caller text is matched literally.
 pub(crate) fn escape_glob(text: &str) -> String {
@@ -84,6 +89,12 @@ impl RedisBackend {
     /// The shared connection.
     pub fn connection(&self) -> &RedisConnection {
         &self.conn
+    }
+
+    /// The namespace's marker hash: outside the namespace, so `list_keys`
+    /// and `get_size` never count it.
+    fn marks_key(&self) -> String {
+        format!("{MARKS_PREFIX}{}}}", self.prefix)
     }
 
     /// The key of `key`'s load lease, or `None` when this namespace has no
@@ -305,6 +316,55 @@ return 1",
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lease).arg(token);
         self.conn.query_script::<()>(inv).await
+    }
+
+    async fn load_markers(&self) -> Result<Option<crate::backend::MarkerFields>> {
+        let fields: Vec<(String, String)> = self
+            .conn
+            .query(redis::cmd("HGETALL").arg(self.marks_key()))
+            .await?;
+        Ok(Some(
+            fields
+                .into_iter()
+                .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
+                .collect(),
+        ))
+    }
+
+    async fn put_marker(&self, field: &str, at_us: u64, keep: Duration) -> Result<bool> {
+        // One script, so that the latest stamp wins whatever the order in
+        // which instances record theirs, and the hash outlives its newest marker.
+        static PUT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local at = tonumber(ARGV[2])
+if at > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+local keep = tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[4]) then
+  local all = redis.call('HGETALL', KEYS[1])
+  local oldest = at - keep * 1000
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) < oldest then redis.call('HDEL', KEYS[1], all[i]) end
+  end
+end
+return 1",
+            )
+        });
+        let mut inv = PUT.prepare_invoke();
+        inv.key(self.marks_key())
+            .arg(field)
+            .arg(at_us)
+            .arg(keep.as_millis().max(1) as u64)
+            .arg(MARKS_PRUNE_ABOVE);
+        self.conn.query_script::<u8>(inv).await?;
+        Ok(true)
+    }
+
+    async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let mut c = redis::cmd("PEXPIRE");
+        c.arg(self.redis_key(key)).arg(self.px(Some(ttl)));
+        Ok(self.conn.query::<u8>(&c).await? == 1)
     }
 
     fn describe(&self) -> L2Stats {
