@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::tags::Mark;
+
 /// Channel prefix; the namespace follows.
 pub const CHANNEL_PREFIX: &str = "rc:inv:";
 
@@ -19,6 +21,12 @@ pub const CHANNEL_PREFIX: &str = "rc:inv:";
 pub trait InvalidationBus: Send + Sync + 'static {
     /// `key: None` means the whole namespace (a clear).
     fn publish(&self, prefix: &str, key: Option<&str>);
+    /// Announces an invalidation marker (a tag or the namespace removed or
+    /// expired) so other instances apply it at once. The default sends
+    /// nothing: other instances then learn of markers from L2 only.
+    fn publish_mark(&self, prefix: &str, mark: &Mark) {
+        let _ = (prefix, mark);
+    }
     /// Figures for stats.
     fn stats(&self) -> BackplaneStats;
 }
@@ -37,6 +45,21 @@ pub(crate) type Evict = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) trait Invalidate: Send + Sync {
     /// Evicts `key` (or everything) from L1 and moves the promotion guard.
     fn invalidate(self: Arc<Self>, key: Option<String>) -> Evict;
+    /// Applies another instance's invalidation marker to L1 and to the
+    /// cache's marker table.
+    fn mark(self: Arc<Self>, mark: Mark) -> Evict;
+}
+
+/// One announcement on the backplane.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// A key changed in L2.
+    Key(String),
+    /// The namespace was cleared (or anything may have changed).
+    Clear,
+    /// An invalidation marker.
+    Mark(Mark),
 }
 
 /// Backplane figures (service-wide).

@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::breaker::CircuitState;
 use crate::cache::load::{LoadError, LoadOptions, LoaderStats};
 use crate::cache::CacheStats;
-use crate::cache::{CacheValue, ClearReport, LookupStep, NoBudget};
+use crate::cache::{CacheValue, ClearReport, Invalidation, LookupStep, NoBudget};
 use crate::config::{CacheFactoryConfig, CacheOptions};
 use crate::error::{Error, Result};
 use crate::service::ServiceStats;
@@ -184,6 +184,42 @@ impl<V: CacheValue> Cache<V> {
     /// See [`crate::TwoLevelCache::delete`].
     pub fn delete(&self, key: &str) -> bool {
         self.rt.block_on(self.inner.delete(key))
+    }
+
+    /// See [`crate::TwoLevelCache::set_with_tags`].
+    pub fn set_with_tags(&self, key: &str, value: V, tags: &[&str]) {
+        self.rt.block_on(self.inner.set_with_tags(key, value, tags))
+    }
+
+    /// See [`crate::TwoLevelCache::try_set_with_tags`].
+    pub fn try_set_with_tags(&self, key: &str, value: V, ttl: Option<Duration>, tags: &[&str]) -> Result<()> {
+        self.rt
+            .block_on(self.inner.try_set_with_tags(key, value, ttl, tags))
+    }
+
+    /// See [`crate::TwoLevelCache::remove_by_tag`].
+    pub fn remove_by_tag(&self, tag: &str) -> Result<Invalidation> {
+        self.rt.block_on(self.inner.remove_by_tag(tag))
+    }
+
+    /// See [`crate::TwoLevelCache::expire_by_tag`].
+    pub fn expire_by_tag(&self, tag: &str) -> Result<Invalidation> {
+        self.rt.block_on(self.inner.expire_by_tag(tag))
+    }
+
+    /// See [`crate::TwoLevelCache::expire`].
+    pub fn expire(&self, key: &str) -> bool {
+        self.rt.block_on(self.inner.expire(key))
+    }
+
+    /// See [`crate::TwoLevelCache::invalidate_all`].
+    pub fn invalidate_all(&self) -> Invalidation {
+        self.rt.block_on(self.inner.invalidate_all())
+    }
+
+    /// See [`crate::TwoLevelCache::expire_all`].
+    pub fn expire_all(&self) -> Invalidation {
+        self.rt.block_on(self.inner.expire_all())
     }
 
     /// See [`crate::TwoLevelCache::clear`].

@@ -122,6 +122,28 @@ fn tick() {
     }
 }
 
+/// Microseconds since the Unix epoch, strictly increasing within the
+/// process: the time stamp of a tagged write and of an invalidation marker.
+/// Two stamps taken one after the other in this process always compare in
+/// that order (even within one microsecond, or if the wall clock steps
+/// back); across processes they compare as well as the hosts' clocks agree.
+pub(crate) fn stamp_us() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, for timestamps shown in stats.
 pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -132,6 +154,16 @@ pub(crate) fn unix_now() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stamps_strictly_increase() {
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let s = super::stamp_us();
+            assert!(s > last, "{s} after {last}");
+            last = s;
+        }
+    }
+
     #[test]
     fn clock_is_monotonic_and_moves() {
         let a = super::now_ms();

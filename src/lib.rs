@@ -75,6 +75,17 @@
 //! Sentinel-managed primary (`CACHE_REDIS_SENTINEL_NODES`: followed across
 //! failovers); the rules above hold on all three.
 //!
+//! ## Invalidation
+//!
+//! Besides `delete` and `clear`, a cache invalidates by *marker*:
+//! [`remove_by_tag`](TwoLevelCache::remove_by_tag),
+//! [`expire_by_tag`](TwoLevelCache::expire_by_tag),
+//! [`invalidate_all`](TwoLevelCache::invalidate_all) and
+//! [`expire_all`](TwoLevelCache::expire_all) cost one L2 command whatever
+//! the number of entries they cover, reach every instance (the backplane,
+//! and L2 for instances started later) and survive outages (replayed).
+//! Entries are judged against the markers as they are read; see [`tags`].
+//!
 //! ## Loading
 //!
 //! [`get_or_load`](TwoLevelCache::get_or_load) replaces "get; if missing,
@@ -94,9 +105,9 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | leaves | [`error`] (one error type; config errors name key, value and what is allowed), `clock` (cheap monotonic time), [`serializer`] (named formats), `counter` (striped counters, log limiter), [`keys`] (`CACHE_*` names, the namespace rule, redaction) |
+//! | leaves | [`error`] (one error type; config errors name key, value and what is allowed), `clock` (cheap monotonic time), [`serializer`] (named formats), `counter` (striped counters, log limiter), [`keys`] (`CACHE_*` names, the namespace rule, redaction), [`tags`] (what a tag may be, the tagged layout, invalidation markers) |
 //! | parts | [`breaker`] (the breaker and its config); [`backend`] (the [`CacheBackend`] trait, backend config and stats, [`backend::memory`] for L1, [`backend::redis`] for L2: connection, topology, error mapping, the backplane worker; [`backend::registry`] for L2 backends registered by name); [`backplane`] (the invalidation contract the cache sees) |
-//! | composition | [`cache`]: [`TwoLevelCache`], one file per concern (reads, writes, the L2 gate, the promotion guard, TTLs, the outage replay, invalidation, events, stats) and [`cache::load`] (`get_or_load`) |
+//! | composition | [`cache`]: [`TwoLevelCache`], one file per concern (reads, writes, the L2 gate, the promotion guard, TTLs, the outage replay, invalidation by key and by marker, events, stats) and [`cache::load`] (`get_or_load`) |
 //! | on top | [`config`] ([`CacheFactoryConfig`], [`CacheOptions`]), [`factory`], [`service`], [`blocking`] (the same API without async), and, behind features, `axum`, `metrics` and `testing` (the backend conformance suite, an in-memory L2 with fault injection) |
 //!
 //! The 0.1 paths [`two_level`], [`load`] and [`stats`] remain as re-exports.
@@ -142,6 +153,7 @@ pub mod keys;
 pub mod metrics;
 pub mod serializer;
 pub mod service;
+pub mod tags;
 #[cfg(feature = "testing")]
 pub mod testing;
 

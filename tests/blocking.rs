@@ -84,3 +84,37 @@ fn blocking_api_without_redis_serves_from_l1() {
     assert_eq!(c.get("k").as_deref(), Some(&1));
     assert_eq!(c.breaker_state(), CircuitState::Open);
 }
+
+#[test]
+fn blocking_tags_and_invalidation() {
+    let redis = RedisServer::start();
+    let service = blocking::CacheService::new(redis.config()).unwrap();
+    let c = service
+        .create_cache::<String>(
+            CacheOptions::new("blktag")
+                .l2_ttl(Duration::from_secs(60))
+                .fail_safe_max_duration(Duration::from_secs(60)),
+        )
+        .unwrap();
+    c.set_with_tags("a", "1".into(), &["t"]);
+    c.try_set_with_tags("b", "2".into(), Some(Duration::from_secs(30)), &["t", "u"])
+        .unwrap();
+    assert!(c.try_set_with_tags("c", "3".into(), None, &["bad\n"]).is_err());
+    c.set("d", "4".into());
+    assert_eq!(c.remove_by_tag("u").unwrap().l1_entries, 1);
+    assert_eq!(c.get("b"), None);
+    assert_eq!(c.expire_by_tag("t").unwrap().l1_entries, 1);
+    assert_eq!(c.get("a"), None, "stale: a plain get misses");
+    assert!(c.expire("d"));
+    assert_eq!(c.get("d"), None);
+    let d = c
+        .get_or_load("d", || Err::<String, _>(std::io::Error::other("down")))
+        .unwrap();
+    assert_eq!(*d, "4", "fail-safe fallback");
+    c.set("e", "5".into());
+    assert_eq!(c.invalidate_all().l1_entries, 3, "a's and d's fallbacks, and e");
+    assert_eq!(c.get("e"), None);
+    c.set("f", "6".into());
+    c.expire_all();
+    assert_eq!(c.get("f"), None);
+}

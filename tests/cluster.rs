@@ -308,3 +308,107 @@ async fn sentinel_mode_follows_a_failover_without_restart() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_and_namespace_invalidation_work_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let a = CacheService::new(cluster.config()).await.unwrap();
+    let b = CacheService::new(cluster.config()).await.unwrap();
+    let ca = a.create_cache::<String>(opts("ctag")).unwrap();
+    let cb = b.create_cache::<String>(opts("ctag")).unwrap();
+    for c in [&ca, &cb] {
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                c.get_stats().await.backplane.is_some_and(|s| s.connected)
+            })
+            .await
+        );
+    }
+    // Keys on every primary, half of them tagged.
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let tag = if i % 2 == 0 { "even" } else { "odd" };
+        ca.set_with_tags(k, format!("v{i}"), &[tag]).await;
+        assert!(cb.get(k).await.is_some(), "{k} in B's L1");
+    }
+    let owners: BTreeSet<_> = keys
+        .iter()
+        .filter_map(|k| cluster.owner_of(&format!("ctag:{k}")))
+        .collect();
+    assert_eq!(owners.len(), 3, "the keys span every primary");
+    ca.remove_by_tag("even").await.unwrap();
+    let gone = eventually(Duration::from_secs(5), async || {
+        let mut all = true;
+        for (i, k) in keys.iter().enumerate() {
+            all &= cb.get(k).await.is_some() == (i % 2 == 1);
+        }
+        all
+    })
+    .await;
+    assert!(gone, "B: the even keys are gone, the odd ones are kept");
+    let c = CacheService::new(cluster.config()).await.unwrap();
+    let cc = c.create_cache::<String>(opts("ctag")).unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(cc.get(k).await.is_some(), i % 2 == 1, "{k} on a later instance");
+    }
+    cb.invalidate_all().await;
+    for cache in [&ca, &cb, &cc] {
+        assert!(
+            eventually(Duration::from_secs(5), async || cache.get("k1").await.is_none()).await,
+            "the whole namespace, on every instance"
+        );
+    }
+    ca.set("k1", "after".into()).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            cc.get("k1").await.as_deref().map(String::as_str) == Some("after")
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_removal_survives_a_sentinel_failover() {
+    let set = RedisSentinels::start();
+    let service = failing_over_service(set.config()).await;
+    let c = service.create_cache::<String>(opts("sentag")).unwrap();
+    for i in 0..10 {
+        c.set_with_tags(&format!("k{i}"), "v".into(), &["gone"]).await;
+    }
+    c.set_with_tags("kept", "v".into(), &["stays"]).await;
+    c.remove_by_tag("gone").await.unwrap();
+    // Replicated before the primary dies (replication is asynchronous).
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            set.replica
+                .cmd::<Option<String>>(&["HGET", "rc:marks:{sentag}", "r:gone"])
+                .is_some()
+                && set.replica.get_raw("sentag:kept").is_some()
+        })
+        .await
+    );
+    let mut set = set;
+    set.primary.kill();
+    let set = tokio::task::spawn_blocking(move || {
+        set.wait_failover();
+        set
+    })
+    .await
+    .unwrap();
+    let later = failing_over_service(set.config()).await;
+    let cl = later.create_cache::<String>(opts("sentag")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            cl.get("kept").await.is_some()
+        })
+        .await,
+        "the promoted replica answers"
+    );
+    for i in 0..10 {
+        assert_eq!(
+            cl.get(&format!("k{i}")).await,
+            None,
+            "k{i} stays removed after the failover"
+        );
+    }
+}

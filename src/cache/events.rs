@@ -75,6 +75,15 @@ pub enum CacheEvent {
         /// The key evicted, or `None` for all of them.
         key: Option<String>,
     },
+    /// Another instance invalidated a tag (or, with `None`, the namespace):
+    /// its entries have been removed from this instance's L1, or made stale
+    /// (sent once done).
+    Marked {
+        /// The tag, or `None` for the whole namespace.
+        tag: Option<String>,
+        /// Removed or expired.
+        kind: crate::tags::MarkKind,
+    },
     /// Writes queued during an L2 outage were replayed into L2.
     Replayed {
         /// Steps replayed in this run.

@@ -1,5 +1,6 @@
 //! The cache's side of the backplane: announcing its L2 writes on the bus,
-//! and evicting from L1 when another instance announces one.
+//! and evicting from L1 when another instance announces one (or applying
+//! its invalidation marker).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use super::events::CacheEvent;
 use super::{CacheValue, Inner, TwoLevelCache};
 use crate::backend::CacheBackend;
 use crate::backplane::Invalidate;
+use crate::tags::{Mark, Scope};
 
 impl<V, A, B> TwoLevelCache<V, A, B>
 where
@@ -17,7 +19,13 @@ where
     B: CacheBackend<Value = Vec<u8>>,
 {
     /// Tells other instances that `key` (or, with `None`, the namespace) changed in L2.
+    ///
+    /// A cache without L1 announces nothing: it is on the backplane only to
+    /// receive invalidation markers.
     pub(super) fn announce(&self, key: Option<&str>) {
+        if self.inner.l1.is_none() {
+            return;
+        }
         if let Some(bus) = &self.inner.bus {
             bus.publish(&self.inner.prefix, key);
         }
@@ -38,6 +46,10 @@ where
 {
     fn invalidate(self: Arc<Self>, key: Option<String>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
+            if key.is_none() {
+                // Markers may have been missed with the messages: reload them.
+                self.markers.forget_loaded();
+            }
             let Some(l1) = &self.l1 else { return };
             self.events.emit(|| CacheEvent::Invalidated { key: key.clone() });
             match key {
@@ -48,10 +60,25 @@ where
                 }
                 None => {
                     self.guard.bump_epoch();
+                    self.tag_index.clear();
                     let _ = l1.clear().await;
                     self.guard.bump_epoch();
                 }
             }
+        })
+    }
+
+    fn mark(self: Arc<Self>, mark: Mark) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.apply_mark(&mark).await;
+            // Told once applied: a subscriber that reads next sees its effect.
+            self.events.emit(|| CacheEvent::Marked {
+                tag: match &mark.scope {
+                    Scope::Tag(t) => Some(t.clone()),
+                    Scope::All => None,
+                },
+                kind: mark.kind,
+            });
         })
     }
 }

@@ -22,6 +22,7 @@ use super::replay::Lookup;
 use super::{CacheValue, TwoLevelCache};
 use crate::backend::CacheBackend;
 use crate::error::Error;
+use crate::tags::EntryState;
 
 /// What a lookup found.
 pub(crate) enum Found<V> {
@@ -45,6 +46,15 @@ impl<V> Found<V> {
             _ => None,
         }
     }
+}
+
+/// What stored bytes hold, judged against the invalidation markers.
+pub(super) enum Decoded<V> {
+    Live(Arc<V>),
+    /// Covered by an expiry marker.
+    Stale(Arc<V>),
+    /// Covered by a removal marker, or not a value.
+    Gone,
 }
 
 /// Where a lookup stands after its first, non-awaiting step.
@@ -210,8 +220,9 @@ where
                 Lookup::Absent => return Found::Miss,
                 Lookup::Value(bytes) => {
                     return match self.decode(key, &bytes, None).await {
-                        Some(v) => fresh(v, None),
-                        None => Found::Miss,
+                        Decoded::Live(v) => fresh(v, None),
+                        Decoded::Stale(v) => Found::Stale(v),
+                        Decoded::Gone => Found::Miss,
                     }
                 }
                 Lookup::NotPending => {}
@@ -250,25 +261,50 @@ where
                     _ => None,
                 };
                 match self.decode(key, &bytes, Some((before, promote_ttl))).await {
-                    Some(v) => fresh(v, remaining),
-                    None => Found::Miss,
+                    Decoded::Live(v) => fresh(v, remaining),
+                    Decoded::Stale(v) => Found::Stale(v),
+                    Decoded::Gone => Found::Miss,
                 }
             }
             Err(()) => match self.decode(key, &bytes, None).await {
-                Some(v) => Found::Stale(v),
-                None => Found::Miss,
+                Decoded::Live(v) | Decoded::Stale(v) => Found::Stale(v),
+                Decoded::Gone => Found::Miss,
             },
         }
     }
 
-    /// Decodes L2 bytes; promotes into L1 (with the given TTL) when `promote`
-    /// says no write raced the read.
+    /// Decodes L2 bytes, judged against the invalidation markers (a tagged
+    /// entry by its stamp and tags, see [`crate::tags`]); promotes a live
+    /// value into L1 (with the given TTL) when `promote` says no write raced
+    /// the read.
     pub(super) async fn decode(
         &self,
         key: &str,
         bytes: &[u8],
         promote: Option<(Snapshot, Option<Duration>)>,
-    ) -> Option<Arc<V>> {
+    ) -> Decoded<V> {
+        self.ensure_markers().await;
+        let entry = match crate::tags::open(bytes) {
+            Ok(entry) => entry,
+            Err(e) => return self.undecodable(key, &e, promote.is_some()).await,
+        };
+        let (verdict, body, tags) = match &entry {
+            None => (self.inner.markers.judge(None, &[]), bytes, &[][..]),
+            Some(e) => (
+                self.inner.markers.judge(Some(e.written_us), &e.tags),
+                e.body,
+                &e.tags[..],
+            ),
+        };
+        // Without fail-safe there are no stale fallbacks: expired is removed.
+        let verdict = match verdict {
+            EntryState::Stale if self.inner.fail_safe.is_none() => EntryState::Removed,
+            v => v,
+        };
+        if verdict == EntryState::Removed {
+            self.inner.counters.marker_removed.incr();
+            return Decoded::Gone;
+        }
         let decoded = if bytes.len() > self.inner.max_value_bytes {
             Err(Error::Serialization(format!(
                 "{} bytes stored, more than the maximum of {} (CACHE_MAX_VALUE_BYTES)",
@@ -276,32 +312,41 @@ where
                 self.inner.max_value_bytes
             )))
         } else {
-            self.inner.serializer.decode::<V>(bytes)
+            self.inner.serializer.decode::<V>(body)
         };
-        match decoded {
-            Ok(v) => {
-                let v = Arc::new(v);
-                if let (Some(l1), Some((before, ttl))) = (&self.inner.l1, promote) {
-                    if self.inner.guard.may_promote(key, before) {
-                        let _ = l1.set(key, v.clone(), ttl).await;
-                    }
+        let v = match decoded {
+            Ok(v) => Arc::new(v),
+            Err(e) => return self.undecodable(key, &e, promote.is_some()).await,
+        };
+        if verdict == EntryState::Stale {
+            self.inner.counters.marker_stale.incr();
+            return Decoded::Stale(v);
+        }
+        if let (Some(l1), Some((before, ttl))) = (&self.inner.l1, promote) {
+            if self.inner.guard.may_promote(key, before) {
+                let _ = l1.set(key, v.clone(), ttl).await;
+                if let Some(e) = entry.as_ref().filter(|_| !tags.is_empty()) {
+                    self.l1_tagged(key, tags, e.written_us).await;
                 }
-                Some(v)
-            }
-            Err(e) => {
-                self.data_error(DataOp::Decode, &e);
-                // Drop the bad key so the next read does not pay for it again.
-                if promote.is_some() {
-                    if let Some(l2) = &self.inner.l2 {
-                        let _ = l2.delete(key).await;
-                    }
-                }
-                None
             }
         }
+        Decoded::Live(v)
     }
 
-    /// Whether `key` is in L1 or L2.
+    /// Bytes that are no value: counted, a miss, and (after a real read)
+    /// dropped from L2 so the next read does not pay for them again.
+    async fn undecodable(&self, key: &str, e: &Error, drop_key: bool) -> Decoded<V> {
+        self.data_error(DataOp::Decode, e);
+        if drop_key {
+            if let Some(l2) = &self.inner.l2 {
+                let _ = l2.delete(key).await;
+            }
+        }
+        Decoded::Gone
+    }
+
+    /// Whether `key` is in L1 or L2 (an entry an invalidation marker removed
+    /// is not, though its key may stay in L2 until its TTL ends).
     pub async fn is_on_cache(&self, key: &str) -> bool {
         if self.check_key(key).is_err() {
             return false;
@@ -314,7 +359,10 @@ where
         self.inner.l2.as_ref().is_some() && {
             match self.pending(key) {
                 Some(present) => present,
-                None => self.with_l2("exists", |l2| l2.exists(key)).await.unwrap_or(false),
+                None => {
+                    self.with_l2("exists", |l2| l2.exists(key)).await.unwrap_or(false)
+                        && !self.removed_in_l2(key).await
+                }
             }
         }
     }
@@ -329,6 +377,9 @@ where
         self.check_key(key).ok()?;
         if self.inner.l2.is_some() && self.pending(key).is_none() {
             if let Some(Some(t)) = self.with_l2("get_ttl", |l2| l2.get_ttl(key)).await {
+                if self.removed_in_l2(key).await {
+                    return None;
+                }
                 return self.logical(Some(t)).ok().flatten();
             }
         }
@@ -338,7 +389,9 @@ where
     }
 
     /// Keys (without the namespace) in L1 or L2 that start with `prefix`
-    /// literally; sorted, without duplicates.
+    /// literally; sorted, without duplicates. Keys of entries an
+    /// invalidation marker covers are listed until their TTL ends (telling
+    /// them apart would read every entry).
     pub async fn list_keys(&self, prefix: Option<&str>) -> Vec<String> {
         if prefix.is_some_and(|p| self.check_key(p).is_err()) {
             return Vec::new();

@@ -15,6 +15,8 @@
 //! | `input.rs` | refused input (over-long keys) |
 //! | `replay/` | the outage queue (`queue.rs`) and the task that replays it (`driver.rs`) |
 //! | `invalidate.rs` | announcing writes on the backplane, evicting on others' announcements |
+//! | `markers.rs` | the invalidation markers this process knows, the verdict on an entry, the L1 tag index |
+//! | `tagging.rs` | tags on writes, `remove_by_tag`, `expire_by_tag`, `expire`, `invalidate_all`, `expire_all` |
 //! | `load/` | `get_or_load`: single flight (`flight.rs`), options (`options.rs`), the store fence (`fence.rs`) |
 //! | `stats.rs` | what a cache reports |
 //! | `events.rs` | what a cache tells its subscribers, as it happens |
@@ -40,6 +42,12 @@
 //! - Events: a read tells subscribers what it found through `observe`, which
 //!   reads one flag (a relaxed load) and builds the event out of line
 //!   (`#[cold]`) only while a stream is subscribed.
+//! - Invalidation markers never touch the L1 hit: an invalidation evicts (or
+//!   makes stale) the L1 entries it covers instead, through an index that
+//!   only tagged writes fill. An L2 read checks the first byte for the
+//!   tagged layout and reads one flag while no marker is known; it loads the
+//!   marker table before a cache's first L2 read (one `HGETALL`), and, for a
+//!   cache without a backplane, when the table is more than a second old.
 //! - Hit and miss counters are striped per thread (`counter.rs`), and the
 //!   memory backends read a clock that a ticker thread keeps current
 //!   (`clock.rs`): one atomic load instead of a clock call per hit.
@@ -70,8 +78,10 @@ mod input;
 mod invalidate;
 pub mod load;
 mod lookup;
+mod markers;
 mod replay;
 mod stats;
+mod tagging;
 mod ttl;
 mod write;
 
@@ -82,7 +92,8 @@ pub(crate) use lookup::LookupStep;
 use replay::RecoveryQueue;
 pub use replay::DEFAULT_REPLAY_CAPACITY;
 pub(crate) use stats::StatsSource;
-pub use stats::{CacheStats, ErrorStats, RecoveryStats};
+pub use stats::{CacheStats, ErrorStats, InvalidationStats, RecoveryStats};
+pub use tagging::{Invalidation, MarkerStatus};
 pub use write::{ClearReport, L2ClearStatus};
 
 /// What a cache value must be: serde both ways, shareable across tasks.
@@ -123,6 +134,8 @@ struct Inner<V, A, B> {
     queue: RecoveryQueue,
     replay_timer_armed: std::sync::atomic::AtomicBool,
     guard: PromotionGuard,
+    markers: markers::Markers,
+    tag_index: markers::TagIndex,
     counters: Counters,
     events: events::Events,
     _value: PhantomData<fn() -> V>,
@@ -143,7 +156,13 @@ struct Counters {
     l2_skipped: Counter,
     invalid_key: Counter,
     invalid_ttl: Counter,
+    invalid_tag: Counter,
     oversize: Counter,
+    /// L2 entries read as absent or stale because a marker covers them.
+    marker_removed: Counter,
+    marker_stale: Counter,
+    /// Times L1 and the tag index were cleared because the index was full.
+    tag_index_clears: Counter,
     log: LogLimiter,
 }
 
@@ -276,6 +295,11 @@ where
     /// naming it, the value and what is allowed.
     pub fn new(l1: Option<A>, l2: Option<B>, settings: TwoLevelSettings) -> Result<Self> {
         settings.validate()?;
+        // Markers outlive every entry they may cover (tagged entries live no
+        // longer than the markers: see `tagging.rs`).
+        let longest =
+            settings.l2_ttl.max(settings.l1_ttl) + settings.fail_safe_max_duration.unwrap_or_default();
+        let marker_lifetime = longest.max(crate::tags::MIN_MARKER_LIFETIME);
         Ok(Self {
             inner: Arc::new(Inner {
                 flights: Default::default(),
@@ -294,6 +318,8 @@ where
                 queue: RecoveryQueue::new(settings.replay_capacity),
                 replay_timer_armed: Default::default(),
                 guard: PromotionGuard::new(),
+                markers: markers::Markers::new(marker_lifetime),
+                tag_index: markers::TagIndex::new(),
                 counters: Counters::default(),
                 events: Default::default(),
                 _value: PhantomData,

@@ -36,6 +36,8 @@ pub struct ErrorStats {
     pub invalid_key: u64,
     /// Writes refused for a per-call TTL under 1 ms (e.g. zero).
     pub invalid_ttl: u64,
+    /// Writes and invalidations refused for an invalid tag.
+    pub invalid_tag: u64,
     /// `set`s refused because the encoded value was larger than the maximum.
     pub oversize: u64,
 }
@@ -54,6 +56,21 @@ pub struct RecoveryStats {
     pub overflow: u64,
     /// Operations replayed into L2 after an outage.
     pub replayed: u64,
+    /// Invalidation markers waiting for L2.
+    pub markers_pending: u64,
+}
+
+/// Invalidation by marker (tags, the whole namespace) in one cache.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct InvalidationStats {
+    /// Markers this instance knows (tags removed or expired, namespace-wide ones).
+    pub markers_known: u64,
+    /// L2 entries read as absent because a removal marker covers them.
+    pub removed_reads: u64,
+    /// L2 entries read as stale because an expiry marker covers them.
+    pub stale_reads: u64,
+    /// Times L1 was cleared because its tag index was full.
+    pub tag_index_clears: u64,
 }
 
 /// Everything `Cache::get_stats` reports.
@@ -71,6 +88,8 @@ pub struct CacheStats<L1 = L1Stats, L2 = L2Stats> {
     pub errors: ErrorStats,
     /// Outage replay queue.
     pub recovery: RecoveryStats,
+    /// Invalidation markers.
+    pub invalidation: InvalidationStats,
     /// Cross-instance invalidation (service-wide figures), when this cache uses it.
     pub backplane: Option<BackplaneStats>,
     /// `get_or_load` figures.
@@ -87,6 +106,12 @@ where
     A: CacheBackend<Value = Arc<V>>,
     B: CacheBackend<Value = Vec<u8>>,
 {
+    /// The backplane's figures (service-wide), without any I/O; `None` when
+    /// this cache does not use the backplane.
+    pub fn backplane_stats(&self) -> Option<BackplaneStats> {
+        self.inner.bus.as_ref().map(|b| b.stats())
+    }
+
     /// Figures for both levels, the breaker, the error counters and the
     /// recovery queue. L2 is asked only while the breaker is closed (bounded by
     /// the operation timeout).
@@ -133,6 +158,7 @@ where
                 l2_skipped: e.l2_skipped.get(),
                 invalid_key: e.invalid_key.get(),
                 invalid_ttl: e.invalid_ttl.get(),
+                invalid_tag: e.invalid_tag.get(),
                 oversize: e.oversize.get(),
             },
             recovery: RecoveryStats {
@@ -141,6 +167,13 @@ where
                 clear_pending: q.clear_pending(),
                 overflow: q.overflow.get(),
                 replayed: q.replayed.get(),
+                markers_pending: q.marks_pending() as u64,
+            },
+            invalidation: InvalidationStats {
+                markers_known: self.inner.markers.count(),
+                removed_reads: e.marker_removed.get(),
+                stale_reads: e.marker_stale.get(),
+                tag_index_clears: e.tag_index_clears.get(),
             },
             backplane: self.inner.bus.as_ref().map(|b| b.stats()),
             loader: self.inner.flights.stats(),

@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use super::gate::{DataOp, Outcome};
 use super::replay::PendingOp;
+use super::tagging::WriteOf;
 use super::{CacheValue, TwoLevelCache};
 use crate::backend::CacheBackend;
-use crate::clock::unix_now;
+use crate::clock::{stamp_us, unix_now};
 use crate::error::Error;
 
 /// What `clear` did with L2.
@@ -75,20 +76,35 @@ where
 
     /// [`try_set`](Self::try_set) with a per-call TTL.
     pub async fn try_set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<(), Error> {
-        self.store(key, Arc::new(value), ttl).await
+        self.store(key, Arc::new(value), ttl, &[]).await
     }
 
-    /// Write-through of a shared value (what `try_set_with_ttl` does).
-    pub(crate) async fn store(&self, key: &str, value: Arc<V>, ttl: Option<Duration>) -> Result<(), Error> {
+    /// Write-through of a shared value with its (checked) tags: what every
+    /// `set` form does.
+    pub(crate) async fn store(
+        &self,
+        key: &str,
+        value: Arc<V>,
+        ttl: Option<Duration>,
+        tags: &[String],
+    ) -> Result<(), Error> {
         self.check_key(key)?;
         self.check_ttl(ttl)?;
         let _write = self.inner.guard.write(key);
         let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
+        // Tagged writes are stamped before they reach either level.
+        let written_us = (!tags.is_empty()).then(stamp_us);
         if self.inner.l2.is_some() {
-            match self.encode_bounded(&value) {
+            let write = WriteOf {
+                value: &*value,
+                tags,
+                written_us,
+            };
+            match self.encode_write(&write) {
                 Ok(bytes) => {
-                    let op = PendingOp::set(bytes, l2_ttl.unwrap_or(self.inner.l2_ttl), false);
-                    self.write_l2(key, op, Some(&*value)).await;
+                    let ttl = self.l2_ttl_of(&bytes, l2_ttl.unwrap_or(self.inner.l2_ttl));
+                    self.write_l2(key, PendingOp::set(bytes, ttl, false), Some(&write))
+                        .await;
                 }
                 Err(e) => {
                     // Neither level may keep serving the previous value for this key.
@@ -102,6 +118,9 @@ where
         }
         if let Some(l1) = &self.inner.l1 {
             let _ = l1.set(key, value, l1_ttl).await;
+            if let Some(at) = written_us {
+                self.l1_tagged(key, tags, at).await;
+            }
         }
         Ok(())
     }
@@ -133,7 +152,12 @@ where
 
     /// Applies one write to L2 now, or queues it when L2 is unavailable or an
     /// outage replay is still in progress. Returns what L2 said, if it was asked.
-    pub(super) async fn write_l2(&self, key: &str, op: PendingOp, value: Option<&V>) -> Option<bool> {
+    pub(super) async fn write_l2(
+        &self,
+        key: &str,
+        op: PendingOp,
+        value: Option<&WriteOf<'_, V>>,
+    ) -> Option<bool> {
         let queue = &self.inner.queue;
         if !queue.is_active() || queue.admits_direct(key) {
             if let Some((l2, permit)) = self.l2() {
@@ -153,7 +177,7 @@ where
                     }
                     Outcome::BadData => return None,
                     Outcome::Unavailable => {
-                        let op = match (deadline, value.map(|v| self.inner.serializer.encode(v))) {
+                        let op = match (deadline, value.map(|w| self.encode_write(w))) {
                             (Some(deadline_ms), Some(Ok(bytes))) => PendingOp::Set { bytes, deadline_ms },
                             _ => PendingOp::Delete,
                         };
@@ -179,8 +203,13 @@ where
         let value = Arc::new(value);
         let (l1_ttl, ttl) = self.physical_ttls(ttl);
         let mut encoded = None;
+        let write = WriteOf {
+            value: &*value,
+            tags: &[],
+            written_us: None,
+        };
         if self.inner.l2.is_some() {
-            match self.encode_bounded(&value) {
+            match self.encode_write(&write) {
                 // Stored nowhere, as `set` does; the key's current value, if
                 // any, stays (nothing was to replace it).
                 Err(_) => return false,
@@ -199,7 +228,7 @@ where
                                 }
                                 return stored;
                             }
-                            encoded = self.inner.serializer.encode(&*value).ok();
+                            encoded = self.encode_write(&write).ok();
                         }
                         None => encoded = Some(bytes),
                     }

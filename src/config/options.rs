@@ -175,9 +175,11 @@ impl CacheOptions {
         self
     }
 
-    /// Turns this cache's backplane (cross-instance L1 invalidation) on or off,
-    /// overriding `CACHE_BACKPLANE_ENABLED`. It only ever applies to a cache
-    /// with both levels.
+    /// Turns this cache's backplane (cross-instance L1 invalidation, and
+    /// invalidation markers as they are made) on or off, overriding
+    /// `CACHE_BACKPLANE_ENABLED`. It applies to caches over a Redis L2; one
+    /// without L1 only receives markers. Without it, a cache reloads the
+    /// markers from L2 when they are more than a second old.
     pub fn backplane(mut self, enabled: bool) -> Self {
         self.backplane = Some(enabled);
         self
@@ -309,8 +311,9 @@ impl CacheOptions {
             ));
         }
         // The backplane is Redis pub/sub: caches over a registered L2 have none.
-        let backplane = l1.is_some()
-            && l2.is_some()
+        // A cache without L1 joins it too, to receive invalidation markers
+        // (it announces no writes: it has no L1 copies to keep coherent).
+        let backplane = l2.is_some()
             && defaults.l2_backend.is_redis()
             && self.backplane.unwrap_or(defaults.backplane_enabled);
         Ok(ResolvedOptions {

@@ -4,7 +4,7 @@
 //! - the `redis-server` helper (`server.rs`, re-exported here): real servers
 //!   on free loopback ports that a test may kill, freeze or restart;
 //! - `topology`: Redis Cluster and Sentinel deployments of such servers;
-//! - the harnesses (`chaos`, `coherence`, `loadgen`, `stampede`,
+//! - the harnesses (`chaos`, `coherence`, `invalidation`, `loadgen`, `stampede`,
 //!   `topology_bench`) with their argument parsing (`cli`);
 //! - `logs` (captured tracing output) and, with the `app` feature, the
 //!   example web app (`app`) and its HTTP helpers (`http`).
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod coherence;
 #[cfg(feature = "app")]
 pub mod http;
+pub mod invalidation;
 pub mod loadgen;
 pub mod logs;
 pub mod stampede;

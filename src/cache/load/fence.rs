@@ -9,7 +9,9 @@ use crate::backend::CacheBackend;
 use crate::cache::gate::L2Budget;
 use crate::cache::guard::Snapshot;
 use crate::cache::replay::PendingOp;
+use crate::cache::tagging::WriteOf;
 use crate::cache::{CacheValue, TwoLevelCache};
+use crate::tags::EntryState;
 
 /// A load's lease on its key in L2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub(crate) struct LoadFence {
     pub(crate) before: Snapshot,
     pub(crate) lease: Lease,
     pub(crate) only_if_absent: bool,
+    /// The value's stamp: when the load began (markers after it cover it).
+    pub(crate) written_us: u64,
 }
 
 impl<V, A, B> TwoLevelCache<V, A, B>
@@ -50,6 +54,7 @@ where
         key: &str,
         value: &Arc<V>,
         ttl: Option<Duration>,
+        tags: &[String],
         fence: LoadFence,
         budget: &mut L2Budget,
     ) -> bool {
@@ -57,26 +62,37 @@ where
             before,
             lease,
             only_if_absent,
+            written_us,
         } = fence;
         if self.check_key(key).is_err() {
             return false;
         }
+        // An invalidation marker made while loading covers the value: not stored.
+        let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+        if self.inner.markers.judge(Some(written_us), &tag_refs) != EntryState::Live {
+            return false;
+        }
         let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
+        let write = WriteOf {
+            value: &**value,
+            tags,
+            written_us: Some(written_us),
+        };
         if lease == Lease::Unsupported && self.inner.l2.is_some() {
             if !self.inner.guard.may_promote(key, before) {
                 return false;
             }
-            let l2_ttl = l2_ttl.unwrap_or(self.inner.l2_ttl);
-            if let Ok(bytes) = self.encode_bounded(value) {
-                self.write_l2(key, PendingOp::set(bytes, l2_ttl, false), Some(&**value))
+            if let Ok(bytes) = self.encode_write(&write) {
+                let l2_ttl = self.l2_ttl_of(&bytes, l2_ttl.unwrap_or(self.inner.l2_ttl));
+                self.write_l2(key, PendingOp::set(bytes, l2_ttl, false), Some(&write))
                     .await;
             }
         }
         if let (true, Lease::Held(token)) = (self.inner.l2.is_some(), lease) {
-            let Ok(bytes) = self.encode_bounded(value) else {
+            let Ok(bytes) = self.encode_write(&write) else {
                 return false;
             };
-            let l2_ttl = l2_ttl.unwrap_or(self.inner.l2_ttl);
+            let l2_ttl = self.l2_ttl_of(&bytes, l2_ttl.unwrap_or(self.inner.l2_ttl));
             let stored = self
                 .with_l2_within("write", budget, |l2| {
                     l2.store_if_leased(key, token, bytes, Some(l2_ttl), only_if_absent)
@@ -96,6 +112,9 @@ where
             return false;
         }
         let _ = l1.set(key, value.clone(), l1_ttl).await;
+        if !tags.is_empty() {
+            self.l1_tagged(key, tags, written_us).await;
+        }
         // A write that started while we stored wins: undo ours (a miss is never wrong).
         if !self.inner.guard.may_promote(key, before) {
             let _ = l1.delete(key).await;

@@ -333,8 +333,10 @@ where
             let this = &end.cache;
             let key = end.key.as_str();
             let counters = &this.flights().counters;
-            // Taken before the loader reads its source: any write after it wins.
+            // Taken before the loader reads its source: any write (or
+            // invalidation marker) after them wins.
             let before = this.snapshot(key);
+            let written_us = crate::clock::stamp_us();
             let lease = token();
             let budget = &mut budget;
             let mut leased = this.take_lease(key, lease, &opts, budget).await;
@@ -390,10 +392,12 @@ where
                             key,
                             &v,
                             opts.ttl,
+                            &opts.tags,
                             LoadFence {
                                 before,
                                 lease: leased,
                                 only_if_absent: start == Start::Miss,
+                                written_us,
                             },
                             budget,
                         )

@@ -29,6 +29,7 @@ pub struct LoadOptions {
     pub(crate) distributed_lock: bool,
     pub(crate) lock_ttl: Duration,
     pub(crate) lock_wait: Duration,
+    pub(crate) tags: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +43,7 @@ impl Default for LoadOptions {
             distributed_lock: false,
             lock_ttl: Duration::from_secs(10),
             lock_wait: Duration::from_secs(2),
+            tags: Vec::new(),
         }
     }
 }
@@ -112,8 +114,24 @@ impl LoadOptions {
         self
     }
 
+    /// Tags of the loaded value (see [`crate::tags`]): the entry is removed
+    /// by [`remove_by_tag`](crate::TwoLevelCache::remove_by_tag) of any of
+    /// them. A value whose load began before such a removal is returned to
+    /// its callers but not stored (the removal covers it).
+    pub fn tags<S: AsRef<str>>(mut self, tags: impl IntoIterator<Item = S>) -> Self {
+        self.tags = tags.into_iter().map(|t| t.as_ref().to_string()).collect();
+        self
+    }
+
     /// Checks the options: the error names the option, its value and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = crate::tags::check_tags(&self.tags) {
+            return Err(ConfigError::new(
+                "tags",
+                format!("{:?}", self.tags),
+                e.to_string(),
+            ));
+        }
         if let Some(t) = self.eager_refresh {
             if !(t > 0.0 && t < 1.0) {
                 return Err(ConfigError::new(

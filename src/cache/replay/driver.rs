@@ -114,6 +114,10 @@ where
                     }
                     (true, outcome)
                 }
+                Step::Mark(mark) => {
+                    let r = self.send_mark(l2, &mark).await.map(|_| ());
+                    (false, self.settle(permit, "replay", r))
+                }
                 Step::Op(key, op) => {
                     let r = self.send_write(l2, &key, op).await.map(|_| ());
                     let outcome = self.settle(permit, "replay", r);

@@ -15,6 +15,10 @@
 //!   capacity are simply absent from L2 (a miss, never an old value).
 //! - Queued values keep their deadline: a value whose TTL ran out while queued
 //!   is replayed as a delete.
+//! - **Invalidation markers** (tags, the namespace) made during an outage are
+//!   applied locally at once and recorded in L2 first thing on recovery,
+//!   after a pending clear and before the writes; none is ever dropped (each
+//!   replaces its elder of the same field).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::counter::Counter;
+use crate::tags::Mark;
 
 /// Default number of distinct keys a cache queues during an outage.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 10_000;
@@ -72,6 +77,7 @@ pub(crate) enum Lookup {
 /// One step of a replay.
 pub(crate) enum Step {
     Clear,
+    Mark(Mark),
     Op(String, PendingOp),
 }
 
@@ -86,11 +92,14 @@ struct State {
     /// (the clear comes from an overflow, not from a later `clear` call).
     reapply_in_flight: bool,
     seq: u64,
+    /// Markers waiting for L2, and the one being recorded.
+    marks: VecDeque<Mark>,
+    mark_in_flight: Option<Mark>,
 }
 
 impl State {
     fn is_active(&self) -> bool {
-        !self.ops.is_empty() || self.clear_pending || self.draining
+        !self.ops.is_empty() || !self.marks.is_empty() || self.clear_pending || self.draining
     }
 }
 
@@ -162,6 +171,23 @@ impl RecoveryQueue {
         true
     }
 
+    /// A marker that L2 could not take; replaces a queued one of the same field.
+    pub fn push_mark(&self, mark: Mark) {
+        let mut s = self.lock();
+        let field = mark.field();
+        match s.marks.iter_mut().find(|m| m.field() == field) {
+            Some(m) => m.at_us = m.at_us.max(mark.at_us),
+            None => s.marks.push_back(mark),
+        }
+        self.sync_flag(&s);
+    }
+
+    /// Markers waiting for L2.
+    pub fn marks_pending(&self) -> usize {
+        let s = self.lock();
+        s.marks.len() + s.mark_in_flight.is_some() as usize
+    }
+
     /// A `clear` that L2 could not take: drop the queue, clear L2 first on recovery.
     pub fn push_clear(&self) {
         let mut s = self.lock();
@@ -219,6 +245,10 @@ impl RecoveryQueue {
         if s.clear_pending {
             return Some(Step::Clear);
         }
+        if let Some(mark) = s.marks.pop_front() {
+            s.mark_in_flight = Some(mark.clone());
+            return Some(Step::Mark(mark));
+        }
         while let Some(key) = s.order.pop_front() {
             if let Some((seq, op)) = s.ops.remove(&key) {
                 s.in_flight = Some((key.clone(), seq, op.clone()));
@@ -234,6 +264,16 @@ impl RecoveryQueue {
     /// back unless a newer operation for the key arrived, and the replay stops).
     pub fn finish(&self, step_was_clear: bool, ok: bool) {
         let mut s = self.lock();
+        if let Some(mark) = s.mark_in_flight.take() {
+            if ok {
+                self.replayed.incr();
+            } else {
+                s.marks.push_front(mark);
+                s.draining = false;
+            }
+            self.sync_flag(&s);
+            return;
+        }
         if ok {
             if step_was_clear {
                 s.clear_pending = false;
@@ -363,6 +403,40 @@ mod tests {
         assert!(matches!(q.next(), Some(Step::Clear)));
         q.finish(true, true);
         assert!(q.next().is_none());
+    }
+
+    #[test]
+    fn markers_replay_after_a_clear_and_before_writes_and_are_kept_on_failure() {
+        use crate::tags::{MarkKind, Scope};
+        let mark = |tag: &str, at_us| Mark {
+            scope: Scope::Tag(tag.into()),
+            kind: MarkKind::Remove,
+            at_us,
+        };
+        let q = RecoveryQueue::new(10);
+        q.push("a", set(b"1"));
+        q.push_mark(mark("t", 5));
+        q.push_mark(mark("t", 3));
+        q.push_mark(mark("u", 4));
+        q.push_clear();
+        assert_eq!(q.marks_pending(), 2, "one per field, and a clear keeps them");
+        assert!(q.begin_drain());
+        assert!(matches!(q.next(), Some(Step::Clear)));
+        q.finish(true, true);
+        assert!(
+            matches!(q.next(), Some(Step::Mark(m)) if m == mark("t", 5)),
+            "the latest stamp"
+        );
+        q.finish(false, false);
+        assert_eq!(q.marks_pending(), 1 + 1, "a failed marker goes back");
+        assert!(q.is_active());
+        assert!(q.begin_drain());
+        assert!(matches!(q.next(), Some(Step::Mark(m)) if m == mark("t", 5)));
+        q.finish(false, true);
+        assert!(matches!(q.next(), Some(Step::Mark(m)) if m == mark("u", 4)));
+        q.finish(false, true);
+        assert!(q.next().is_none());
+        assert!(!q.is_active());
     }
 
     #[test]

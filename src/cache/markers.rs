@@ -1,0 +1,303 @@
+//! What this process knows of the namespace's invalidation markers
+//! ([`Markers`]), how an entry is judged against them ([`EntryState`]), and
+//! which L1 keys carry which tag ([`TagIndex`]).
+//!
+//! The table is loaded from L2 before the first L2 read needs it, kept
+//! current by the backplane (every instance's markers arrive as messages)
+//! and loaded again whenever messages may have been missed (the backplane
+//! reconnected or overflowed) — or, with no backplane, when it is more than
+//! [`UNSHARED_REFRESH`] old. Judging an entry takes no I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use crate::clock::{now_ms, stamp_us};
+use crate::tags::{EntryState, Mark, MarkKind, Scope};
+
+/// How long a marker table loaded from L2 is trusted when no backplane
+/// brings other instances' markers.
+pub(crate) const UNSHARED_REFRESH: Duration = Duration::from_secs(1);
+
+/// `[removed, expired]` stamps.
+type Stamps = [u64; 2];
+
+fn slot(kind: MarkKind) -> usize {
+    match kind {
+        MarkKind::Remove => 0,
+        MarkKind::Expire => 1,
+    }
+}
+
+pub(crate) struct Markers {
+    /// Whether any marker is known: while not, every entry is live and
+    /// judging costs one load.
+    any: AtomicBool,
+    tags: RwLock<HashMap<String, Stamps>>,
+    all: [AtomicU64; 2],
+    /// `now_ms` of the last load from L2 (0: never, or to be done again).
+    loaded_ms: AtomicU64,
+    lifetime: Duration,
+}
+
+impl Markers {
+    pub(crate) fn new(lifetime: Duration) -> Self {
+        Self {
+            any: AtomicBool::new(false),
+            tags: RwLock::default(),
+            all: [AtomicU64::new(0), AtomicU64::new(0)],
+            loaded_ms: AtomicU64::new(0),
+            lifetime,
+        }
+    }
+
+    /// How long markers are kept, and the longest a tagged entry lives.
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Takes `mark` into the table; `true` if it is newer than what was known.
+    pub(crate) fn apply(&self, mark: &Mark) -> bool {
+        let newer = match &mark.scope {
+            Scope::All => self.all[slot(mark.kind)].fetch_max(mark.at_us, SeqCst) < mark.at_us,
+            Scope::Tag(tag) => {
+                let mut tags = self.tags.write().unwrap_or_else(|p| p.into_inner());
+                let stamps = tags.entry(tag.clone()).or_default();
+                let s = &mut stamps[slot(mark.kind)];
+                let newer = *s < mark.at_us;
+                *s = (*s).max(mark.at_us);
+                newer
+            }
+        };
+        self.any.store(true, SeqCst);
+        newer
+    }
+
+    /// Whether any marker is known.
+    pub(crate) fn any(&self) -> bool {
+        self.any.load(Relaxed)
+    }
+
+    /// Whether a namespace-wide marker is younger than the marker lifetime:
+    /// writes then carry their stamp, so that readers can tell them from the
+    /// entries it covers.
+    pub(crate) fn all_live(&self) -> bool {
+        if !self.any.load(Relaxed) {
+            return false;
+        }
+        let horizon = stamp_us().saturating_sub(self.lifetime.as_micros() as u64);
+        self.all.iter().any(|a| a.load(SeqCst) > horizon)
+    }
+
+    /// What an entry written at `written_us` (`None`: untagged, written
+    /// before any namespace-wide marker it might meet) carrying `tags` is.
+    pub(crate) fn judge(&self, written_us: Option<u64>, tags: &[&str]) -> EntryState {
+        if !self.any.load(SeqCst) {
+            return EntryState::Live;
+        }
+        let Some(written) = written_us else {
+            // An untagged entry of the plain layout predates any namespace-wide
+            // marker still alive (writes after one carry their stamp).
+            let horizon = stamp_us().saturating_sub(self.lifetime.as_micros() as u64);
+            return if self.all[0].load(SeqCst) > horizon {
+                EntryState::Removed
+            } else if self.all[1].load(SeqCst) > horizon {
+                EntryState::Stale
+            } else {
+                EntryState::Live
+            };
+        };
+        let mut latest: Stamps = [self.all[0].load(SeqCst), self.all[1].load(SeqCst)];
+        if !tags.is_empty() {
+            let known = self.tags.read().unwrap_or_else(|p| p.into_inner());
+            for t in tags {
+                if let Some(s) = known.get(*t) {
+                    latest = [latest[0].max(s[0]), latest[1].max(s[1])];
+                }
+            }
+        }
+        if latest[0] >= written {
+            EntryState::Removed
+        } else if latest[1] >= written {
+            EntryState::Stale
+        } else {
+            EntryState::Live
+        }
+    }
+
+    /// Whether the table must be (re)loaded from L2 before judging an L2 entry.
+    #[inline]
+    pub(crate) fn needs_load(&self, shared: bool) -> bool {
+        match self.loaded_ms.load(Relaxed) {
+            0 => true,
+            at => !shared && now_ms().saturating_sub(at) > UNSHARED_REFRESH.as_millis() as u64,
+        }
+    }
+
+    /// Takes the markers read from L2 (unknown fields are skipped).
+    pub(crate) fn loaded(&self, fields: impl IntoIterator<Item = (String, u64)>) {
+        for (field, at) in fields {
+            if let Some(mark) = Mark::from_field(&field, at) {
+                self.apply(&mark);
+            }
+        }
+        self.loaded_ms.store(now_ms().max(1), Relaxed);
+    }
+
+    /// Messages may have been missed: load again before the next L2 read.
+    pub(crate) fn forget_loaded(&self) {
+        self.loaded_ms.store(0, Relaxed);
+    }
+
+    /// How many markers are known (tags, plus one per namespace-wide kind).
+    pub(crate) fn count(&self) -> u64 {
+        let tags = self.tags.read().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        tags + self.all.iter().filter(|a| a.load(Relaxed) > 0).count() as u64
+    }
+}
+
+/// Which L1 keys were stored with which tag, so that a tag's invalidation
+/// reaches L1 without looking at every entry. Only tagged writes touch it.
+/// A key evicted from L1 may stay listed (its invalidation is then a no-op);
+/// past [`TagIndex::MAX_PAIRS`] listings the index is dropped and L1 cleared
+/// (counted), so it cannot grow without bound.
+pub(crate) struct TagIndex {
+    by_tag: Mutex<HashMap<String, HashSet<String>>>,
+    pairs: AtomicU64,
+}
+
+impl TagIndex {
+    pub(crate) const MAX_PAIRS: u64 = 1 << 20;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            by_tag: Mutex::default(),
+            pairs: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
+        self.by_tag.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists `key` under each of `tags`; `false` when the index is full
+    /// (the caller clears L1 and the index).
+    pub(crate) fn add<S: AsRef<str>>(&self, key: &str, tags: &[S]) -> bool {
+        let mut by_tag = self.lock();
+        for t in tags {
+            if by_tag
+                .entry(t.as_ref().to_string())
+                .or_default()
+                .insert(key.to_string())
+            {
+                self.pairs.fetch_add(1, Relaxed);
+            }
+        }
+        self.pairs.load(Relaxed) <= Self::MAX_PAIRS
+    }
+
+    /// The keys listed under `tag`, which is no longer listed.
+    pub(crate) fn take(&self, tag: &str) -> Vec<String> {
+        let keys = self.lock().remove(tag).unwrap_or_default();
+        self.pairs.fetch_sub(keys.len() as u64, Relaxed);
+        keys.into_iter().collect()
+    }
+
+    /// The keys listed under `tag`, which stay listed (an expired entry
+    /// stays in L1 as a fallback, and a later removal must still reach it).
+    pub(crate) fn keys(&self, tag: &str) -> Vec<String> {
+        self.lock()
+            .get(tag)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+        self.pairs.store(0, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(scope: Scope, kind: MarkKind, at_us: u64) -> Mark {
+        Mark { scope, kind, at_us }
+    }
+
+    #[test]
+    fn entries_written_before_a_marker_are_covered_and_later_ones_are_not() {
+        let m = Markers::new(Duration::from_secs(3600));
+        assert_eq!(m.judge(Some(10), &["a"]), EntryState::Live);
+        assert!(m.apply(&mark(Scope::Tag("a".into()), MarkKind::Remove, 100)));
+        assert!(
+            !m.apply(&mark(Scope::Tag("a".into()), MarkKind::Remove, 50)),
+            "older: ignored"
+        );
+        assert_eq!(m.judge(Some(99), &["b", "a"]), EntryState::Removed);
+        assert_eq!(
+            m.judge(Some(100), &["a"]),
+            EntryState::Removed,
+            "same stamp: covered"
+        );
+        assert_eq!(m.judge(Some(101), &["a"]), EntryState::Live);
+        assert_eq!(m.judge(Some(99), &["b"]), EntryState::Live, "another tag");
+        m.apply(&mark(Scope::Tag("b".into()), MarkKind::Expire, 200));
+        assert_eq!(m.judge(Some(150), &["b"]), EntryState::Stale);
+        assert_eq!(
+            m.judge(Some(50), &["a", "b"]),
+            EntryState::Removed,
+            "removal beats expiry"
+        );
+        assert_eq!(m.count(), 2);
+    }
+
+    #[test]
+    fn namespace_markers_cover_every_entry_and_plain_ones_while_alive() {
+        let m = Markers::new(Duration::from_secs(3600));
+        assert!(!m.all_live());
+        assert_eq!(m.judge(None, &[]), EntryState::Live);
+        let now = stamp_us();
+        m.apply(&mark(Scope::All, MarkKind::Expire, now));
+        assert!(m.all_live());
+        assert_eq!(m.judge(None, &[]), EntryState::Stale);
+        assert_eq!(m.judge(Some(now - 1), &[]), EntryState::Stale);
+        assert_eq!(m.judge(Some(stamp_us()), &[]), EntryState::Live);
+        m.apply(&mark(Scope::All, MarkKind::Remove, stamp_us()));
+        assert_eq!(m.judge(None, &[]), EntryState::Removed);
+        // A namespace marker older than the lifetime no longer covers plain entries.
+        let old = Markers::new(Duration::from_secs(1));
+        old.apply(&mark(Scope::All, MarkKind::Remove, now - 5_000_000));
+        assert!(!old.all_live());
+        assert_eq!(old.judge(None, &[]), EntryState::Live);
+    }
+
+    #[test]
+    fn loading_takes_known_fields_and_is_redone_when_forgotten() {
+        let m = Markers::new(Duration::from_secs(3600));
+        assert!(m.needs_load(true));
+        m.loaded([("r:x".to_string(), 7), ("bogus".to_string(), 9)]);
+        assert!(!m.needs_load(true));
+        assert_eq!(m.judge(Some(6), &["x"]), EntryState::Removed);
+        assert_eq!(m.count(), 1);
+        m.forget_loaded();
+        assert!(m.needs_load(true));
+    }
+
+    #[test]
+    fn the_tag_index_lists_and_hands_over_keys() {
+        let idx = TagIndex::new();
+        assert!(idx.add("k1", &["a", "b"]));
+        assert!(idx.add("k2", &["a"]));
+        assert!(idx.add("k2", &["a"]), "listed once");
+        let mut keys = idx.take("a");
+        keys.sort();
+        assert_eq!(keys, ["k1", "k2"]);
+        assert!(idx.take("a").is_empty());
+        assert_eq!(idx.keys("b"), ["k1"]);
+        assert_eq!(idx.take("b"), ["k1"], "still listed after `keys`");
+        assert_eq!(idx.pairs.load(Relaxed), 0);
+    }
+}
