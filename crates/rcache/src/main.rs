@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use resilient_cache::backend::redis::RedisBackend;
+use resilient_cache::cache::{Invalidation, MarkerStatus};
 use resilient_cache::config::keys;
+use resilient_cache::tags::{self, EntryState, Mark};
 use resilient_cache::{
     Cache, CacheBackend, CacheFactoryConfig, CacheOptions, CacheService, L2BackendKind, L2Config,
 };
@@ -97,6 +99,41 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Removes every entry carrying TAG, on every running instance and in
+    /// L2 (one marker: entries are not scanned).
+    RemoveByTag {
+        #[arg(long)]
+        prefix: String,
+        tag: String,
+    },
+    /// Makes every entry carrying TAG stale: applications reload it, and
+    /// keep the old value only as a fail-safe fallback.
+    ExpireByTag {
+        #[arg(long)]
+        prefix: String,
+        tag: String,
+    },
+    /// Makes a key stale: kept in L2 for --fail-safe seconds as a fallback
+    /// (the namespace's fail-safe duration), or removed without it.
+    Expire {
+        #[arg(long)]
+        prefix: String,
+        key: String,
+        /// Seconds the stale value stays readable as a fail-safe fallback.
+        #[arg(long)]
+        fail_safe: Option<f64>,
+    },
+    /// Invalidates every entry of a namespace, on every running instance, in
+    /// constant time (one marker; `clear` deletes the keys instead).
+    InvalidateAll {
+        #[arg(long)]
+        prefix: String,
+    },
+    /// Makes every entry of a namespace stale, in constant time.
+    ExpireAll {
+        #[arg(long)]
+        prefix: String,
+    },
     /// A guided tour: load, L1 hit, L2 hit, stats; works without Redis (L1 only).
     Demo,
     /// Quick latency benchmark through the cache: set, L2 get (L1 off), L1 get.
@@ -108,6 +145,12 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         concurrency: u64,
     },
+}
+
+/// Whether an invalidation command removes or expires.
+enum Kind {
+    Remove,
+    Expire,
 }
 
 /// One clear line on stderr and an exit code; never a backtrace.
@@ -198,14 +241,31 @@ impl Ctx {
     /// The namespace as a cache: L2 with the configured serializer, a
     /// one-entry L1 (so writes announce themselves to running instances).
     fn cache(&self, prefix: &str, ttl: Duration) -> Result<Cache<Value>, Failure> {
+        self.cache_with(CacheOptions::new(prefix).l2_ttl(ttl))
+    }
+
+    fn cache_with(&self, options: CacheOptions) -> Result<Cache<Value>, Failure> {
         self.service
-            .create_cache::<Value>(
-                CacheOptions::new(prefix)
-                    .l2_ttl(ttl)
-                    .l1_maxsize(1)
-                    .backplane(true),
-            )
+            .create_cache::<Value>(options.l1_maxsize(1).backplane(true))
             .or_else(|e| fail(USAGE, e.to_string()))
+    }
+
+    /// Reports an invalidation by marker; exit 3 unless L2 recorded it.
+    async fn invalidated(&self, cache: &Cache<Value>, r: Invalidation) -> Outcome {
+        if r.l2 != MarkerStatus::Recorded {
+            return fail(UNAVAILABLE, format!("L2 did not record the marker ({:?})", r.l2));
+        }
+        flush_backplane(cache).await;
+        let what = match &r.tag {
+            Some(tag) => format!("entries tagged {tag:?}"),
+            None => "every entry".to_string(),
+        };
+        let done = if r.kind == "remove" { "removed" } else { "expired" };
+        let prefix = cache.key_prefix().to_string();
+        self.print(serde_json::to_value(&r).unwrap_or_default(), || {
+            println!("{done} {what} of {prefix}:* on every instance")
+        });
+        Ok(())
     }
 
     /// The namespace's L2 backend alone: reads without side effects (the
@@ -257,6 +317,10 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
         service,
         config,
         json: cli.json,
+    };
+    let cli_kind = match cli.command {
+        Cmd::ExpireByTag { .. } | Cmd::ExpireAll { .. } => Kind::Expire,
+        _ => Kind::Remove,
     };
     match cli.command {
         Cmd::Ping => {
@@ -314,6 +378,27 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
             let Some(bytes) = bytes else {
                 return fail(ERROR, format!("{prefix}:{key} not found"));
             };
+            let backend = ctx.backend(&prefix)?;
+            let marks: Vec<Mark> = backend
+                .load_markers()
+                .await
+                .map_err(l2_err)?
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(field, at)| Mark::from_field(&field, at))
+                .collect();
+            match tags::entry_state(&marks, &bytes, tags::MIN_MARKER_LIFETIME) {
+                Ok(EntryState::Removed) => {
+                    return fail(
+                        ERROR,
+                        format!("{prefix}:{key} not found (removed by an invalidation marker)"),
+                    )
+                }
+                Ok(EntryState::Stale) => {
+                    eprintln!("{prefix}:{key} is stale (expired by an invalidation marker)")
+                }
+                _ => {}
+            }
             let value = decode_any(&bytes).or_else(|why| {
                 fail(
                     ERROR,
@@ -415,6 +500,68 @@ async fn run(cli: Cli, config: CacheFactoryConfig) -> Outcome {
                     if n == 1 { "key" } else { "keys" }
                 )
             });
+        }
+        Cmd::RemoveByTag { prefix, tag } | Cmd::ExpireByTag { prefix, tag } => {
+            let remove = matches!(cli_kind, Kind::Remove);
+            ctx.require_l2().await?;
+            let cache = ctx.cache(&prefix, Duration::from_secs(3600))?;
+            let r = if remove {
+                cache.remove_by_tag(&tag).await
+            } else {
+                cache.expire_by_tag(&tag).await
+            };
+            let r = r.or_else(|e| fail(USAGE, e.to_string()))?;
+            ctx.invalidated(&cache, r).await?;
+        }
+        Cmd::InvalidateAll { prefix } | Cmd::ExpireAll { prefix } => {
+            ctx.require_l2().await?;
+            let cache = ctx.cache(&prefix, Duration::from_secs(3600))?;
+            let r = if matches!(cli_kind, Kind::Remove) {
+                cache.invalidate_all().await
+            } else {
+                cache.expire_all().await
+            };
+            ctx.invalidated(&cache, r).await?;
+        }
+        Cmd::Expire {
+            prefix,
+            key,
+            fail_safe,
+        } => {
+            let mut options = CacheOptions::new(&prefix).l2_ttl(Duration::from_secs(3600));
+            if let Some(s) = fail_safe {
+                if !(s.is_finite() && s >= 0.001) {
+                    return fail(
+                        USAGE,
+                        format!("--fail-safe {s} is not allowed: a number of seconds >= 0.001"),
+                    );
+                }
+                options = options.fail_safe_max_duration(Duration::from_secs_f64(s));
+            }
+            ctx.require_l2().await?;
+            let cache = ctx.cache_with(options)?;
+            let backend = ctx.backend(&prefix)?;
+            if !backend.exists(&key).await.map_err(l2_err)? {
+                return fail(ERROR, format!("{prefix}:{key} not found"));
+            }
+            cache.expire(&key).await;
+            let left = backend.get_ttl(&key).await.map_err(l2_err)?;
+            let taken = match fail_safe {
+                Some(s) => left.is_some_and(|t| t.as_secs_f64() <= s),
+                None => !backend.exists(&key).await.map_err(l2_err)?,
+            };
+            if !taken {
+                return fail(UNAVAILABLE, "L2 did not take the expiry");
+            }
+            flush_backplane(&cache).await;
+            let kept = left.map(|t| t.as_secs_f64());
+            ctx.print(
+                json!({"expired": true, "key": key, "fallback_s": kept}),
+                || match kept {
+                    Some(s) => println!("expired; kept {s:.0} s as a fail-safe fallback"),
+                    None => println!("expired (removed: no --fail-safe)"),
+                },
+            );
         }
         Cmd::Demo => demo(&ctx).await?,
         Cmd::Bench { ops, concurrency } => {
@@ -522,6 +669,11 @@ async fn demo(ctx: &Ctx) -> Outcome {
 /// themselves (the binary formats carry a header; anything else must be
 /// JSON), so any namespace reads without naming its serializer.
 fn decode_any(bytes: &[u8]) -> Result<Value, String> {
+    let bytes = match tags::open(bytes) {
+        Ok(Some(entry)) => entry.body,
+        Ok(None) => bytes,
+        Err(e) => return Err(e.to_string()),
+    };
     match resilient_cache::serializer::detect_format(bytes) {
         Some("postcard") => Err("it is postcard, which cannot be shown without its Rust type".into()),
         Some(name) => resilient_cache::get_serializer(name)
@@ -557,7 +709,7 @@ fn confirm(prefix: &str, total: u64) -> Result<bool, Failure> {
 async fn flush_backplane(cache: &Cache<Value>) {
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        match cache.get_stats().await.backplane {
+        match cache.backplane_stats() {
             Some(b) if b.messages_sent > 0 => return,
             Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             None => return,

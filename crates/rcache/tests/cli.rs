@@ -287,3 +287,115 @@ fn flags_override_the_environment() {
     let out = c.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// An entry in the documented tagged layout, written `age_us` ago.
+fn tagged(tags: &[&str], body: &[u8], age_us: u64) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let mut b = vec![0xC0, 1];
+    b.extend_from_slice(&(now - age_us).to_be_bytes());
+    b.push(tags.len() as u8);
+    for t in tags {
+        b.push(t.len() as u8);
+        b.extend_from_slice(t.as_bytes());
+    }
+    b.extend_from_slice(body);
+    b
+}
+
+#[test]
+fn invalidation_commands_mark_tags_and_namespaces_and_get_honours_them() {
+    let redis = RedisServer::start();
+    let run = |args: &[&str]| rcache(&redis).args(args).output().unwrap();
+    redis.set_raw(
+        "shop:p1",
+        &tagged(&["product:1", "prices"], br#"{"price":10}"#, 1_000),
+    );
+    redis.set_raw(
+        "shop:p2",
+        &tagged(&["product:2", "prices"], br#"{"price":20}"#, 1_000),
+    );
+    redis.set_raw("shop:plain", br#""untagged""#);
+
+    let out = run(&["get", "--prefix", "shop", "p1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"price\": 10"),
+        "the tagged layout is read"
+    );
+
+    let out = run(&["remove-by-tag", "--prefix", "shop", "product:1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["scope"].as_str(), v["tag"].as_str()),
+        (Some("tag"), Some("product:1"))
+    );
+    assert_eq!(
+        (v["kind"].as_str(), v["l2"].as_str()),
+        (Some("remove"), Some("recorded"))
+    );
+    let out = run(&["get", "--prefix", "shop", "p1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("removed by an invalidation marker"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(run(&["get", "--prefix", "shop", "p2"]).status.code(), Some(0));
+
+    let out = run(&["expire-by-tag", "--prefix", "shop", "prices"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("expired entries tagged \"prices\""),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["get", "--prefix", "shop", "p2"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("stale"), "{}", stderr(&out));
+
+    let out = run(&["remove-by-tag", "--prefix", "shop", "bad\ntag"]);
+    assert_eq!(out.status.code(), Some(2), "an invalid tag is a usage error");
+    assert!(stderr(&out).contains("control characters"), "{}", stderr(&out));
+
+    let out = run(&[
+        "expire",
+        "--prefix",
+        "shop",
+        "plain",
+        "--fail-safe",
+        "60",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = v["fallback_s"].as_f64().unwrap();
+    assert!(kept > 0.0 && kept <= 60.0, "{v}");
+    assert_eq!(
+        run(&["expire", "--prefix", "shop", "missing"]).status.code(),
+        Some(1)
+    );
+    let out = run(&["expire", "--prefix", "shop", "plain"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(redis.get_raw("shop:plain"), None, "without --fail-safe: removed");
+
+    redis.set_raw("shop:plain", br#""again""#);
+    redis.reset_stats();
+    let out = run(&["invalidate-all", "--prefix", "shop", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["scope"].as_str(), Some("namespace"));
+    let calls = redis.command_calls();
+    assert!(!calls.contains_key("scan"), "constant time, no scan: {calls:?}");
+    let out = run(&["get", "--prefix", "shop", "plain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        redis.get_raw("shop:plain").is_some(),
+        "the key stays until its TTL"
+    );
+    let out = run(&["expire-all", "--prefix", "shop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
