@@ -90,12 +90,41 @@ pub struct CachedResponse {
 /// most `max_body_bytes` (1 MiB); streamed or larger bodies pass through.
 /// A request with `Cache-Control: no-store` or `no-cache` skips the cache
 /// (and `no-store` is not stored). Responses carry `x-cache: hit` or `miss`.
+///
+/// Stored responses can carry tags, so that
+/// [`remove_by_tag`](crate::TwoLevelCache::remove_by_tag) on
+/// [`cache`](Self::cache) drops them on every instance: fixed ones
+/// ([`tags`](Self::tags), e.g. the route), ones computed from the request
+/// ([`tag_by`](Self::tag_by), e.g. an id in the path), and ones the handler
+/// names in a response header ([`tags_header`](Self::tags_header)).
+///
+/// ```
+/// # use std::time::Duration;
+/// # use resilient_cache::{axum::ResponseCacheLayer, CacheService};
+/// # async fn demo(service: CacheService) -> resilient_cache::Result<()> {
+/// let products = ResponseCacheLayer::new(&service, "product-pages", Duration::from_secs(60))?
+///     .tags(["route:/products"])?
+///     .tag_by(|req| {
+///         // "/products/7" -> "product:7"
+///         req.uri.path().strip_prefix("/products/").map(|id| format!("product:{id}")).into_iter().collect()
+///     })
+///     .tags_header("x-cache-tags");
+/// // Later, when product 7 changes, on any instance:
+/// products.cache().remove_by_tag("product:7").await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct ResponseCacheLayer {
     cache: Cache<CachedResponse>,
     ttl: Duration,
     max_body_bytes: usize,
+    tags: Vec<String>,
+    tag_by: Option<std::sync::Arc<TagFn>>,
+    tags_header: Option<HeaderName>,
 }
+
+/// Computes a request's tags (see [`ResponseCacheLayer::tag_by`]).
+type TagFn = dyn Fn(&::axum::http::request::Parts) -> Vec<String> + Send + Sync;
 
 impl ResponseCacheLayer {
     /// A layer over a new cache `prefix` of `service` (L1 and L2), whose entries live `ttl`.
@@ -111,7 +140,37 @@ impl ResponseCacheLayer {
             cache,
             ttl,
             max_body_bytes: 1 << 20,
+            tags: Vec::new(),
+            tag_by: None,
+            tags_header: None,
         }
+    }
+
+    /// Tags every stored response carries (e.g. its route). An invalid tag
+    /// is an error here, at set-up.
+    pub fn tags<S: AsRef<str>>(mut self, tags: impl IntoIterator<Item = S>) -> crate::Result<Self> {
+        let tags: Vec<String> = tags.into_iter().map(|t| t.as_ref().to_string()).collect();
+        self.tags = crate::tags::check_tags(&tags)?;
+        Ok(self)
+    }
+
+    /// Tags computed from each request (method, URI, headers). A response
+    /// whose tags turn out invalid is served but not stored (counted in the
+    /// cache's `errors.invalid_tag`).
+    pub fn tag_by(
+        mut self,
+        f: impl Fn(&::axum::http::request::Parts) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.tag_by = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// Tags named by the handler in the response header `name`, separated
+    /// by commas (`x-cache-tags: product:7, prices`); the header is not sent
+    /// on to the client.
+    pub fn tags_header(mut self, name: &'static str) -> Self {
+        self.tags_header = Some(HeaderName::from_static(name));
+        self
     }
 
     /// Largest body stored (larger responses pass through uncached).
@@ -183,6 +242,15 @@ where
                 return inner.call(req).await;
             }
             let key = format!("{} {}", req.method(), req.uri());
+            let mut tags = layer.tags.clone();
+            let req = match &layer.tag_by {
+                Some(f) => {
+                    let (parts, body) = req.into_parts();
+                    tags.extend(f(&parts));
+                    Request::from_parts(parts, body)
+                }
+                None => req,
+            };
             let skip_lookup = has_directive(req.headers(), &["no-store", "no-cache"]);
             let may_store = !has_directive(req.headers(), &["no-store"]);
             if !skip_lookup {
@@ -193,7 +261,19 @@ where
                     }
                 }
             }
-            let resp = inner.call(req).await?;
+            let mut resp = inner.call(req).await?;
+            if let Some(name) = &layer.tags_header {
+                for v in resp.headers().get_all(name) {
+                    let v = v.to_str().unwrap_or("");
+                    tags.extend(
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|t| !t.is_empty())
+                            .map(str::to_string),
+                    );
+                }
+                resp.headers_mut().remove(name);
+            }
             // Only bodies of known size are buffered; streams pass through uncached.
             let small = ::axum::body::HttpBody::size_hint(resp.body())
                 .exact()
@@ -227,7 +307,15 @@ where
                     .collect(),
                 body: body.to_vec(),
             };
-            layer.cache.set_with_ttl(&key, cached, Some(layer.ttl)).await;
+            if tags.is_empty() {
+                layer.cache.set_with_ttl(&key, cached, Some(layer.ttl)).await;
+            } else {
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                let _ = layer
+                    .cache
+                    .try_set_with_tags(&key, cached, Some(layer.ttl), &tags)
+                    .await;
+            }
             let mut resp = Response::from_parts(parts, Body::from(body));
             x_cache(&mut resp, "miss");
             Ok(resp)

@@ -122,3 +122,45 @@ async fn the_response_layer_honours_no_store_no_cache_and_cookies() {
         .iter()
         .any(|k| k.contains("personal") || k.contains("missing")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_layer_tags_pages_by_route_request_and_handler() {
+    let redis = RedisServer::start();
+    let app = Running::start(&redis).await;
+    let mut bodies = Vec::new();
+    for id in 1..=4 {
+        let (x, body) = app.raw(&format!("/products/{id}"), &[]).await;
+        assert_eq!(x, "miss");
+        let (x, again) = app.raw(&format!("/products/{id}"), &[]).await;
+        assert_eq!((x.as_str(), &again), ("hit", &body));
+        bodies.push(body);
+    }
+    let r = app.send("/products/1", &[]).await;
+    assert!(
+        r.headers().get("x-cache-tags").is_none(),
+        "the tag header stays inside"
+    );
+    let raw = redis.get_raw("product-pages:GET /products/2").unwrap();
+    let entry = resilient_cache::tags::open(&raw).unwrap().unwrap();
+    assert_eq!(entry.tags, ["even", "product:2", "route:/products"]);
+
+    // One product changed: only its page is rebuilt.
+    let (status, _) = app.get("/tags/product:3/remove").await;
+    assert_eq!(status, 200);
+    let (x, _) = app.raw("/products/3", &[]).await;
+    assert_eq!(x, "miss");
+    let (x, _) = app.raw("/products/1", &[]).await;
+    assert_eq!(x, "hit");
+    // A tag the handler named: every even product.
+    app.get("/tags/even/remove").await;
+    for (id, want) in [(1, "hit"), (2, "miss"), (3, "hit"), (4, "miss")] {
+        let (x, _) = app.raw(&format!("/products/{id}"), &[]).await;
+        assert_eq!(x, want, "product {id}");
+    }
+    // The route's tag: all of them.
+    app.get("/tags/route:%2Fproducts/remove").await;
+    for id in 1..=4 {
+        let (x, _) = app.raw(&format!("/products/{id}"), &[]).await;
+        assert_eq!(x, "miss", "product {id}");
+    }
+}

@@ -68,6 +68,8 @@ impl FakeDb {
 pub struct AppState {
     pub cache: CacheService,
     pub users: Cache<User>,
+    /// The cache of the tagged product pages.
+    pub products: Cache<resilient_cache::axum::CachedResponse>,
     pub db: Arc<FakeDb>,
     metrics: PrometheusHandle,
 }
@@ -98,15 +100,40 @@ pub fn app(service: CacheService) -> resilient_cache::Result<(Router, AppState)>
             .l1_ttl(Duration::from_secs(60)),
     )?;
     let pages = ResponseCacheLayer::new(&service, "pages", Duration::from_secs(10))?;
+    // Product pages: tagged by route, by product (from the path) and by
+    // what the handler names in `x-cache-tags`.
+    let product_pages = ResponseCacheLayer::new(&service, "product-pages", Duration::from_secs(60))?
+        .tags(["route:/products"])?
+        .tag_by(|req| {
+            req.uri
+                .path()
+                .strip_prefix("/products/")
+                .map(|id| format!("product:{id}"))
+                .into_iter()
+                .collect()
+        })
+        .tags_header("x-cache-tags");
     let state = AppState {
         cache: service,
         users,
+        products: product_pages.cache().clone(),
         db: Arc::new(FakeDb::new()),
         metrics: prometheus(),
     };
     let router = Router::new()
         .route("/users/{id}", get(get_user))
         .route("/users/{id}/clear", get(clear_user))
+        .route(
+            "/products/{id}",
+            get(|Path(id): Path<u64>| async move {
+                (
+                    [("x-cache-tags", if id % 2 == 0 { "even" } else { "odd" })],
+                    format!("product {id} at {:?}", std::time::SystemTime::now()),
+                )
+            })
+            .layer(product_pages),
+        )
+        .route("/tags/{tag}/remove", get(remove_tag))
         .route("/cache/clear", get(clear_cache))
         .route("/cache/keys", get(cache_keys))
         .nest("/cache", cache_routes()) // GET /cache/stats, GET /cache/health
@@ -161,6 +188,13 @@ async fn get_user(State(s): State<AppState>, Path(id): Path<u64>) -> Response {
 async fn clear_user(State(s): State<AppState>, Path(id): Path<u64>) -> Json<serde_json::Value> {
     let deleted = s.users.delete(&id.to_string()).await;
     Json(json!({"key": id.to_string(), "deleted": deleted}))
+}
+
+async fn remove_tag(State(s): State<AppState>, Path(tag): Path<String>) -> Response {
+    match s.products.remove_by_tag(&tag).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
 }
 
 async fn clear_cache(State(s): State<AppState>) -> Json<resilient_cache::ClearReport> {
