@@ -160,11 +160,21 @@ impl Markers {
 /// Which L1 keys were stored with which tag, so that a tag's invalidation
 /// reaches L1 without looking at every entry. Only tagged writes touch it.
 /// A key evicted from L1 may stay listed (its invalidation is then a no-op);
-/// past [`TagIndex::MAX_PAIRS`] listings the index is dropped and L1 cleared
-/// (counted), so it cannot grow without bound.
+/// past [`TagIndex::MAX_PAIRS`] listings, the keys L1 no longer holds are
+/// dropped, and only if that is not enough is the index dropped and L1
+/// cleared (counted), so it cannot grow without bound.
 pub(crate) struct TagIndex {
-    by_tag: Mutex<HashMap<String, HashSet<String>>>,
+    state: Mutex<IndexState>,
     pairs: AtomicU64,
+    pruning: AtomicBool,
+}
+
+#[derive(Default)]
+struct IndexState {
+    by_tag: HashMap<String, HashSet<String>>,
+    /// While a prune runs: keys listed since it took its snapshot (they may
+    /// be back in L1, so the prune must not forget them).
+    relisted: Option<HashSet<String>>,
 }
 
 impl TagIndex {
@@ -172,34 +182,35 @@ impl TagIndex {
 
     pub(crate) fn new() -> Self {
         Self {
-            by_tag: Mutex::default(),
+            state: Mutex::default(),
             pairs: AtomicU64::new(0),
+            pruning: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
-        self.by_tag.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, IndexState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Lists `key` under each of `tags`; `false` when the index is full
-    /// (the caller clears L1 and the index).
+    /// (the caller prunes it, or clears L1 and the index).
     pub(crate) fn add<S: AsRef<str>>(&self, key: &str, tags: &[S]) -> bool {
-        let mut by_tag = self.lock();
+        let mut state = self.lock();
         for t in tags {
-            if by_tag
-                .entry(t.as_ref().to_string())
-                .or_default()
-                .insert(key.to_string())
-            {
+            let listed = state.by_tag.entry(t.as_ref().to_string()).or_default();
+            if listed.insert(key.to_string()) {
                 self.pairs.fetch_add(1, Relaxed);
             }
+        }
+        if let Some(relisted) = &mut state.relisted {
+            relisted.insert(key.to_string());
         }
         self.pairs.load(Relaxed) <= Self::MAX_PAIRS
     }
 
     /// The keys listed under `tag`, which is no longer listed.
     pub(crate) fn take(&self, tag: &str) -> Vec<String> {
-        let keys = self.lock().remove(tag).unwrap_or_default();
+        let keys = self.lock().by_tag.remove(tag).unwrap_or_default();
         self.pairs.fetch_sub(keys.len() as u64, Relaxed);
         keys.into_iter().collect()
     }
@@ -208,14 +219,57 @@ impl TagIndex {
     /// stays in L1 as a fallback, and a later removal must still reach it).
     pub(crate) fn keys(&self, tag: &str) -> Vec<String> {
         self.lock()
+            .by_tag
             .get(tag)
             .map(|keys| keys.iter().cloned().collect())
             .unwrap_or_default()
     }
 
+    /// Starts a prune: every listed key, once, and the prune to end (with
+    /// [`Prune::end`]); `None` when another prune is running.
+    pub(crate) fn begin_prune(&self) -> Option<(Vec<String>, Prune<'_>)> {
+        if self.pruning.swap(true, SeqCst) {
+            return None;
+        }
+        let mut state = self.lock();
+        state.relisted = Some(HashSet::new());
+        let keys: HashSet<&String> = state.by_tag.values().flatten().collect();
+        Some((keys.into_iter().cloned().collect(), Prune(self)))
+    }
+
     pub(crate) fn clear(&self) {
-        self.lock().clear();
+        self.lock().by_tag.clear();
         self.pairs.store(0, Relaxed);
+    }
+}
+
+/// A prune of the tag index in progress; dropped without [`end`](Self::end)
+/// (its task cancelled), it forgets nothing and lets the next one start.
+pub(crate) struct Prune<'a>(&'a TagIndex);
+
+impl Prune<'_> {
+    /// Stops listing `gone` (keys L1 no longer holds), except those listed
+    /// again meanwhile. `true` if the index is back well within bounds (three
+    /// quarters, so that pruning is not redone at every write).
+    pub(crate) fn end(self, gone: &HashSet<String>) -> bool {
+        let index = self.0;
+        let mut state = index.lock();
+        let relisted = state.relisted.take().unwrap_or_default();
+        let mut pairs = 0;
+        state.by_tag.retain(|_, keys| {
+            keys.retain(|k| !gone.contains(k) || relisted.contains(k));
+            pairs += keys.len() as u64;
+            !keys.is_empty()
+        });
+        index.pairs.store(pairs, Relaxed);
+        pairs <= TagIndex::MAX_PAIRS / 4 * 3
+    }
+}
+
+impl Drop for Prune<'_> {
+    fn drop(&mut self) {
+        self.0.lock().relisted = None;
+        self.0.pruning.store(false, SeqCst);
     }
 }
 
@@ -287,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tag_index_lists_and_hands_over_keys() {
+    fn the_tag_index_lists_hands_over_and_prunes_keys() {
         let idx = TagIndex::new();
         assert!(idx.add("k1", &["a", "b"]));
         assert!(idx.add("k2", &["a"]));
@@ -299,5 +353,27 @@ mod tests {
         assert_eq!(idx.keys("b"), ["k1"]);
         assert_eq!(idx.take("b"), ["k1"], "still listed after `keys`");
         assert_eq!(idx.pairs.load(Relaxed), 0);
+        idx.add("k1", &["a", "b"]);
+        idx.add("k2", &["b"]);
+        idx.add("k3", &["b"]);
+        let (mut listed, prune) = idx.begin_prune().unwrap();
+        listed.sort();
+        assert_eq!(listed, ["k1", "k2", "k3"]);
+        assert!(idx.begin_prune().is_none(), "one prune at a time");
+        idx.add("k3", &["b"]); // written again while the prune looked at L1
+        let gone = HashSet::from(["k1".to_string(), "k3".to_string()]);
+        assert!(prune.end(&gone));
+        let mut b = idx.take("b");
+        b.sort();
+        assert_eq!(
+            (idx.take("a"), b),
+            (vec![], vec!["k2".to_string(), "k3".to_string()])
+        );
+        let (_, cancelled) = idx.begin_prune().expect("the next prune may start");
+        drop(cancelled);
+        assert!(
+            idx.begin_prune().is_some(),
+            "a cancelled prune does not block the next"
+        );
     }
 }

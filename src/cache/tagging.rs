@@ -308,12 +308,28 @@ where
         }
     }
 
+    /// Drops from the tag index the keys L1 no longer holds (evicted or
+    /// expired there); `true` if that brought it back within bounds, or
+    /// another prune is already at it.
+    async fn prune_tag_index(&self, l1: &A) -> bool {
+        let Some((listed, prune)) = self.inner.tag_index.begin_prune() else {
+            return true;
+        };
+        let mut gone = std::collections::HashSet::new();
+        for key in listed {
+            if !l1.exists(&key).await.unwrap_or(true) {
+                gone.insert(key);
+            }
+        }
+        prune.end(&gone)
+    }
+
     /// After a tagged value went into L1: lists it under its tags, then
     /// judges it again and takes it out if a marker arrived meanwhile (see
     /// the module docs for why this order).
     pub(crate) async fn l1_tagged<S: AsRef<str>>(&self, key: &str, tags: &[S], written_us: u64) {
         let Some(l1) = &self.inner.l1 else { return };
-        if !self.inner.tag_index.add(key, tags) {
+        if !self.inner.tag_index.add(key, tags) && !self.prune_tag_index(l1).await {
             self.inner.counters.tag_index_clears.incr();
             tracing::warn!(cache = %self.inner.prefix, "L1 tag index full: L1 cleared");
             self.inner.guard.bump_epoch();
