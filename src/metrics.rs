@@ -16,9 +16,11 @@
 //!   `_loads_total`, `_loader_errors_total`, `_stale_served_total`,
 //!   `_load_waits_total`, `_eager_refreshes_total`,
 //!   `_stale_writes_prevented_total`, backplane counters
-//!   `_backplane_messages_sent_total`, `_backplane_messages_received_total`;
-//!   gauges `resilient_cache_l1_size`, `_replay_queue_depth`, and the state
-//!   of each cache's breaker.
+//!   `_backplane_messages_sent_total`, `_backplane_messages_received_total`,
+//!   L2 entries an invalidation marker covered `_marker_reads_total` (label
+//!   `kind`: `removed`, `stale`); gauges `resilient_cache_l1_size`,
+//!   `_replay_queue_depth`, `_markers_known`, and the state of each cache's
+//!   breaker.
 
 use metrics::{counter, gauge};
 
@@ -68,6 +70,12 @@ pub async fn record(service: &CacheService) {
         }
         gauge!("resilient_cache_replay_queue_depth", "cache" => name.clone())
             .set(c.recovery.queue_depth as f64);
+        let inv = &c.invalidation;
+        for (kind, v) in [("removed", inv.removed_reads), ("stale", inv.stale_reads)] {
+            counter!("resilient_cache_marker_reads_total", "cache" => name.clone(), "kind" => kind)
+                .absolute(v);
+        }
+        gauge!("resilient_cache_markers_known", "cache" => name.clone()).set(inv.markers_known as f64);
         let state = match c.circuit_breaker.state {
             CircuitState::Closed => 0.0,
             CircuitState::HalfOpen => 1.0,

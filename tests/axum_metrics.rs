@@ -38,4 +38,12 @@ async fn metrics_publish_this_apps_own_counters() {
         text.contains("resilient_cache_l2_command_seconds"),
         "L2 latency histogram"
     );
+    assert_eq!(
+        value("resilient_cache_markers_known"),
+        stats.invalidation.markers_known as f64
+    );
+    assert!(
+        text.contains(r#"resilient_cache_marker_reads_total{cache="users",kind="removed"}"#),
+        "marker reads by kind:\n{text}"
+    );
 }
