@@ -130,10 +130,7 @@ fn tick() {
 pub(crate) fn stamp_us() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
+    let now = wall_us();
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = now.max(last + 1);
@@ -142,6 +139,15 @@ pub(crate) fn stamp_us() -> u64 {
             Err(seen) => last = seen,
         }
     }
+}
+
+/// Microseconds since the Unix epoch as the wall clock says (no ordering
+/// promise: for horizons, not for stamps).
+pub(crate) fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch, for timestamps shown in stats.

@@ -77,6 +77,16 @@ pub enum MarkKind {
     Expire,
 }
 
+impl MarkKind {
+    /// Its place in a `[removal, expiry]` pair of stamps.
+    pub(crate) fn slot(self) -> usize {
+        match self {
+            MarkKind::Remove => 0,
+            MarkKind::Expire => 1,
+        }
+    }
+}
+
 /// Which entries a marker covers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -145,32 +155,48 @@ pub enum EntryState {
 /// carry no stamp). This is the rule the cache applies on every L2 read;
 /// the cache keeps its markers in a table built for that, and tools use this.
 pub fn entry_state(marks: &[Mark], bytes: &[u8], lifetime: std::time::Duration) -> Result<EntryState> {
-    let covers = |m: &Mark, tags: &[&str]| match &m.scope {
-        Scope::All => true,
-        Scope::Tag(t) => tags.contains(&t.as_str()),
-    };
     let (written, tags) = match open(bytes)? {
         Some(e) => (Some(e.written_us), e.tags),
         None => (None, Vec::new()),
     };
-    let horizon = crate::clock::stamp_us().saturating_sub(lifetime.as_micros() as u64);
-    let hit = |kind: MarkKind| {
-        marks.iter().any(|m| {
-            m.kind == kind
-                && covers(m, &tags)
-                && match written {
-                    Some(w) => m.at_us >= w,
-                    None => m.scope == Scope::All && m.at_us > horizon,
-                }
-        })
+    let mut covering = [0u64; 2];
+    for m in marks {
+        let covers = match &m.scope {
+            Scope::All => true,
+            Scope::Tag(t) => tags.contains(&t.as_str()),
+        };
+        if covers {
+            let slot = &mut covering[m.kind.slot()];
+            *slot = (*slot).max(m.at_us);
+        }
+    }
+    Ok(judge(written, covering, lifetime))
+}
+
+/// The rule itself, shared by [`entry_state`] and the cache's marker table:
+/// an entry written at `written_us` (`None`: the untagged layout, which
+/// carries no stamp and which only namespace-wide markers cover), given the
+/// latest `[removal, expiry]` stamps of the markers covering it (0: none).
+/// A stamped entry is covered by a marker set at or after its write; an
+/// unstamped one by a marker still within its `lifetime` (writes made while
+/// one is alive carry their stamp). No clock is read unless a marker covers
+/// an unstamped entry.
+pub(crate) fn judge(
+    written_us: Option<u64>,
+    covering: [u64; 2],
+    lifetime: std::time::Duration,
+) -> EntryState {
+    let covered = |at: u64| match written_us {
+        Some(w) => at >= w,
+        None => at != 0 && at > crate::clock::wall_us().saturating_sub(lifetime.as_micros() as u64),
     };
-    Ok(if hit(MarkKind::Remove) {
+    if covered(covering[MarkKind::Remove.slot()]) {
         EntryState::Removed
-    } else if hit(MarkKind::Expire) {
+    } else if covered(covering[MarkKind::Expire.slot()]) {
         EntryState::Stale
     } else {
         EntryState::Live
-    })
+    }
 }
 
 /// First byte of a tagged entry.

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use crate::clock::{now_ms, stamp_us};
-use crate::tags::{EntryState, Mark, MarkKind, Scope};
+use crate::clock::now_ms;
+use crate::tags::{judge, EntryState, Mark, Scope};
 
 /// How long a marker table loaded from L2 is trusted when no backplane
 /// brings other instances' markers.
@@ -22,13 +22,6 @@ pub(crate) const UNSHARED_REFRESH: Duration = Duration::from_secs(1);
 
 /// `[removed, expired]` stamps.
 type Stamps = [u64; 2];
-
-fn slot(kind: MarkKind) -> usize {
-    match kind {
-        MarkKind::Remove => 0,
-        MarkKind::Expire => 1,
-    }
-}
 
 pub(crate) struct Markers {
     /// Whether any marker is known: while not, every entry is live and
@@ -57,21 +50,19 @@ impl Markers {
         self.lifetime
     }
 
-    /// Takes `mark` into the table; `true` if it is newer than what was known.
-    pub(crate) fn apply(&self, mark: &Mark) -> bool {
-        let newer = match &mark.scope {
-            Scope::All => self.all[slot(mark.kind)].fetch_max(mark.at_us, SeqCst) < mark.at_us,
+    /// Takes `mark` into the table (an older one than known changes nothing).
+    pub(crate) fn apply(&self, mark: &Mark) {
+        match &mark.scope {
+            Scope::All => {
+                self.all[mark.kind.slot()].fetch_max(mark.at_us, SeqCst);
+            }
             Scope::Tag(tag) => {
                 let mut tags = self.tags.write().unwrap_or_else(|p| p.into_inner());
-                let stamps = tags.entry(tag.clone()).or_default();
-                let s = &mut stamps[slot(mark.kind)];
-                let newer = *s < mark.at_us;
+                let s = &mut tags.entry(tag.clone()).or_default()[mark.kind.slot()];
                 *s = (*s).max(mark.at_us);
-                newer
             }
-        };
+        }
         self.any.store(true, SeqCst);
-        newer
     }
 
     /// Whether any marker is known.
@@ -81,35 +72,24 @@ impl Markers {
 
     /// Whether a namespace-wide marker is younger than the marker lifetime:
     /// writes then carry their stamp, so that readers can tell them from the
-    /// entries it covers.
+    /// entries it covers. Reads no clock while there is no such marker.
     pub(crate) fn all_live(&self) -> bool {
-        if !self.any.load(Relaxed) {
-            return false;
-        }
-        let horizon = stamp_us().saturating_sub(self.lifetime.as_micros() as u64);
-        self.all.iter().any(|a| a.load(SeqCst) > horizon)
+        self.any.load(Relaxed) && judge(None, self.all_stamps(), self.lifetime) != EntryState::Live
+    }
+
+    fn all_stamps(&self) -> Stamps {
+        [self.all[0].load(SeqCst), self.all[1].load(SeqCst)]
     }
 
     /// What an entry written at `written_us` (`None`: untagged, written
-    /// before any namespace-wide marker it might meet) carrying `tags` is.
+    /// before any namespace-wide marker it might meet) carrying `tags` is,
+    /// by the one rule ([`judge`]).
     pub(crate) fn judge(&self, written_us: Option<u64>, tags: &[&str]) -> EntryState {
         if !self.any.load(SeqCst) {
             return EntryState::Live;
         }
-        let Some(written) = written_us else {
-            // An untagged entry of the plain layout predates any namespace-wide
-            // marker still alive (writes after one carry their stamp).
-            let horizon = stamp_us().saturating_sub(self.lifetime.as_micros() as u64);
-            return if self.all[0].load(SeqCst) > horizon {
-                EntryState::Removed
-            } else if self.all[1].load(SeqCst) > horizon {
-                EntryState::Stale
-            } else {
-                EntryState::Live
-            };
-        };
-        let mut latest: Stamps = [self.all[0].load(SeqCst), self.all[1].load(SeqCst)];
-        if !tags.is_empty() {
+        let mut latest = self.all_stamps();
+        if written_us.is_some() && !tags.is_empty() {
             let known = self.tags.read().unwrap_or_else(|p| p.into_inner());
             for t in tags {
                 if let Some(s) = known.get(*t) {
@@ -117,13 +97,7 @@ impl Markers {
                 }
             }
         }
-        if latest[0] >= written {
-            EntryState::Removed
-        } else if latest[1] >= written {
-            EntryState::Stale
-        } else {
-            EntryState::Live
-        }
+        judge(written_us, latest, self.lifetime)
     }
 
     /// Whether the table must be (re)loaded from L2 before judging an L2 entry.
@@ -276,6 +250,8 @@ impl Drop for Prune<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::stamp_us;
+    use crate::tags::MarkKind;
 
     fn mark(scope: Scope, kind: MarkKind, at_us: u64) -> Mark {
         Mark { scope, kind, at_us }
@@ -285,18 +261,19 @@ mod tests {
     fn entries_written_before_a_marker_are_covered_and_later_ones_are_not() {
         let m = Markers::new(Duration::from_secs(3600));
         assert_eq!(m.judge(Some(10), &["a"]), EntryState::Live);
-        assert!(m.apply(&mark(Scope::Tag("a".into()), MarkKind::Remove, 100)));
-        assert!(
-            !m.apply(&mark(Scope::Tag("a".into()), MarkKind::Remove, 50)),
-            "older: ignored"
-        );
+        m.apply(&mark(Scope::Tag("a".into()), MarkKind::Remove, 100));
+        m.apply(&mark(Scope::Tag("a".into()), MarkKind::Remove, 50));
         assert_eq!(m.judge(Some(99), &["b", "a"]), EntryState::Removed);
         assert_eq!(
             m.judge(Some(100), &["a"]),
             EntryState::Removed,
             "same stamp: covered"
         );
-        assert_eq!(m.judge(Some(101), &["a"]), EntryState::Live);
+        assert_eq!(
+            m.judge(Some(101), &["a"]),
+            EntryState::Live,
+            "an older marker changes nothing"
+        );
         assert_eq!(m.judge(Some(99), &["b"]), EntryState::Live, "another tag");
         m.apply(&mark(Scope::Tag("b".into()), MarkKind::Expire, 200));
         assert_eq!(m.judge(Some(150), &["b"]), EntryState::Stale);
