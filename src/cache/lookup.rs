@@ -359,10 +359,7 @@ where
         self.inner.l2.as_ref().is_some() && {
             match self.pending(key) {
                 Some(present) => present,
-                None => {
-                    self.with_l2("exists", |l2| l2.exists(key)).await.unwrap_or(false)
-                        && !self.removed_in_l2(key).await
-                }
+                None => self.present_in_l2(key).await,
             }
         }
     }
@@ -376,11 +373,8 @@ where
     pub async fn get_ttl(&self, key: &str) -> Option<Duration> {
         self.check_key(key).ok()?;
         if self.inner.l2.is_some() && self.pending(key).is_none() {
-            if let Some(Some(t)) = self.with_l2("get_ttl", |l2| l2.get_ttl(key)).await {
-                if self.removed_in_l2(key).await {
-                    return None;
-                }
-                return self.logical(Some(t)).ok().flatten();
+            if let Some(ttl) = self.fresh_ttl_in_l2(key).await {
+                return ttl;
             }
         }
         let l1 = self.inner.l1.as_ref()?;

@@ -33,7 +33,7 @@ use crate::backend::CacheBackend;
 use crate::clock::stamp_us;
 use crate::error::Error;
 use crate::tags::EntryState;
-use crate::tags::{check_tags, validate_tag, wrap, Mark, MarkKind, Scope, ENVELOPE};
+use crate::tags::{check_tags, wrap, Mark, MarkKind, Scope, ENVELOPE};
 
 /// How far a memory backend's clock may lag (see `clock.rs`), with room.
 const L1_CLOCK_LAG: Duration = Duration::from_millis(50);
@@ -131,10 +131,7 @@ where
     }
 
     async fn invalidate_tag(&self, tag: &str, kind: MarkKind) -> Result<Invalidation, Error> {
-        validate_tag(tag).inspect_err(|e| {
-            self.inner.counters.invalid_tag.incr();
-            self.refused(e);
-        })?;
+        self.checked_tags(&[tag])?;
         Ok(self.invalidate_marked(Scope::Tag(tag.to_string()), kind).await)
     }
 
@@ -165,21 +162,10 @@ where
         let _write = self.inner.guard.write(key);
         let mut found = false;
         if self.inner.l2.is_some() {
-            let queue = &self.inner.queue;
-            let direct = (!queue.is_active() || queue.admits_direct(key))
-                .then(|| self.l2())
-                .flatten();
-            match direct {
-                Some((l2, permit)) => match self.settle(permit, "expire", l2.expire_in(key, extra).await) {
-                    Outcome::Done(existed) => {
-                        found |= existed;
-                        self.announce(Some(key));
-                    }
-                    // Removing is stronger than expiring: nothing old comes back.
-                    _ => self.enqueue(key, PendingOp::Delete),
-                },
-                None => self.enqueue(key, PendingOp::Delete),
-            }
+            found |= self
+                .write_l2(key, PendingOp::Expire(extra), None)
+                .await
+                .unwrap_or(false);
         }
         if let Some(l1) = &self.inner.l1 {
             found |= self.inner.l1_invalidate(l1, key, MarkKind::Expire).await;
@@ -269,23 +255,51 @@ where
         }
     }
 
-    /// Whether L2's entry under `key` is covered by a removal marker (so
-    /// `is_on_cache` and `get_ttl` do not report what reads cannot see).
-    /// Reads the entry only while some marker is known.
-    pub(super) async fn removed_in_l2(&self, key: &str) -> bool {
+    /// What stored `bytes` are by the markers (`None`: a malformed envelope,
+    /// which reads miss).
+    fn state_of(&self, bytes: &[u8]) -> Option<EntryState> {
+        match crate::tags::open(bytes) {
+            Ok(Some(e)) => Some(self.inner.markers.judge(Some(e.written_us), &e.tags)),
+            Ok(None) => Some(self.inner.markers.judge(None, &[])),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether L2 holds an entry reads can see under `key` (a stale one
+    /// counts for a fail-safe cache): one command, `EXISTS` while no marker
+    /// is known, the entry itself, judged, otherwise.
+    pub(super) async fn present_in_l2(&self, key: &str) -> bool {
         self.ensure_markers().await;
         if !self.inner.markers.any() {
-            return false;
+            return self.with_l2("exists", |l2| l2.exists(key)).await.unwrap_or(false);
         }
         let Some(Some(bytes)) = self.with_l2("get", |l2| l2.get(key)).await else {
             return false;
         };
-        let state = match crate::tags::open(&bytes) {
-            Ok(Some(e)) => self.inner.markers.judge(Some(e.written_us), &e.tags),
-            Ok(None) => self.inner.markers.judge(None, &[]),
-            Err(_) => return false,
+        match self.state_of(&bytes) {
+            Some(EntryState::Live) => true,
+            Some(EntryState::Stale) => self.inner.fail_safe.is_some(),
+            _ => false,
+        }
+    }
+
+    /// How long L2's entry under `key` stays fresh, if L2 answers and holds
+    /// it with an expiry (`Some(None)`: held but covered by a marker or only
+    /// stale). One call: the TTL alone while no marker is known, the entry
+    /// and its TTL together otherwise.
+    pub(super) async fn fresh_ttl_in_l2(&self, key: &str) -> Option<Option<Duration>> {
+        self.ensure_markers().await;
+        let ttl = if !self.inner.markers.any() {
+            self.with_l2("get_ttl", |l2| l2.get_ttl(key)).await??
+        } else {
+            let (bytes, ttl) = self.with_l2("get_with_ttl", |l2| l2.get_with_ttl(key)).await??;
+            let ttl = ttl?;
+            if self.state_of(&bytes) != Some(EntryState::Live) {
+                return Some(None);
+            }
+            ttl
         };
-        state == EntryState::Removed || (state == EntryState::Stale && self.inner.fail_safe.is_none())
+        Some(self.logical(Some(ttl)).ok().flatten())
     }
 
     /// `value` encoded for L2 by the one rule for writes (`encode_bounded`),

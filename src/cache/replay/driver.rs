@@ -42,6 +42,7 @@ where
                 Ok(stored)
             }
             PendingOp::Delete => l2.delete(key).await,
+            PendingOp::Expire(keep) => l2.expire_in(key, keep).await,
         }
     }
 

@@ -45,6 +45,10 @@ pub(crate) enum PendingOp {
         deadline_ms: u64,
     },
     Delete,
+    /// Make the entry stale, kept as a fail-safe fallback for this long.
+    /// Sent directly only: queued, it becomes a [`Delete`](Self::Delete)
+    /// (stronger, so nothing old comes back).
+    Expire(Duration),
 }
 
 impl PendingOp {
@@ -152,6 +156,10 @@ impl RecoveryQueue {
 
     /// Queues `op` for `key`, replacing any older one. Returns `false` on overflow.
     pub fn push(&self, key: &str, op: PendingOp) -> bool {
+        let op = match op {
+            PendingOp::Expire(_) => PendingOp::Delete,
+            op => op,
+        };
         let mut s = self.lock();
         s.seq += 1;
         let seq = s.seq;
@@ -214,7 +222,7 @@ impl RecoveryQueue {
                     Lookup::Absent
                 }
             }
-            Some(PendingOp::Delete) => Lookup::Absent,
+            Some(PendingOp::Delete | PendingOp::Expire(_)) => Lookup::Absent,
             None if s.clear_pending => Lookup::Absent,
             None => Lookup::NotPending,
         }
