@@ -21,6 +21,13 @@ pub const CHANNEL_PREFIX: &str = "rc:inv:";
 pub trait InvalidationBus: Send + Sync + 'static {
     /// `key: None` means the whole namespace (a clear).
     fn publish(&self, prefix: &str, key: Option<&str>);
+    /// Announces that several keys changed in L2, in one message where the
+    /// bus can (the default announces them one by one).
+    fn publish_keys(&self, prefix: &str, keys: &[&str]) {
+        for key in keys {
+            self.publish(prefix, Some(key));
+        }
+    }
     /// Announces an invalidation marker (a tag or the namespace removed or
     /// expired) so other instances apply it at once. The default sends
     /// nothing: other instances then learn of markers from L2 only.
@@ -56,6 +63,8 @@ pub(crate) trait Invalidate: Send + Sync {
 pub(crate) enum Notice {
     /// A key changed in L2.
     Key(String),
+    /// Keys written together (a batch): announced in one message.
+    Keys(Vec<String>),
     /// The namespace was cleared (or anything may have changed).
     Clear,
     /// An invalidation marker.
@@ -69,8 +78,9 @@ pub struct BackplaneStats {
     pub instance_id: String,
     /// Whether the subscriber connection is up.
     pub connected: bool,
-    /// Writes announced by this instance (announcements close together
-    /// share one message).
+    /// Writes announced by this instance, a batch (`set_many`,
+    /// `delete_many`) counting once (announcements close together share one
+    /// message).
     pub messages_sent: u64,
     /// Messages received from other instances (each may carry several keys).
     pub messages_received: u64,

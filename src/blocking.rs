@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::breaker::CircuitState;
-use crate::cache::load::{LoadError, LoadOptions, LoaderStats};
+use crate::cache::load::{LoadContext, LoadError, LoadOptions, Loaded, LoaderStats};
 use crate::cache::CacheStats;
 use crate::cache::{CacheValue, ClearReport, Invalidation, LookupStep, NoBudget};
 use crate::config::{CacheFactoryConfig, CacheOptions};
@@ -156,19 +156,81 @@ impl<V: CacheValue> Cache<V> {
         E: Send + Sync + 'static,
         F: FnOnce() -> std::result::Result<V, E> + Send + 'static,
     {
+        self.get_or_load_entry(key, opts, move |_| loader().map(Loaded::new))
+    }
+
+    /// See [`crate::TwoLevelCache::get_or_load_entry`]; `loader` runs on a
+    /// thread of the service's blocking pool.
+    pub fn get_or_load_entry<E, F>(
+        &self,
+        key: &str,
+        opts: &LoadOptions,
+        loader: F,
+    ) -> std::result::Result<Arc<V>, LoadError<E>>
+    where
+        E: Send + Sync + 'static,
+        F: FnOnce(LoadContext<V>) -> std::result::Result<Loaded<V>, E> + Send + 'static,
+    {
         opts.validate().map_err(LoadError::InvalidOptions)?;
         // As in `get`: an L1 hit is answered here, without the runtime.
         let first = match self.inner.read_through_hit(key, opts) {
             Ok(value) => return Ok(value),
             Err(step) => step,
         };
-        let loader = || async move {
-            match tokio::task::spawn_blocking(loader).await {
+        let loader = |ctx| async move {
+            match tokio::task::spawn_blocking(move || loader(ctx)).await {
                 Ok(r) => r,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         };
         self.rt.block_on(self.inner.load_from(key, opts, loader, first))
+    }
+
+    /// See [`crate::TwoLevelCache::get_many`].
+    pub fn get_many<K: AsRef<str>>(&self, keys: impl IntoIterator<Item = K>) -> Vec<Option<Arc<V>>> {
+        self.rt.block_on(self.inner.get_many(keys))
+    }
+
+    /// See [`crate::TwoLevelCache::set_many`].
+    pub fn set_many<K: AsRef<str>>(&self, entries: impl IntoIterator<Item = (K, V)>) {
+        self.rt.block_on(self.inner.set_many(entries))
+    }
+
+    /// See [`crate::TwoLevelCache::set_many_with_ttl`].
+    pub fn set_many_with_ttl<K: AsRef<str>>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+        ttl: Option<Duration>,
+    ) {
+        self.rt.block_on(self.inner.set_many_with_ttl(entries, ttl))
+    }
+
+    /// See [`crate::TwoLevelCache::delete_many`].
+    pub fn delete_many<K: AsRef<str>>(&self, keys: impl IntoIterator<Item = K>) -> u64 {
+        self.rt.block_on(self.inner.delete_many(keys))
+    }
+
+    /// See [`crate::TwoLevelCache::get_or_load_many`]; `loader` runs on a
+    /// thread of the service's blocking pool.
+    pub fn get_or_load_many<K, E, F, R, L>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        loader: F,
+    ) -> std::result::Result<Vec<Option<Arc<V>>>, LoadError<E>>
+    where
+        K: AsRef<str>,
+        E: Send + Sync + 'static,
+        F: FnOnce(Vec<String>) -> std::result::Result<R, E> + Send + 'static,
+        R: IntoIterator<Item = (String, L)> + Send + 'static,
+        L: Into<Loaded<V>>,
+    {
+        let loader = |keys| async move {
+            match tokio::task::spawn_blocking(move || loader(keys)).await {
+                Ok(r) => r,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        };
+        self.rt.block_on(self.inner.get_or_load_many(keys, loader))
     }
 
     /// See [`crate::TwoLevelCache::loader_stats`].

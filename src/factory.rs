@@ -142,6 +142,15 @@ macro_rules! impl_forwarding_backend {
             async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
                 forward!(self, b => b.expire_in(key, ttl).await, [$($variant : $cfg),*])
             }
+            async fn get_many(&self, keys: &[&str], with_ttl: bool) -> Result<Vec<Option<($value, Option<Duration>)>>> {
+                forward!(self, b => b.get_many(keys, with_ttl).await, [$($variant : $cfg),*])
+            }
+            async fn set_many(&self, entries: Vec<(&str, $value, Option<Duration>)>) -> Result<()> {
+                forward!(self, b => b.set_many(entries).await, [$($variant : $cfg),*])
+            }
+            async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+                forward!(self, b => b.delete_many(keys).await, [$($variant : $cfg),*])
+            }
         }
     };
 }

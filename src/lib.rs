@@ -179,7 +179,7 @@ pub mod stats {
 
 pub use backend::CacheBackend;
 pub use breaker::{CircuitBreaker, CircuitState};
-pub use cache::load::{LoadError, LoadOptions, LoaderStats};
+pub use cache::load::{LoadContext, LoadError, LoadOptions, Loaded, LoaderStats};
 pub use cache::CacheStats;
 pub use cache::{CacheEvent, ClearReport, EventStream, L2ClearStatus, TwoLevelCache, TwoLevelSettings};
 pub use config::{

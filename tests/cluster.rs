@@ -412,3 +412,67 @@ async fn a_tag_removal_survives_a_sentinel_failover() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_on_a_cluster_send_one_pipeline_per_primary() {
+    let cluster = RedisCluster::start();
+    let service = CacheService::new(cluster.config()).await.unwrap();
+    let c = service.create_cache::<String>(opts("batch")).unwrap();
+    let reader = CacheService::new(cluster.config()).await.unwrap();
+    let l2_only = reader
+        .create_cache::<String>(opts("batch").l1_enabled(false))
+        .unwrap();
+    let keys: Vec<String> = (0..100).map(|i| format!("item-{i}")).collect();
+    c.set_many(keys.iter().map(|k| (k.clone(), format!("v-{k}"))))
+        .await;
+    let primaries = cluster.primaries();
+    for &p in &primaries {
+        let n = cluster
+            .keys_on(p)
+            .iter()
+            .filter(|k| k.starts_with("batch:"))
+            .count();
+        assert!(n > 10, "primary {p} holds {n} of the batch");
+    }
+    // The first batch reads the slot table; count the ones after it.
+    assert_eq!(l2_only.get_many(&keys[..1]).await.len(), 1);
+    let conn = reader.factory().connection();
+    let before = conn.round_trips();
+    let found = l2_only.get_many(&keys).await;
+    let trips = conn.round_trips() - before;
+    assert!(
+        found
+            .iter()
+            .zip(&keys)
+            .all(|(v, k)| v.as_deref() == Some(&format!("v-{k}"))),
+        "every key read back across the slots: {:?} {:?}",
+        &found[..3],
+        l2_only.get_stats().await.errors
+    );
+    assert!(
+        trips as usize <= primaries.len(),
+        "{trips} round trips for {} primaries",
+        primaries.len()
+    );
+    let writer = service.factory().connection();
+    let before = writer.round_trips();
+    c.set_many(keys.iter().map(|k| (k.as_str(), "again".to_string())))
+        .await;
+    assert!(
+        (writer.round_trips() - before) as usize <= primaries.len() + 1,
+        "writes pipelined per node (and one announcement)"
+    );
+    assert_eq!(c.delete_many(&keys).await, 100);
+    for &p in &primaries {
+        assert!(
+            !cluster.keys_on(p).iter().any(|k| k.starts_with("batch:")),
+            "primary {p}"
+        );
+    }
+    let s = l2_only.get_stats().await;
+    assert_eq!(
+        s.errors.l2_connection, 0,
+        "no CROSSSLOT or other error: {:?}",
+        s.errors
+    );
+}

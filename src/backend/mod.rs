@@ -27,6 +27,10 @@ pub use stats::{L1Stats, L2Stats};
 /// field and stamp (see [`crate::tags`]).
 pub type MarkerFields = Vec<(String, u64)>;
 
+/// A value as [`CacheBackend::get_with_ttl`] finds it: with its remaining
+/// TTL (`None`: no expiry, or not asked), or `None` when absent.
+pub type WithTtl<V> = Option<(V, Option<Duration>)>;
+
 /// One level of a cache. Keys are the caller's keys, without any namespace:
 /// a backend that shares a server with others adds its own prefix.
 ///
@@ -203,6 +207,56 @@ pub trait CacheBackend: Send + Sync + 'static {
             }
         }
     }
+
+    /// The values under `keys`, in their order, each with its remaining TTL
+    /// when `with_ttl` (else `None`): what [`get_with_ttl`](Self::get_with_ttl)
+    /// or [`get`](Self::get) answers for each, in as few round trips as the
+    /// backend can (Redis: one `MGET`, or one pipeline per cluster node). The
+    /// default asks key by key.
+    fn get_many(
+        &self,
+        keys: &[&str],
+        with_ttl: bool,
+    ) -> impl Future<Output = Result<Vec<WithTtl<Self::Value>>>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(if with_ttl {
+                    self.get_with_ttl(key).await?
+                } else {
+                    self.get(key).await?.map(|v| (v, None))
+                });
+            }
+            Ok(found)
+        }
+    }
+
+    /// Stores each `(key, value, ttl)` as [`set`](Self::set) does (ending
+    /// each key's lease), in as few round trips as the backend can. The
+    /// default writes key by key.
+    fn set_many(
+        &self,
+        entries: Vec<(&str, Self::Value, Option<Duration>)>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for (key, value, ttl) in entries {
+                self.set(key, value, ttl).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Removes `keys` as [`delete`](Self::delete) does; returns how many were
+    /// present. The default removes key by key.
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<u64>> + Send {
+        async move {
+            let mut removed = 0;
+            for key in keys {
+                removed += u64::from(self.delete(key).await?);
+            }
+            Ok(removed)
+        }
+    }
 }
 
 /// A shared backend is a backend: every method, the optional ones too, is
@@ -328,5 +382,24 @@ impl<B: CacheBackend> CacheBackend for std::sync::Arc<B> {
 
     fn expire_in(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<bool>> + Send {
         (**self).expire_in(key, ttl)
+    }
+
+    fn get_many(
+        &self,
+        keys: &[&str],
+        with_ttl: bool,
+    ) -> impl Future<Output = Result<Vec<WithTtl<Self::Value>>>> + Send {
+        (**self).get_many(keys, with_ttl)
+    }
+
+    fn set_many(
+        &self,
+        entries: Vec<(&str, Self::Value, Option<Duration>)>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).set_many(entries)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<u64>> + Send {
+        (**self).delete_many(keys)
     }
 }

@@ -35,7 +35,7 @@ use crate::keys;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A value with its remaining TTL, as `get_with_ttl` answers.
-type WithTtl = Option<(Vec<u8>, Option<Duration>)>;
+type WithTtl = super::WithTtl<Vec<u8>>;
 
 /// What makes a registered backend for one cache, from that cache's L2 settings.
 type Factory = dyn Fn(&L2Config) -> Result<RegisteredL2> + Send + Sync;
@@ -183,6 +183,12 @@ trait DynL2: Send + Sync {
     fn load_markers(&self) -> BoxFuture<'_, Result<Option<crate::backend::MarkerFields>>>;
     fn put_marker<'a>(&'a self, field: &'a str, at_us: u64, keep: Duration) -> BoxFuture<'a, Result<bool>>;
     fn expire_in<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>>;
+    fn get_many<'a>(&'a self, keys: &'a [&'a str], with_ttl: bool) -> BoxFuture<'a, Result<Vec<WithTtl>>>;
+    fn set_many<'a>(
+        &'a self,
+        entries: Vec<(&'a str, Vec<u8>, Option<Duration>)>,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>>;
 }
 
 impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
@@ -274,6 +280,18 @@ impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
     fn expire_in<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
         Box::pin(CacheBackend::expire_in(self, key, ttl))
     }
+    fn get_many<'a>(&'a self, keys: &'a [&'a str], with_ttl: bool) -> BoxFuture<'a, Result<Vec<WithTtl>>> {
+        Box::pin(CacheBackend::get_many(self, keys, with_ttl))
+    }
+    fn set_many<'a>(
+        &'a self,
+        entries: Vec<(&'a str, Vec<u8>, Option<Duration>)>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(CacheBackend::set_many(self, entries))
+    }
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(CacheBackend::delete_many(self, keys))
+    }
 }
 
 /// A registered L2 backend, as a cache holds it: any byte backend behind one
@@ -359,5 +377,14 @@ impl CacheBackend for RegisteredL2 {
     }
     async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
         self.0.expire_in(key, ttl).await
+    }
+    async fn get_many(&self, keys: &[&str], with_ttl: bool) -> Result<Vec<WithTtl>> {
+        self.0.get_many(keys, with_ttl).await
+    }
+    async fn set_many(&self, entries: Vec<(&str, Vec<u8>, Option<Duration>)>) -> Result<()> {
+        self.0.set_many(entries).await
+    }
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        self.0.delete_many(keys).await
     }
 }

@@ -31,6 +31,16 @@ where
         }
     }
 
+    /// Tells other instances that `keys` changed in L2, in one message.
+    pub(super) fn announce_keys(&self, keys: &[&str]) {
+        if self.inner.l1.is_none() || keys.is_empty() {
+            return;
+        }
+        if let Some(bus) = &self.inner.bus {
+            bus.publish_keys(&self.inner.prefix, keys);
+        }
+    }
+
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn invalidation_target(&self) -> Weak<dyn Invalidate> {
         let weak: Weak<Inner<V, A, B>> = Arc::downgrade(&self.inner);

@@ -48,6 +48,14 @@ impl<V> Found<V> {
     }
 }
 
+/// A lookup's answer, with L1's stale entry standing in for a miss.
+pub(super) fn with_stale<V>(found: Found<V>, stale: Option<Arc<V>>) -> Found<V> {
+    match (found, stale) {
+        (Found::Miss, Some(v)) => Found::Stale(v),
+        (found, _) => found,
+    }
+}
+
 /// What stored bytes hold, judged against the invalidation markers.
 pub(super) enum Decoded<V> {
     Live(Arc<V>),
@@ -137,38 +145,46 @@ where
         step: LookupStep<V>,
         budget: &mut impl CallBudget,
     ) -> Found<V> {
+        let step = match step {
+            LookupStep::AwaitL1 { want_ttl } => self.await_l1(key, want_ttl).await,
+            step => step,
+        };
         let (want_ttl, stale) = match step {
-            LookupStep::Done(found) => return found,
             LookupStep::AskL2 { want_ttl, stale } => (want_ttl, stale),
-            LookupStep::AwaitL1 { want_ttl } => {
-                let Some(l1) = &self.inner.l1 else {
-                    return Found::Miss;
-                };
-                let read = if want_ttl {
-                    l1.get_with_ttl(key).await
-                } else {
-                    l1.get(key).await.map(|v| v.map(|v| (v, None)))
-                };
-                match self.l1_verdict(read.ok().flatten(), want_ttl) {
-                    Ok(found) => {
-                        self.observe(key, &found);
-                        return found;
-                    }
-                    Err(stale) => (want_ttl, stale),
-                }
-            }
+            LookupStep::Done(found) => return found,
+            LookupStep::AwaitL1 { .. } => return Found::Miss,
         };
-        let found = match (self.lookup_l2(key, want_ttl, budget).await, stale) {
-            (Found::Miss, Some(v)) => Found::Stale(v),
-            (found, _) => found,
-        };
+        let found = with_stale(self.lookup_l2(key, want_ttl, budget).await, stale);
         self.observe(key, &found);
         found
     }
 
+    /// The L1 read a lookup must await (`AwaitL1`): `Done` with a fresh
+    /// entry, else `AskL2` carrying L1's stale entry, if any.
+    pub(super) async fn await_l1(&self, key: &str, want_ttl: bool) -> LookupStep<V> {
+        let Some(l1) = &self.inner.l1 else {
+            return LookupStep::AskL2 {
+                want_ttl,
+                stale: None,
+            };
+        };
+        let read = if want_ttl {
+            l1.get_with_ttl(key).await
+        } else {
+            l1.get(key).await.map(|v| v.map(|v| (v, None)))
+        };
+        match self.l1_verdict(read.ok().flatten(), want_ttl) {
+            Ok(found) => {
+                self.observe(key, &found);
+                LookupStep::Done(found)
+            }
+            Err(stale) => LookupStep::AskL2 { want_ttl, stale },
+        }
+    }
+
     /// Tells subscribers what a read found (nothing is built without one).
     #[inline(always)]
-    fn observe(&self, key: &str, found: &Found<V>) {
+    pub(super) fn observe(&self, key: &str, found: &Found<V>) {
         self.inner.events.emit(|| match found {
             Found::Fresh { level, .. } => CacheEvent::Hit {
                 key: key.to_string(),
@@ -206,27 +222,11 @@ where
         want_ttl: bool,
         budget: &mut impl CallBudget,
     ) -> Found<V> {
-        let fresh = |value, remaining| Found::Fresh {
-            value,
-            remaining,
-            level: Level::L2,
-        };
         if self.inner.l2.is_none() {
             return Found::Miss;
         }
-        if self.inner.queue.is_active() {
-            self.maybe_kick_replay();
-            match self.inner.queue.lookup(key) {
-                Lookup::Absent => return Found::Miss,
-                Lookup::Value(bytes) => {
-                    return match self.decode(key, &bytes, None).await {
-                        Decoded::Live(v) => fresh(v, None),
-                        Decoded::Stale(v) => Found::Stale(v),
-                        Decoded::Gone => Found::Miss,
-                    }
-                }
-                Lookup::NotPending => {}
-            }
+        if let Some(found) = self.found_pending(key).await {
+            return found;
         }
         let before = self.inner.guard.snapshot(key);
         if budget.is_spent() {
@@ -242,6 +242,40 @@ where
             let r = budget.bound(l2.get(key)).await;
             self.settle(permit, "get", r).ok().map(|b| b.map(|b| (b, None)))
         };
+        self.found_in_l2(key, before, read).await
+    }
+
+    /// During an outage replay, what the write of `key` still queued for L2
+    /// says (`None`: nothing queued, L2 may be read).
+    pub(super) async fn found_pending(&self, key: &str) -> Option<Found<V>> {
+        if !self.inner.queue.is_active() {
+            return None;
+        }
+        self.maybe_kick_replay();
+        match self.inner.queue.lookup(key) {
+            Lookup::Absent => Some(Found::Miss),
+            Lookup::Value(bytes) => Some(match self.decode(key, &bytes, None).await {
+                Decoded::Live(value) => Found::Fresh {
+                    value,
+                    remaining: None,
+                    level: Level::L2,
+                },
+                Decoded::Stale(v) => Found::Stale(v),
+                Decoded::Gone => Found::Miss,
+            }),
+            Lookup::NotPending => None,
+        }
+    }
+
+    /// What L2's answer for `key` means (`read`: `None` when L2 failed),
+    /// the read having started after the guard's `before`: counted as an L2
+    /// hit or miss, decoded, judged, promoted into L1 when live.
+    pub(super) async fn found_in_l2(
+        &self,
+        key: &str,
+        before: Snapshot,
+        read: Option<Option<(Vec<u8>, Option<Duration>)>>,
+    ) -> Found<V> {
         let (bytes, physical) = match read {
             Some(Some(found)) => {
                 self.inner.counters.l2_hits.incr();
@@ -261,7 +295,11 @@ where
                     _ => None,
                 };
                 match self.decode(key, &bytes, Some((before, promote_ttl))).await {
-                    Decoded::Live(v) => fresh(v, remaining),
+                    Decoded::Live(value) => Found::Fresh {
+                        value,
+                        remaining,
+                        level: Level::L2,
+                    },
                     Decoded::Stale(v) => Found::Stale(v),
                     Decoded::Gone => Found::Miss,
                 }

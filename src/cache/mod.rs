@@ -9,6 +9,7 @@
 //! | `mod.rs` | the type, its settings and the one (validated) constructor |
 //! | `lookup.rs` | reads: `get` (the hot path), the lookup steps every read shares, promotion into L1 |
 //! | `write.rs` | `set`, `set_if_not_exist`, `delete`, `clear`; the one encoding rule for writes |
+//! | `batch.rs` | `get_many`, `set_many`, `delete_many`: the single-key rules, L2 asked once per batch |
 //! | `gate.rs` | the breaker permit and outcome of each L2 call, the error counters, read-through budgets |
 //! | `guard.rs` | the promotion guard (no old value promoted over a newer write) |
 //! | `ttl.rs` | logical and physical TTLs (fail-safe), the per-call TTL rule |
@@ -17,7 +18,7 @@
 //! | `invalidate.rs` | announcing writes on the backplane, evicting on others' announcements |
 //! | `markers.rs` | the invalidation markers this process knows, the verdict on an entry, the L1 tag index |
 //! | `tagging.rs` | tags on writes, `remove_by_tag`, `expire_by_tag`, `expire`, `invalidate_all`, `expire_all` |
-//! | `load/` | `get_or_load`: single flight (`flight.rs`), options (`options.rs`), the store fence (`fence.rs`) |
+//! | `load/` | `get_or_load`: single flight (`flight.rs`), options (`options.rs`), the store fence (`fence.rs`), what a loader is told and answers (`entry.rs`), `get_or_load_many` (`many.rs`) |
 //! | `stats.rs` | what a cache reports |
 //! | `events.rs` | what a cache tells its subscribers, as it happens |
 //!
@@ -71,6 +72,7 @@ use crate::keys::{
 use crate::serializer::Serializer;
 use load::LoadOptions;
 
+mod batch;
 mod events;
 mod gate;
 mod guard;

@@ -19,10 +19,25 @@ where
     /// for a fail-safe cache, the logical TTL plus the fail-safe duration
     /// (entries then stay that much longer, readable as stale).
     pub(super) fn physical_ttls(&self, ttl: Option<Duration>) -> (Option<Duration>, Option<Duration>) {
+        self.physical_ttls_of(ttl, None)
+    }
+
+    /// [`physical_ttls`](Self::physical_ttls) for an entry that asks to stay
+    /// in L1 at most `l1_ttl`.
+    pub(super) fn physical_ttls_of(
+        &self,
+        ttl: Option<Duration>,
+        l1_ttl: Option<Duration>,
+    ) -> (Option<Duration>, Option<Duration>) {
+        let l1 = match (ttl, l1_ttl) {
+            (t, None) => t,
+            (Some(t), Some(l1)) => Some(t.min(l1)),
+            (None, Some(l1)) => Some(l1.min(self.inner.l1_ttl)),
+        };
         match self.inner.fail_safe {
-            None => (ttl, ttl),
+            None => (l1, ttl),
             Some(extra) => (
-                Some(ttl.unwrap_or(self.inner.l1_ttl).min(self.inner.l1_ttl) + extra),
+                Some(l1.unwrap_or(self.inner.l1_ttl).min(self.inner.l1_ttl) + extra),
                 Some(ttl.unwrap_or(self.inner.l2_ttl) + extra),
             ),
         }

@@ -4,13 +4,14 @@
 //! - the `redis-server` helper (`server.rs`, re-exported here): real servers
 //!   on free loopback ports that a test may kill, freeze or restart;
 //! - `topology`: Redis Cluster and Sentinel deployments of such servers;
-//! - the harnesses (`chaos`, `coherence`, `invalidation`, `loadgen`, `stampede`,
+//! - the harnesses (`batch`, `chaos`, `coherence`, `invalidation`, `loadgen`, `stampede`,
 //!   `topology_bench`) with their argument parsing (`cli`);
 //! - `logs` (captured tracing output) and, with the `app` feature, the
 //!   example web app (`app`) and its HTTP helpers (`http`).
 
 #[cfg(feature = "app")]
 pub mod app;
+pub mod batch;
 pub mod chaos;
 pub mod cli;
 pub mod coherence;

@@ -147,6 +147,12 @@ impl Backplane {
                     m.push(b'k');
                     text(&mut m, k);
                 }
+                Notice::Keys(keys) => {
+                    for k in keys {
+                        m.push(b'k');
+                        text(&mut m, k);
+                    }
+                }
                 Notice::Clear => m.push(b'c'),
                 Notice::Mark(mark) => {
                     m.push(b'm');
@@ -293,6 +299,11 @@ impl InvalidationBus for Backplane {
         self.sent.incr();
         let notice = key.map_or(Notice::Clear, |k| Notice::Key(k.to_string()));
         self.send(prefix, notice);
+    }
+
+    fn publish_keys(&self, prefix: &str, keys: &[&str]) {
+        self.sent.incr();
+        self.send(prefix, Notice::Keys(keys.iter().map(|k| k.to_string()).collect()));
     }
 
     fn publish_mark(&self, prefix: &str, mark: &Mark) {

@@ -19,6 +19,9 @@ pub struct RedisConnection {
     pub(super) endpoint: String,
     pub(super) db: i64,
     mode: RedisMode,
+    /// Requests sent (a command, a pipeline, a script; on a cluster, each
+    /// node's part of a batch counts once).
+    round_trips: std::sync::Arc<crate::counter::Counter>,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -44,6 +47,7 @@ impl RedisConnection {
             endpoint: config.endpoint(),
             db,
             mode: config.mode(),
+            round_trips: Default::default(),
         })
     }
 
@@ -71,6 +75,13 @@ impl RedisConnection {
         self.op_timeout
     }
 
+    /// Round trips made so far by every cache of the service: each command,
+    /// pipeline or script sent counts one; a batch on a cluster counts one
+    /// per node it reached (those are sent concurrently).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.get()
+    }
+
     /// Runs one command, bounded by the operation timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         self.call(Request::Cmd(cmd)).await
@@ -79,6 +90,24 @@ impl RedisConnection {
     /// Sends several commands in one round trip, bounded by the operation timeout.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
         self.call(Request::Pipeline(pipe)).await
+    }
+
+    /// Sends each key's commands (`add(pipe, i)` adds the `per_key` commands
+    /// of `keys[i]`, a key as stored, none ignored) in one pipeline per node that serves some
+    /// of the keys (one off a cluster), concurrently, all bounded by the
+    /// operation timeout. Returns each key's replies, in key order.
+    pub(crate) async fn query_by_node(
+        &self,
+        keys: &[String],
+        per_key: usize,
+        add: &(dyn Fn(&mut redis::Pipeline, usize) + Sync),
+    ) -> Result<Vec<Vec<redis::Value>>> {
+        let timer = Timer::start();
+        let r = self
+            .bounded(self.link.pipelines_by_node(keys, per_key, add, &self.round_trips))
+            .await;
+        timer.observe(|| "pipeline", &r);
+        r
     }
 
     /// Runs a Lua script (`EVALSHA`, loading it once if needed), bounded by the operation timeout.
@@ -93,6 +122,7 @@ impl RedisConnection {
     /// timeout, its time observed under the request's name.
     async fn call<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
         let timer = Timer::start();
+        self.round_trips.incr();
         let run = async {
             let mut conn = self.link.handle().await?;
             match request.send::<T>(&mut conn).await {

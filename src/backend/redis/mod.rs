@@ -41,6 +41,24 @@ const MARKS_PREFIX: &str = "rc:marks:{";
 /// the marker lifetime (each field says when it was set).
 const MARKS_PRUNE_ABOVE: u32 = 1024;
 
+/// A `PTTL` answer as a remaining TTL (`None`: no expiry, or no key).
+fn remaining(ms: i64) -> Option<Duration> {
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// One reply of a pipeline read as `T`; a missing reply or a server error
+/// (e.g. `MOVED` during a resharding) is an error of the whole call.
+fn reply<T: redis::FromRedisValue>(v: Option<redis::Value>) -> Result<T> {
+    let v = v.ok_or_else(|| Error::Serialization("a reply is missing from the pipeline".into()))?;
+    if let redis::Value::ServerError(e) = &v {
+        return Err(Error::connection(
+            Kind::Io,
+            format!("server error in a batch: {}", e.code()),
+        ));
+    }
+    redis::from_redis_value(v).map_err(|e| Error::Serialization(e.to_string()))
+}
+
 /// Escapes the glob characters of `SCAN MATCH`, so that caller text is matched literally.
 pub(crate) fn escape_glob(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 4);
@@ -259,7 +277,106 @@ impl CacheBackend for RedisBackend {
         let mut p = redis::pipe();
         p.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
         let (value, ms): (Option<Vec<u8>>, i64) = self.conn.query_pipeline(&p).await?;
-        Ok(value.map(|v| (v, (ms >= 0).then(|| Duration::from_millis(ms as u64)))))
+        Ok(value.map(|v| (v, remaining(ms))))
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[&str],
+        with_ttl: bool,
+    ) -> Result<Vec<Option<(Vec<u8>, Option<Duration>)>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !with_ttl && self.conn.mode() != RedisMode::Cluster {
+            let mut c = redis::cmd("MGET");
+            keys.iter().for_each(|k| {
+                c.arg(self.redis_key(k));
+            });
+            let values: Vec<Option<Vec<u8>>> = self.conn.query(&c).await?;
+            return Ok(values.into_iter().map(|v| v.map(|v| (v, None))).collect());
+        }
+        let per_key = if with_ttl { 2 } else { 1 };
+        let raw: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let replies = self
+            .conn
+            .query_by_node(&raw, per_key, &|p, i| {
+                if with_ttl {
+                    p.cmd("GET").arg(&raw[i]).cmd("PTTL").arg(&raw[i]);
+                } else {
+                    p.cmd("GET").arg(&raw[i]);
+                }
+            })
+            .await?;
+        replies
+            .into_iter()
+            .map(|r| {
+                let mut r = r.into_iter();
+                let value: Option<Vec<u8>> = reply(r.next())?;
+                let ttl = match r.next() {
+                    Some(ms) => remaining(reply(Some(ms))?),
+                    None => None,
+                };
+                Ok(value.map(|v| (v, ttl)))
+            })
+            .collect()
+    }
+
+    async fn set_many(&self, entries: Vec<(&str, Vec<u8>, Option<Duration>)>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let raw: Vec<String> = entries.iter().map(|e| self.redis_key(e.0)).collect();
+        // Each key's lease ends with its write, as in `set`.
+        let per_key = if self.fence { 2 } else { 1 };
+        let replies = self
+            .conn
+            .query_by_node(&raw, per_key, &|p, i| {
+                let (key, value, ttl) = &entries[i];
+                if let Some(lease) = self.lease_key(key) {
+                    p.cmd("DEL").arg(lease);
+                } else if self.fence {
+                    // A key with no lease on a cluster: keep the replies' shape.
+                    p.cmd("PING");
+                }
+                p.cmd("SET")
+                    .arg(&raw[i])
+                    .arg(&value[..])
+                    .arg("PX")
+                    .arg(self.px(*ttl));
+            })
+            .await?;
+        for r in replies {
+            for v in r {
+                reply::<redis::Value>(Some(v))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let per_key = if self.fence { 2 } else { 1 };
+        let raw: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let replies = self
+            .conn
+            .query_by_node(&raw, per_key, &|p, i| {
+                if let Some(lease) = self.lease_key(keys[i]) {
+                    p.cmd("DEL").arg(lease);
+                } else if self.fence {
+                    p.cmd("PING");
+                }
+                p.cmd("UNLINK").arg(&raw[i]);
+            })
+            .await?;
+        let mut removed = 0;
+        for r in replies {
+            let n: u64 = reply(r.into_iter().last())?;
+            removed += n;
+        }
+        Ok(removed)
     }
 
     async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError, RedisFuture, Value};
 
@@ -79,6 +79,27 @@ pub(crate) struct ClusterLink {
     /// Seeds, for the backplane's subscriber (rotated on each reconnect).
     seeds: Vec<ConnectionInfo>,
     next_seed: AtomicUsize,
+    /// Which primary serves which slots, for batches (one pipeline per
+    /// node); read on first use, forgotten after a batch fails.
+    slots: Mutex<Option<Arc<SlotTable>>>,
+}
+
+/// The primaries of a cluster and the slot ranges each serves.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct SlotTable {
+    nodes: Vec<(String, u16)>,
+    /// `(first, last, index in nodes)`, sorted by `first`.
+    ranges: Vec<(u16, u16, usize)>,
+}
+
+impl SlotTable {
+    /// The index (in `nodes`) of the primary serving `key`, if known.
+    fn node_of(&self, key: &str) -> Option<usize> {
+        let slot = key_slot(key.as_bytes());
+        let i = self.ranges.partition_point(|r| r.0 <= slot).checked_sub(1)?;
+        let (first, last, node) = self.ranges[i];
+        (first..=last).contains(&slot).then_some(node)
+    }
 }
 
 pub(crate) struct SentinelLink {
@@ -215,6 +236,7 @@ impl Link {
             conn: tokio::sync::OnceCell::new(),
             seeds,
             next_seed: AtomicUsize::new(0),
+            slots: Mutex::new(None),
         })))
     }
 
@@ -316,6 +338,93 @@ impl Link {
         }))
     }
 
+    /// Sends each key's commands (`add(pipe, i)` adds those of `keys[i]`, a
+    /// key as stored (with its namespace),
+    /// `per_key` of them, none ignored) in one pipeline per node that serves
+    /// some of the keys — one pipeline off a cluster — the pipelines sent
+    /// concurrently. Returns each key's replies, in key order.
+    pub(crate) async fn pipelines_by_node(
+        &self,
+        keys: &[String],
+        per_key: usize,
+        add: &(dyn Fn(&mut redis::Pipeline, usize) + Sync),
+        round_trips: &crate::counter::Counter,
+    ) -> std::result::Result<Vec<Vec<Value>>, RedisError> {
+        match self.pipelines_once(keys, per_key, add, round_trips).await {
+            // Slots moved since the table was read (it is forgotten by now):
+            // once more, with a fresh one.
+            Err(e) if matches!(e.code(), Some("MOVED" | "ASK")) => {
+                self.pipelines_once(keys, per_key, add, round_trips).await
+            }
+            r => r,
+        }
+    }
+
+    async fn pipelines_once(
+        &self,
+        keys: &[String],
+        per_key: usize,
+        add: &(dyn Fn(&mut redis::Pipeline, usize) + Sync),
+        round_trips: &crate::counter::Counter,
+    ) -> std::result::Result<Vec<Vec<Value>>, RedisError> {
+        let Link::Cluster(c) = self else {
+            round_trips.incr();
+            let mut pipe = redis::pipe();
+            (0..keys.len()).for_each(|i| add(&mut pipe, i));
+            let Handle::Manager(mut conn) = self.handle().await? else {
+                unreachable!("only a cluster link hands out cluster connections")
+            };
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            return Ok(split_replies(replies, per_key, keys.len()));
+        };
+        let conn = c.connection().await?;
+        let table = c.slot_table(&conn, round_trips).await;
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); table.nodes.len()];
+        let mut strays = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match table.node_of(key) {
+                Some(node) => groups[node].push(i),
+                // Not in the table (a slot being moved): alone, routed by the client.
+                None => strays.push(vec![i]),
+            }
+        }
+        let mut sends = tokio::task::JoinSet::new();
+        for group in groups.into_iter().filter(|g| !g.is_empty()).chain(strays) {
+            let mut pipe = redis::pipe();
+            group.iter().for_each(|&i| add(&mut pipe, i));
+            // Every key of the group is served by the node of its first key.
+            let route = redis::cluster_routing::Route::with_key(&keys[group[0]], SlotAddr::Master);
+            let mut conn = conn.clone();
+            let count = pipe.len();
+            round_trips.incr();
+            sends.spawn(async move {
+                let replies = conn
+                    .route_pipeline(pipe, 0, count, SingleNodeRoutingInfo::SpecificNode(route))
+                    .await;
+                (group, replies)
+            });
+        }
+        let mut out = vec![Vec::new(); keys.len()];
+        while let Some(sent) = sends.join_next().await {
+            let (group, replies) = sent.map_err(|e| RedisError::from(std::io::Error::other(e)))?;
+            let replies = match replies {
+                Ok(replies) => replies,
+                Err(e) => {
+                    c.forget_slots();
+                    return Err(e);
+                }
+            };
+            if replies.iter().any(|r| matches!(r, Value::ServerError(_))) {
+                // Most likely MOVED: the table is out of date.
+                c.forget_slots();
+            }
+            for (i, replies) in group.into_iter().zip(split_replies(replies, per_key, usize::MAX)) {
+                out[i] = replies;
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs `cmd` on the cluster node at `host:port`.
     pub(crate) async fn query_node(
         &self,
@@ -357,6 +466,52 @@ impl ClusterLink {
     }
 }
 
+impl ClusterLink {
+    /// The slot table, read from a node (`CLUSTER NODES`) when not known.
+    /// An unreadable table is an empty one: every key then goes alone.
+    async fn slot_table(
+        &self,
+        conn: &ClusterConnection,
+        round_trips: &crate::counter::Counter,
+    ) -> Arc<SlotTable> {
+        if let Some(t) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return t;
+        }
+        round_trips.incr();
+        let nodes = conn
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .and_then(|v| redis::from_redis_value::<String>(v).map_err(Into::into));
+        let table = Arc::new(nodes.map(|t| parse_slot_table(&t)).unwrap_or_default());
+        if !table.ranges.is_empty() {
+            *self.slots.lock().unwrap_or_else(|p| p.into_inner()) = Some(table.clone());
+        }
+        table
+    }
+
+    fn forget_slots(&self) {
+        *self.slots.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// `replies` cut into runs of `per_key` (at most `keys` runs).
+fn split_replies(replies: Vec<Value>, per_key: usize, keys: usize) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut it = replies.into_iter();
+    while out.len() < keys {
+        let run: Vec<Value> = it.by_ref().take(per_key).collect();
+        if run.is_empty() {
+            break;
+        }
+        out.push(run);
+    }
+    out
+}
+
 impl SentinelLink {
     /// The current primary's connection, asking the sentinels when unknown.
     async fn primary(&self) -> std::result::Result<(ConnectionManager, redis::Client), RedisError> {
@@ -390,8 +545,41 @@ fn primary_may_have_moved(e: Option<&RedisError>) -> bool {
     })
 }
 
+/// The cluster slot of `key`: CRC16 of its hash tag (the part between the
+/// first `{` and the next `}`, when not empty) or of the whole key.
+fn key_slot(key: &[u8]) -> u16 {
+    let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16384
+}
+
+/// The slot table from `CLUSTER NODES`: healthy primaries and the slot
+/// ranges they serve (migration entries, in brackets, are skipped).
+fn parse_slot_table(text: &str) -> SlotTable {
+    let mut table = SlotTable::default();
+    for (host, port, ranges) in parse_nodes(text) {
+        let node = table.nodes.len();
+        table.nodes.push((host, port));
+        table.ranges.extend(ranges.into_iter().map(|(a, b)| (a, b, node)));
+    }
+    table.ranges.sort_unstable();
+    table
+}
+
 /// Primaries from `CLUSTER NODES`: `id ip:port@cport[,host] flags …`; healthy masters only.
 fn parse_primaries(text: &str) -> Vec<(String, u16)> {
+    parse_nodes(text).into_iter().map(|(h, p, _)| (h, p)).collect()
+}
+
+/// A primary's host, port and slot ranges (first, last).
+type Primary = (String, u16, Vec<(u16, u16)>);
+
+/// Healthy primaries from `CLUSTER NODES` (`id ip:port@cport[,host] flags
+/// master ping pong epoch state slot…`), each with its slot ranges.
+fn parse_nodes(text: &str) -> Vec<Primary> {
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -405,7 +593,15 @@ fn parse_primaries(text: &str) -> Vec<(String, u16)> {
             }
             let addr = fields.get(1)?.split(['@', ',']).next()?;
             let (host, port) = addr.rsplit_once(':')?;
-            Some((host.to_string(), port.parse().ok()?))
+            let ranges = fields
+                .iter()
+                .skip(8)
+                .filter_map(|r| match r.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => r.parse().ok().map(|a| (a, a)),
+                })
+                .collect();
+            Some((host.to_string(), port.parse().ok()?, ranges))
         })
         .collect()
 }
@@ -432,6 +628,37 @@ mod tests {
         let wrongtype =
             server_error(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
         assert!(!primary_may_have_moved(Some(&wrongtype)));
+    }
+
+    #[test]
+    fn keys_map_to_the_slots_redis_computes_and_slots_to_their_primary() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        let table = parse_slot_table(
+            "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+a2 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-10922 [10923->-a5]
+a4 127.0.0.1:7003@17003 slave a1 0 1 1 connected
+a5 127.0.0.1:7004@17004 master - 0 1 5 connected 10923-16000 16383
+",
+        );
+        assert_eq!(table.nodes.len(), 3);
+        assert_eq!(table.node_of("123456789"), Some(2), "slot 12739");
+        assert_eq!(table.node_of("foo"), Some(2));
+        let slot_0 = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| key_slot(k.as_bytes()) < 5461)
+            .unwrap();
+        assert_eq!(table.node_of(&slot_0), Some(0));
+        let unserved = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| (16001..16383).contains(&key_slot(k.as_bytes())))
+            .unwrap();
+        assert_eq!(table.node_of(&unserved), None, "a slot no primary serves");
+        let moved = server_error(b"-MOVED 3999 127.0.0.1:6381\r\n");
+        assert_eq!(moved.code(), Some("MOVED"), "a batch retries on this");
     }
 
     #[test]

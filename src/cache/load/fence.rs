@@ -38,6 +38,15 @@ pub(crate) struct LoadFence {
     pub(crate) written_us: u64,
 }
 
+/// How a loaded entry is kept: its TTL and L1 TTL (`None`: the cache's)
+/// and its tags, all checked.
+#[derive(Clone, Copy)]
+pub(crate) struct EntryShape<'a> {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) l1_ttl: Option<Duration>,
+    pub(crate) tags: &'a [String],
+}
+
 impl<V, A, B> TwoLevelCache<V, A, B>
 where
     V: CacheValue,
@@ -53,8 +62,7 @@ where
         &self,
         key: &str,
         value: &Arc<V>,
-        ttl: Option<Duration>,
-        tags: &[String],
+        shape: EntryShape<'_>,
         fence: LoadFence,
         budget: &mut L2Budget,
     ) -> bool {
@@ -64,6 +72,7 @@ where
             only_if_absent,
             written_us,
         } = fence;
+        let EntryShape { ttl, l1_ttl, tags } = shape;
         if self.check_key(key).is_err() {
             return false;
         }
@@ -72,7 +81,7 @@ where
         if self.inner.markers.judge(Some(written_us), &tag_refs) != EntryState::Live {
             return false;
         }
-        let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
+        let (l1_ttl, l2_ttl) = self.physical_ttls_of(ttl, l1_ttl);
         let write = WriteOf {
             value: &**value,
             tags,

@@ -24,11 +24,14 @@ use super::gate::L2Budget;
 use super::lookup::{Found, LookupStep};
 use super::{CacheValue, TwoLevelCache};
 
+mod entry;
 mod fence;
 mod flight;
+mod many;
 mod options;
 
-pub(crate) use fence::{Lease, LoadFence};
+pub use entry::{LoadContext, Loaded};
+pub(crate) use fence::{EntryShape, Lease, LoadFence};
 pub(crate) use flight::Flights;
 pub use flight::LoaderStats;
 use flight::{bump, Flight, Waiter};
@@ -95,8 +98,18 @@ enum Start {
     Refresh,
 }
 
+/// A flight's result when the loader answered "not modified" with no value
+/// held (neither a value nor an error of the loader's type).
+pub(super) struct NotModified;
+
+/// Why a finished load has no value.
+pub(super) enum LoadEnd<E> {
+    Failed(Arc<E>),
+    NotModified,
+}
+
 enum Waited<V, E> {
-    Done(Result<Arc<V>, Arc<E>>),
+    Done(Result<Arc<V>, LoadEnd<E>>),
     TimedOut(Duration),
     /// The load ended without a result this caller can read (panic, or another error type).
     Abandoned,
@@ -166,6 +179,46 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Send + Sync + 'static,
     {
+        let loader = move |_| async move { loader().await.map(Loaded::new) };
+        self.get_or_load_entry(key, opts, loader).await
+    }
+
+    /// [`get_or_load_with`](Self::get_or_load_with) for a loader that
+    /// decides how its value is kept and may keep the value held: it is
+    /// given a [`LoadContext`] (the key, owned, and the stale value when
+    /// refreshing) and answers a [`Loaded`] — the value with its own TTL, L1
+    /// TTL or tags, a value not to cache, or "not modified" (the stale value
+    /// becomes fresh again).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use resilient_cache::{Cache, LoadContext, Loaded};
+    /// # async fn fetch(id: &str) -> Result<Option<String>, std::io::Error> { Ok(None) }
+    /// # async fn demo(products: Cache<Option<String>>) {
+    /// let opts = products.load_defaults().clone();
+    /// let product = products
+    ///     .get_or_load_entry("p:42", &opts, |ctx: LoadContext<Option<String>>| async move {
+    ///         let found = fetch(ctx.key()).await?;
+    ///         // Not found: keep that for 10 s only; found: the cache's TTL.
+    ///         Ok::<_, std::io::Error>(match found {
+    ///             None => Loaded::new(None).ttl(Duration::from_secs(10)),
+    ///             Some(p) => Loaded::new(Some(p)),
+    ///         })
+    ///     })
+    ///     .await;
+    /// # }
+    /// ```
+    pub async fn get_or_load_entry<F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &LoadOptions,
+        loader: F,
+    ) -> Result<Arc<V>, LoadError<E>>
+    where
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: Send + Sync + 'static,
+    {
         opts.validate().map_err(LoadError::InvalidOptions)?;
         let first = match self.read_through_hit(key, opts) {
             Ok(value) => return Ok(value),
@@ -195,8 +248,8 @@ where
         first: LookupStep<V>,
     ) -> Result<Arc<V>, LoadError<E>>
     where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: Send + Sync + 'static,
     {
         let counters = &self.flights().counters;
@@ -236,7 +289,15 @@ where
                                 if created {
                                     bump(&counters.eager_refreshes);
                                     flight.detached.store(true, Relaxed);
-                                    self.launch(key, flight, opts, l, Start::Refresh, self.l2_budget());
+                                    let held = Some(value.clone());
+                                    self.launch(
+                                        key,
+                                        flight,
+                                        opts,
+                                        l,
+                                        (Start::Refresh, held),
+                                        self.l2_budget(),
+                                    );
                                 }
                             }
                         }
@@ -260,7 +321,7 @@ where
                 } else {
                     Start::Stale
                 };
-                self.launch(key, flight.clone(), opts, l, start, budget);
+                self.launch(key, flight.clone(), opts, l, (start, stale.clone()), budget);
             }
             bump(&counters.waits);
             let waiter = Waiter::new(&flight);
@@ -268,7 +329,8 @@ where
             let limit = limit(stale.is_some()).map(|l| l.saturating_sub(started.elapsed()));
             match wait::<V, E>(&flight, limit).await {
                 Waited::Done(Ok(v)) => return Ok(v),
-                Waited::Done(Err(e)) => match stale {
+                Waited::Done(Err(LoadEnd::NotModified)) => return Err(LoadError::NotModified),
+                Waited::Done(Err(LoadEnd::Failed(e))) => match stale {
                     Some(s) => return Ok(self.serve_stale(key, s, "loader failed")),
                     None => return Err(LoadError::Loader(e)),
                 },
@@ -315,11 +377,11 @@ where
         flight: Arc<Flight>,
         opts: &LoadOptions,
         loader: F,
-        start: Start,
+        (start, held_value): (Start, Option<Arc<V>>),
         mut budget: L2Budget,
     ) where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: Send + Sync + 'static,
     {
         let end = FlightEnd {
@@ -337,36 +399,14 @@ where
             // invalidation marker) after them wins.
             let before = this.snapshot(key);
             let written_us = crate::clock::stamp_us();
-            let lease = token();
             let budget = &mut budget;
-            let mut leased = this.take_lease(key, lease, &opts, budget).await;
-            if leased == Lease::Busy {
-                // Another instance is loading: wait for its value, or its lease to end.
-                bump(&counters.lock_waits);
-                let deadline = tokio::time::Instant::now() + opts.lock_wait;
-                let mut pause = Duration::from_millis(2);
-                loop {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Found::Fresh { value, .. } = this.lookup(key, false, budget).await {
-                        let _ = end.flight.result.set(Box::new(Ok::<_, Arc<E>>(value)));
-                        return;
-                    }
-                    leased = this.take_lease(key, lease, &opts, budget).await;
-                    if leased != Lease::Busy {
-                        break;
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        // The owner may be dead: take the lease over.
-                        let takeover = LoadOptions {
-                            distributed_lock: false,
-                            ..opts.clone()
-                        };
-                        leased = this.take_lease(key, lease, &takeover, budget).await;
-                        break;
-                    }
+            let leased = match this.lease_or_value(key, &opts, budget).await {
+                Ok(lease) => lease,
+                Err(value) => {
+                    let _ = end.flight.result.set(Box::new(Ok::<_, Arc<E>>(value)));
+                    return;
                 }
-            }
+            };
             let held = match leased {
                 Lease::Held(token) => Some(token),
                 _ => None,
@@ -383,47 +423,115 @@ where
                 }
             }
             bump(&counters.loads);
-            let result = match loader().await {
-                Ok(v) => {
-                    let v = Arc::new(v);
-                    this.flights().unthrottle(key);
-                    if !this
-                        .store_loaded(
-                            key,
-                            &v,
-                            opts.ttl,
-                            &opts.tags,
-                            LoadFence {
-                                before,
-                                lease: leased,
-                                only_if_absent: start == Start::Miss,
-                                written_us,
-                            },
-                            budget,
-                        )
-                        .await
-                    {
-                        bump(&counters.stale_writes_prevented);
-                        tracing::debug!(cache = %this.key_prefix(), "loaded value not stored: the key changed while loading");
+            let ctx = LoadContext {
+                key: key.to_string(),
+                stale: held_value.clone(),
+            };
+            let fence = LoadFence {
+                before,
+                lease: leased,
+                only_if_absent: start == Start::Miss,
+                written_us,
+            };
+            let result = match loader(ctx).await {
+                Ok(loaded) => match this
+                    .keep_loaded(key, loaded, held_value, &opts, fence, budget)
+                    .await
+                {
+                    Some(v) => Ok(v),
+                    None => {
+                        // Not modified, with nothing to keep: the callers are told.
+                        let _ = end.flight.result.set(Box::new(NotModified));
+                        return;
                     }
-                    Ok(v)
-                }
+                },
                 Err(e) => {
-                    bump(&counters.loader_errors);
-                    this.inner
-                        .events
-                        .emit(|| CacheEvent::LoaderError { key: key.to_string() });
-                    this.flights().throttle(key, opts.fail_safe_throttle);
-                    if let Some(token) = held {
-                        this.with_l2_within("release_lease", budget, |l2| l2.release_lease(key, token))
-                            .await;
-                    }
+                    this.loader_failed(key, &opts, held, budget).await;
                     Err(Arc::new(e))
                 }
             };
             let _ = end.flight.result.set(Box::new(result));
         });
         let _ = flight.abort.set(task.abort_handle());
+    }
+
+    /// Keeps what a loader produced for `key` as it asks (its own TTLs and
+    /// tags, not cached at all, or the held value made fresh again), behind
+    /// `fence`. The value for the callers; `None` for "not modified" with no
+    /// value held.
+    pub(super) async fn keep_loaded(
+        &self,
+        key: &str,
+        loaded: Loaded<V>,
+        held: Option<Arc<V>>,
+        opts: &LoadOptions,
+        fence: LoadFence,
+        budget: &mut L2Budget,
+    ) -> Option<Arc<V>> {
+        let counters = &self.flights().counters;
+        self.flights().unthrottle(key);
+        let Loaded {
+            value,
+            ttl,
+            l1_ttl,
+            tags,
+            cache,
+        } = loaded;
+        let value = match (value, held) {
+            (Some(v), _) => Arc::new(v),
+            (None, Some(held)) => held,
+            (None, None) => {
+                self.release(key, fence.lease, budget).await;
+                return None;
+            }
+        };
+        let shape = match (tags, ttl.or(opts.ttl)) {
+            (_, Some(t)) if self.check_ttl(Some(t)).is_err() => None,
+            (Some(tags), ttl) => self.checked_tags(&tags).ok().map(|tags| (ttl, tags)),
+            (None, ttl) => Some((ttl, opts.tags.clone())),
+        };
+        let Some((ttl, tags)) = shape.filter(|_| cache) else {
+            self.release(key, fence.lease, budget).await;
+            return Some(value);
+        };
+        let shape = EntryShape {
+            ttl,
+            l1_ttl,
+            tags: &tags,
+        };
+        if !self.store_loaded(key, &value, shape, fence, budget).await {
+            bump(&counters.stale_writes_prevented);
+            tracing::debug!(cache = %self.key_prefix(), "loaded value not stored: the key changed while loading");
+        }
+        Some(value)
+    }
+
+    /// After a loader error for `key`: counted, told, the key throttled
+    /// (fail-safe), the lease (if `held`) released.
+    pub(super) async fn loader_failed(
+        &self,
+        key: &str,
+        opts: &LoadOptions,
+        held: Option<u64>,
+        budget: &mut L2Budget,
+    ) {
+        bump(&self.flights().counters.loader_errors);
+        self.inner
+            .events
+            .emit(|| CacheEvent::LoaderError { key: key.to_string() });
+        self.flights().throttle(key, opts.fail_safe_throttle);
+        if let Some(token) = held {
+            self.with_l2_within("release_lease", budget, |l2| l2.release_lease(key, token))
+                .await;
+        }
+    }
+
+    /// Ends the load lease of `key`, if the load holds it.
+    async fn release(&self, key: &str, lease: Lease, budget: &mut L2Budget) {
+        if let Lease::Held(token) = lease {
+            self.with_l2_within("release_lease", budget, |l2| l2.release_lease(key, token))
+                .await;
+        }
     }
 
     /// Takes the load lease of `key` in L2 (exclusively with the distributed
@@ -462,12 +570,13 @@ async fn wait<V: 'static, E: 'static>(flight: &Flight, limit: Option<Duration>) 
             None => notified.await,
         }
     }
-    match flight
-        .result
-        .get()
-        .and_then(|r| r.downcast_ref::<Result<Arc<V>, Arc<E>>>())
-    {
-        Some(r) => Waited::Done(r.clone()),
+    let result = flight.result.get();
+    if result.is_some_and(|r| r.is::<NotModified>()) {
+        return Waited::Done(Err(LoadEnd::NotModified));
+    }
+    match result.and_then(|r| r.downcast_ref::<Result<Arc<V>, Arc<E>>>()) {
+        Some(Ok(v)) => Waited::Done(Ok(v.clone())),
+        Some(Err(e)) => Waited::Done(Err(LoadEnd::Failed(e.clone()))),
         None => Waited::Abandoned,
     }
 }

@@ -173,6 +173,9 @@ pub enum LoadError<E> {
     Panicked,
     /// The per-call [`LoadOptions`] are invalid.
     InvalidOptions(ConfigError),
+    /// The loader answered [`Loaded::not_modified`](super::Loaded::not_modified)
+    /// but the cache held no value for the key to keep.
+    NotModified,
 }
 
 impl<E> Clone for LoadError<E> {
@@ -182,6 +185,7 @@ impl<E> Clone for LoadError<E> {
             LoadError::Timeout(d) => LoadError::Timeout(*d),
             LoadError::Panicked => LoadError::Panicked,
             LoadError::InvalidOptions(m) => LoadError::InvalidOptions(m.clone()),
+            LoadError::NotModified => LoadError::NotModified,
         }
     }
 }
@@ -203,6 +207,7 @@ impl<E: std::fmt::Display> std::fmt::Display for LoadError<E> {
             LoadError::Timeout(d) => write!(f, "loader did not answer within {d:?}"),
             LoadError::Panicked => f.write_str("loader panicked"),
             LoadError::InvalidOptions(m) => write!(f, "invalid load options: {m}"),
+            LoadError::NotModified => f.write_str("loader answered not-modified, but no value was cached"),
         }
     }
 }
