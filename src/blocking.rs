@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::breaker::CircuitState;
 use crate::cache::load::{LoadContext, LoadError, LoadOptions, Loaded, LoaderStats};
 use crate::cache::CacheStats;
-use crate::cache::{CacheValue, ClearReport, Invalidation, LookupStep, NoBudget};
+use crate::cache::{CacheValue, CallOptions, ClearReport, Invalidation, LookupStep, NoBudget};
 use crate::config::{CacheFactoryConfig, CacheOptions};
 use crate::error::{Error, Result};
 use crate::service::ServiceStats;
@@ -103,7 +103,8 @@ impl<V: CacheValue> Cache<V> {
     /// See [`crate::TwoLevelCache::get`]. An L1 hit is answered on the
     /// calling thread, without a trip through the runtime: the same two
     /// lookup steps as the async `get`, in the same order.
-    pub fn get(&self, key: &str) -> Option<Arc<V>> {
+    pub fn get(&self, key: impl AsRef<str>) -> Option<Arc<V>> {
+        let key = key.as_ref();
         match self.inner.lookup_now(key, false) {
             LookupStep::Done(found) => found.fresh(),
             step => self
@@ -114,33 +115,42 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// See [`crate::TwoLevelCache::set`].
-    pub fn set(&self, key: &str, value: V) {
+    pub fn set(&self, key: impl AsRef<str>, value: V) {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.set(key, value))
     }
 
     /// See [`crate::TwoLevelCache::set_with_ttl`].
-    pub fn set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) {
+    pub fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Option<Duration>) {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.set_with_ttl(key, value, ttl))
     }
 
     /// See [`crate::TwoLevelCache::try_set`].
-    pub fn try_set(&self, key: &str, value: V) -> Result<()> {
+    pub fn try_set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.try_set(key, value))
     }
 
     /// See [`crate::TwoLevelCache::try_set_with_ttl`].
-    pub fn try_set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<()> {
+    pub fn try_set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Option<Duration>) -> Result<()> {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.try_set_with_ttl(key, value, ttl))
     }
 
     /// See [`crate::TwoLevelCache::get_or_load`]; `loader` runs on a thread
     /// of the service's blocking pool (it may outlive this call, see the
     /// timeouts of [`LoadOptions`]).
-    pub fn get_or_load<E, F>(&self, key: &str, loader: F) -> std::result::Result<Arc<V>, LoadError<E>>
+    pub fn get_or_load<E, F>(
+        &self,
+        key: impl AsRef<str>,
+        loader: F,
+    ) -> std::result::Result<Arc<V>, LoadError<E>>
     where
         E: Send + Sync + 'static,
         F: FnOnce() -> std::result::Result<V, E> + Send + 'static,
     {
+        let key = key.as_ref();
         let opts = self.inner.load_defaults().clone();
         self.get_or_load_with(key, &opts, loader)
     }
@@ -148,7 +158,7 @@ impl<V: CacheValue> Cache<V> {
     /// See [`crate::TwoLevelCache::get_or_load_with`].
     pub fn get_or_load_with<E, F>(
         &self,
-        key: &str,
+        key: impl AsRef<str>,
         opts: &LoadOptions,
         loader: F,
     ) -> std::result::Result<Arc<V>, LoadError<E>>
@@ -156,6 +166,7 @@ impl<V: CacheValue> Cache<V> {
         E: Send + Sync + 'static,
         F: FnOnce() -> std::result::Result<V, E> + Send + 'static,
     {
+        let key = key.as_ref();
         self.get_or_load_entry(key, opts, move |_| loader().map(Loaded::new))
     }
 
@@ -163,7 +174,7 @@ impl<V: CacheValue> Cache<V> {
     /// thread of the service's blocking pool.
     pub fn get_or_load_entry<E, F>(
         &self,
-        key: &str,
+        key: impl AsRef<str>,
         opts: &LoadOptions,
         loader: F,
     ) -> std::result::Result<Arc<V>, LoadError<E>>
@@ -171,6 +182,7 @@ impl<V: CacheValue> Cache<V> {
         E: Send + Sync + 'static,
         F: FnOnce(LoadContext<V>) -> std::result::Result<Loaded<V>, E> + Send + 'static,
     {
+        let key = key.as_ref();
         opts.validate().map_err(LoadError::InvalidOptions)?;
         // As in `get`: an L1 hit is answered here, without the runtime.
         let first = match self.inner.read_through_hit(key, opts) {
@@ -184,6 +196,21 @@ impl<V: CacheValue> Cache<V> {
             }
         };
         self.rt.block_on(self.inner.load_from(key, opts, loader, first))
+    }
+
+    /// See [`crate::TwoLevelCache::get_with`].
+    pub fn get_with(&self, key: impl AsRef<str>, opts: &CallOptions) -> Option<Arc<V>> {
+        self.rt.block_on(self.inner.get_with(key, opts))
+    }
+
+    /// See [`crate::TwoLevelCache::set_with`].
+    pub fn set_with(&self, key: impl AsRef<str>, value: V, opts: &CallOptions) -> Result<()> {
+        self.rt.block_on(self.inner.set_with(key, value, opts))
+    }
+
+    /// See [`crate::TwoLevelCache::delete_with`].
+    pub fn delete_with(&self, key: impl AsRef<str>, opts: &CallOptions) -> bool {
+        self.rt.block_on(self.inner.delete_with(key, opts))
     }
 
     /// See [`crate::TwoLevelCache::get_many`].
@@ -239,22 +266,32 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// See [`crate::TwoLevelCache::set_if_not_exist`].
-    pub fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
+    pub fn set_if_not_exist(&self, key: impl AsRef<str>, value: V, ttl: Option<Duration>) -> bool {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.set_if_not_exist(key, value, ttl))
     }
 
     /// See [`crate::TwoLevelCache::delete`].
-    pub fn delete(&self, key: &str) -> bool {
+    pub fn delete(&self, key: impl AsRef<str>) -> bool {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.delete(key))
     }
 
     /// See [`crate::TwoLevelCache::set_with_tags`].
-    pub fn set_with_tags(&self, key: &str, value: V, tags: &[&str]) {
+    pub fn set_with_tags(&self, key: impl AsRef<str>, value: V, tags: &[&str]) {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.set_with_tags(key, value, tags))
     }
 
     /// See [`crate::TwoLevelCache::try_set_with_tags`].
-    pub fn try_set_with_tags(&self, key: &str, value: V, ttl: Option<Duration>, tags: &[&str]) -> Result<()> {
+    pub fn try_set_with_tags(
+        &self,
+        key: impl AsRef<str>,
+        value: V,
+        ttl: Option<Duration>,
+        tags: &[&str],
+    ) -> Result<()> {
+        let key = key.as_ref();
         self.rt
             .block_on(self.inner.try_set_with_tags(key, value, ttl, tags))
     }
@@ -270,7 +307,8 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// See [`crate::TwoLevelCache::expire`].
-    pub fn expire(&self, key: &str) -> bool {
+    pub fn expire(&self, key: impl AsRef<str>) -> bool {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.expire(key))
     }
 
@@ -295,12 +333,14 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// See [`crate::TwoLevelCache::is_on_cache`].
-    pub fn is_on_cache(&self, key: &str) -> bool {
+    pub fn is_on_cache(&self, key: impl AsRef<str>) -> bool {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.is_on_cache(key))
     }
 
     /// See [`crate::TwoLevelCache::get_ttl`].
-    pub fn get_ttl(&self, key: &str) -> Option<Duration> {
+    pub fn get_ttl(&self, key: impl AsRef<str>) -> Option<Duration> {
+        let key = key.as_ref();
         self.rt.block_on(self.inner.get_ttl(key))
     }
 

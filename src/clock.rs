@@ -158,6 +158,16 @@ pub(crate) fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A number in `[0, 1)`, different on every call (not for cryptography:
+/// for spreading expiries).
+pub(crate) fn unit_random() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let bits = RandomState::new().hash_one(SEQ.fetch_add(1, Relaxed));
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -229,5 +239,12 @@ mod tests {
             within(10, || super::RECENT.ms.load(Relaxed) != 0),
             "ticker not woken by a read"
         );
+    }
+
+    #[test]
+    fn unit_random_stays_in_zero_one_and_varies() {
+        let draws: Vec<f64> = (0..1000).map(|_| super::unit_random()).collect();
+        assert!(draws.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(draws.iter().any(|&x| x < 0.25) && draws.iter().any(|&x| x > 0.75));
     }
 }

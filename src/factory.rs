@@ -241,6 +241,7 @@ impl CacheFactory {
             l1_ttl: resolved.l1_ttl,
             fail_safe_max_duration: resolved.fail_safe_max_duration,
             load: resolved.load,
+            ttl_jitter: resolved.ttl_jitter,
         };
         #[cfg(feature = "redis")]
         let backplane = resolved.backplane.then(|| self.backplane());

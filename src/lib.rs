@@ -181,7 +181,9 @@ pub use backend::CacheBackend;
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use cache::load::{LoadContext, LoadError, LoadOptions, Loaded, LoaderStats};
 pub use cache::CacheStats;
-pub use cache::{CacheEvent, ClearReport, EventStream, L2ClearStatus, TwoLevelCache, TwoLevelSettings};
+pub use cache::{
+    CacheEvent, CallOptions, ClearReport, EventStream, L2ClearStatus, TwoLevelCache, TwoLevelSettings,
+};
 pub use config::{
     CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2BackendKind, L2Config, RedisMode, Secret,
 };

@@ -21,19 +21,7 @@ async fn pair(
     redis: &RedisServer,
     o: CacheOptions,
 ) -> (CacheService, Cache<String>, CacheService, Cache<String>) {
-    let a = CacheService::new(redis.config()).await.unwrap();
-    let b = CacheService::new(redis.config()).await.unwrap();
-    let ca = a.create_cache::<String>(o.clone()).unwrap();
-    let cb = b.create_cache::<String>(o).unwrap();
-    // Both subscribers up before the test starts writing.
-    for c in [&ca, &cb] {
-        let up = eventually(Duration::from_secs(5), async || {
-            c.get_stats().await.backplane.is_some_and(|b| b.connected)
-        })
-        .await;
-        assert!(up, "subscriber connected");
-    }
-    (a, ca, b, cb)
+    common::service_pair(&redis.config(), o).await
 }
 
 async fn sees(c: &Cache<String>, key: &str, want: Option<&str>) -> bool {

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::{eventually, RedisServer};
 use resilient_cache::{
-    blocking, Cache, CacheOptions, CacheService, CircuitState, LoadContext, LoadError, Loaded,
+    blocking, Cache, CacheEvent, CacheOptions, CacheService, CallOptions, CircuitState, LoadContext,
+    LoadError, Loaded,
 };
 use tokio::sync::Notify;
 
@@ -118,21 +119,7 @@ async fn the_l1_misses_of_a_batch_cost_one_mget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_many_writes_every_key_and_tells_other_instances_in_one_message() {
     let redis = RedisServer::start();
-    let a = CacheService::new(redis.config()).await.unwrap();
-    let b = CacheService::new(redis.config()).await.unwrap();
-    let ca = a.create_cache::<String>(opts("bp")).unwrap();
-    let cb = b.create_cache::<String>(opts("bp")).unwrap();
-    for c in [&ca, &cb] {
-        assert!(
-            eventually(Duration::from_secs(5), async || c
-                .get_stats()
-                .await
-                .backplane
-                .is_some_and(|b| b.connected))
-            .await,
-            "backplane up"
-        );
-    }
+    let (_a, ca, _b, cb) = common::service_pair::<String>(&redis.config(), opts("bp")).await;
     let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
     ca.set_many(keys.iter().map(|k| (k.clone(), "old".to_string())))
         .await;
@@ -559,4 +546,160 @@ fn the_blocking_api_has_the_batch_operations() {
     assert_eq!(plain(&loaded), vec![Some("1".into()), Some("loaded".into())]);
     assert_eq!(c.delete_many(["a", "b", "c"]), 3);
     assert_eq!(redis.keys(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_call_choices_skip_levels_and_notifications() {
+    let redis = RedisServer::start();
+    let (_a, ca, _b, cb) = common::service_pair::<String>(&redis.config(), opts("call")).await;
+    let l1_only = CallOptions::new().skip_l2_read();
+    let l2_only = CallOptions::new().skip_l1_read();
+
+    // L1 only: L2 never sees it.
+    ca.set_with("local", "here".into(), &CallOptions::new().skip_l2())
+        .await
+        .unwrap();
+    assert_eq!(redis.get_raw("call:local"), None);
+    assert_eq!(
+        ca.get_with("local", &l1_only)
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("here")
+    );
+    assert_eq!(ca.get_with("local", &l2_only).await, None);
+
+    // Not kept in L1: the older L1 copy goes too.
+    ca.set("shared", "v1".into()).await;
+    ca.set_with("shared", "v2".into(), &CallOptions::new().skip_l1_write())
+        .await
+        .unwrap();
+    assert_eq!(ca.get_with("shared", &l1_only).await, None);
+    assert_eq!(redis.get_raw("call:shared"), Some(b"\"v2\"".to_vec()));
+    // A read that does not promote leaves L1 empty.
+    let no_promote = CallOptions::new().skip_l1_write();
+    assert_eq!(
+        ca.get_with("shared", &no_promote)
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("v2")
+    );
+    assert_eq!(ca.get_with("shared", &l1_only).await, None);
+    assert_eq!(ca.get("shared").await.as_deref().map(String::as_str), Some("v2"));
+    assert_eq!(
+        ca.get_with("shared", &l1_only)
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("v2")
+    );
+
+    // No notification: B's copy stays, and nothing was published. B first
+    // takes in A's announcement of the key's last write, so that it cannot
+    // evict the copy later.
+    let mut events = cb.subscribe();
+    ca.set("quiet", "q1".into()).await;
+    let announced = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(e) = events.recv().await {
+            if matches!(e, CacheEvent::Invalidated { key: Some(ref k) } if k == "quiet") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(announced.is_ok(), "B applied A's announcement");
+    assert_eq!(cb.get("quiet").await.as_deref().map(String::as_str), Some("q1"));
+    let sent = ca.get_stats().await.backplane.unwrap().messages_sent;
+    ca.set_with("quiet", "q2".into(), &CallOptions::new().no_notify())
+        .await
+        .unwrap();
+    assert_eq!(ca.get_stats().await.backplane.unwrap().messages_sent, sent);
+    assert_eq!(redis.get_raw("call:quiet"), Some(b"\"q2\"".to_vec()));
+    assert_eq!(
+        cb.get_with("quiet", &l1_only)
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("q1")
+    );
+    assert_eq!(
+        cb.get_with("quiet", &l2_only)
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("q2")
+    );
+
+    // A delete in L1 only leaves L2 alone; in L2 only leaves L1 alone.
+    assert!(
+        ca.delete_with("shared", &CallOptions::new().skip_l2_write())
+            .await
+    );
+    assert_eq!(redis.get_raw("call:shared"), Some(b"\"v2\"".to_vec()));
+    assert_eq!(ca.get_with("shared", &l1_only).await, None);
+    ca.get("shared").await;
+    assert!(
+        ca.delete_with("shared", &CallOptions::new().skip_l1_write())
+            .await
+    );
+    assert_eq!(redis.get_raw("call:shared"), None);
+    assert_eq!(
+        ca.get_with("shared", &l1_only)
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("v2")
+    );
+
+    // A per-call TTL.
+    ca.set_with(
+        "short",
+        "s".into(),
+        &CallOptions::new().ttl(Duration::from_secs(7)),
+    )
+    .await
+    .unwrap();
+    let pttl: i64 = redis.cmd(&["PTTL", "call:short"]);
+    assert!(pttl > 0 && pttl <= 7_000, "{pttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_jitter_spreads_expiries_within_its_bounds() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    let err = service
+        .create_cache::<String>(opts("bad").ttl_jitter(Duration::from_secs(301)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ttl_jitter") && err.contains("l2_ttl"), "{err}");
+    let c = service
+        .create_cache::<String>(
+            CacheOptions::new("jit")
+                .l2_ttl(Duration::from_secs(100))
+                .ttl_jitter(Duration::from_secs(20))
+                .serializer("json"),
+        )
+        .unwrap();
+    let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    c.set_many(keys.iter().map(|k| (k.clone(), "v".to_string())))
+        .await;
+    c.set("single", "v".into()).await;
+    c.set_with_ttl("own", "v".into(), Some(Duration::from_secs(10)))
+        .await;
+    let mut ttls = Vec::new();
+    for k in keys.iter().chain([&"single".to_string()]) {
+        let pttl: i64 = redis.cmd(&["PTTL", &format!("jit:{k}")]);
+        // 100 s, plus up to 20 s (less the moments since the write).
+        assert!((95_000..=120_000).contains(&pttl), "{k}: {pttl}");
+        ttls.push(pttl / 1000);
+    }
+    ttls.sort();
+    ttls.dedup();
+    assert!(ttls.len() > 5, "expiries spread over the jitter: {ttls:?}");
+    let pttl: i64 = redis.cmd(&["PTTL", "jit:own"]);
+    assert!(
+        (5_000..=30_000).contains(&pttl),
+        "a per-call TTL is jittered too: {pttl}"
+    );
 }

@@ -112,6 +112,7 @@ fn compose(
         l1_ttl: ttl,
         fail_safe_max_duration: fail_safe,
         load: LoadOptions::default(),
+        ttl_jitter: Duration::ZERO,
     };
     (TwoLevelCache::new(Some(l1), Some(l2), settings).unwrap(), reads)
 }

@@ -18,6 +18,9 @@ use super::tagging::WriteOf;
 use super::{CacheValue, TwoLevelCache};
 use crate::backend::CacheBackend;
 
+/// An entry's L1 and L2 TTLs, as written.
+type Ttls = (Option<Duration>, Option<Duration>);
+
 impl<V, A, B> TwoLevelCache<V, A, B>
 where
     V: CacheValue,
@@ -94,7 +97,7 @@ where
             read.resize_with(asked.len(), || None);
             for ((i, stale, before), read) in ask.into_iter().zip(read) {
                 let key = keys[i];
-                let f = with_stale(self.found_in_l2(key, before, read).await, stale);
+                let f = with_stale(self.found_in_l2(key, before, read, true).await, stale);
                 self.observe(key, &f);
                 found[i] = Some(f);
             }
@@ -122,18 +125,19 @@ where
             return;
         }
         let entries: Vec<(K, Arc<V>)> = entries.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        let entries: Vec<(&str, Arc<V>)> = entries
+        // Each entry with its own TTLs (they differ when the cache spreads
+        // expiries with a jitter).
+        let entries: Vec<(&str, Arc<V>, Ttls)> = entries
             .iter()
-            .map(|(k, v)| (k.as_ref(), v.clone()))
-            .filter(|(k, _)| self.check_key(k).is_ok())
+            .filter(|(k, _)| self.check_key(k.as_ref()).is_ok())
+            .map(|(k, v)| (k.as_ref(), v.clone(), self.physical_ttls(ttl)))
             .collect();
-        let _writes: Vec<_> = entries.iter().map(|(k, _)| self.inner.guard.write(k)).collect();
-        let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
+        let _writes: Vec<_> = entries.iter().map(|(k, ..)| self.inner.guard.write(k)).collect();
         // The entries that cannot be stored (their value does not encode).
         let mut refused: Vec<&str> = Vec::new();
         if self.inner.l2.is_some() {
             let mut ops = Vec::with_capacity(entries.len());
-            for (key, value) in &entries {
+            for (key, value, (_, l2_ttl)) in &entries {
                 let write = WriteOf {
                     value: &**value,
                     tags: &[],
@@ -152,7 +156,7 @@ where
                 }
             }
             let values: std::collections::HashMap<&str, &Arc<V>> =
-                entries.iter().map(|(k, v)| (*k, v)).collect();
+                entries.iter().map(|(k, v, _)| (*k, v)).collect();
             self.write_l2_many(ops, &|key| {
                 let value = values.get(key)?;
                 self.encode_write(&WriteOf {
@@ -165,7 +169,7 @@ where
             .await;
         }
         if let Some(l1) = &self.inner.l1 {
-            for (key, value) in entries {
+            for (key, value, (l1_ttl, _)) in entries {
                 let _ = match refused.contains(&key) {
                     true => l1.delete(key).await.map(drop),
                     false => l1.set(key, value, l1_ttl).await,

@@ -61,12 +61,11 @@ where
                 self.markers.forget_loaded();
             }
             let Some(l1) = &self.l1 else { return };
-            self.events.emit(|| CacheEvent::Invalidated { key: key.clone() });
-            match key {
+            match &key {
                 Some(key) => {
                     // Moving the guard stops an L2 read in flight from promoting the old value.
-                    let _write = self.guard.write(&key);
-                    let _ = l1.delete(&key).await;
+                    let _write = self.guard.write(key);
+                    let _ = l1.delete(key).await;
                 }
                 None => {
                     self.guard.bump_epoch();
@@ -75,6 +74,8 @@ where
                     self.guard.bump_epoch();
                 }
             }
+            // Told once applied: a subscriber that reads next sees its effect.
+            self.events.emit(|| CacheEvent::Invalidated { key });
         })
     }
 

@@ -88,7 +88,8 @@ where
     /// The value under `key`: L1, then L2 (promoting a hit into L1). Misses,
     /// L2 failures and undecodable bytes all read as `None`. An L1 hit hands
     /// out the stored `Arc`, never a copy.
-    pub async fn get(&self, key: &str) -> Option<Arc<V>> {
+    pub async fn get(&self, key: impl AsRef<str>) -> Option<Arc<V>> {
+        let key = key.as_ref();
         // `lookup`'s two steps, spelled out, and a hit returned from inside
         // the match: see "Performance notes" in the module docs of `cache`.
         let step = match self.lookup_now(key, false) {
@@ -154,7 +155,7 @@ where
             LookupStep::Done(found) => return found,
             LookupStep::AwaitL1 { .. } => return Found::Miss,
         };
-        let found = with_stale(self.lookup_l2(key, want_ttl, budget).await, stale);
+        let found = with_stale(self.lookup_l2(key, want_ttl, budget, true).await, stale);
         self.observe(key, &found);
         found
     }
@@ -221,6 +222,7 @@ where
         key: &str,
         want_ttl: bool,
         budget: &mut impl CallBudget,
+        promote: bool,
     ) -> Found<V> {
         if self.inner.l2.is_none() {
             return Found::Miss;
@@ -242,7 +244,7 @@ where
             let r = budget.bound(l2.get(key)).await;
             self.settle(permit, "get", r).ok().map(|b| b.map(|b| (b, None)))
         };
-        self.found_in_l2(key, before, read).await
+        self.found_in_l2(key, before, read, promote).await
     }
 
     /// During an outage replay, what the write of `key` still queued for L2
@@ -269,12 +271,13 @@ where
 
     /// What L2's answer for `key` means (`read`: `None` when L2 failed),
     /// the read having started after the guard's `before`: counted as an L2
-    /// hit or miss, decoded, judged, promoted into L1 when live.
+    /// hit or miss, decoded, judged, promoted into L1 when live (and `promote`).
     pub(super) async fn found_in_l2(
         &self,
         key: &str,
         before: Snapshot,
         read: Option<Option<(Vec<u8>, Option<Duration>)>>,
+        promote: bool,
     ) -> Found<V> {
         let (bytes, physical) = match read {
             Some(Some(found)) => {
@@ -294,7 +297,8 @@ where
                     (Some(_), Some(p)) => self.physical_ttls(None).0.map(|t| t.min(p)),
                     _ => None,
                 };
-                match self.decode(key, &bytes, Some((before, promote_ttl))).await {
+                let promote = promote.then_some((before, promote_ttl));
+                match self.decode(key, &bytes, promote).await {
                     Decoded::Live(value) => Found::Fresh {
                         value,
                         remaining,
@@ -385,7 +389,8 @@ where
 
     /// Whether `key` is in L1 or L2 (an entry an invalidation marker removed
     /// is not, though its key may stay in L2 until its TTL ends).
-    pub async fn is_on_cache(&self, key: &str) -> bool {
+    pub async fn is_on_cache(&self, key: impl AsRef<str>) -> bool {
+        let key = key.as_ref();
         if self.check_key(key).is_err() {
             return false;
         }
@@ -408,7 +413,8 @@ where
     /// remaining TTL (L2 unavailable, the key's write still queued for L2, or
     /// a cache without L2). `None` when absent, stale (fail-safe time only)
     /// or without expiry. Asks L2 even when L1 holds the key.
-    pub async fn get_ttl(&self, key: &str) -> Option<Duration> {
+    pub async fn get_ttl(&self, key: impl AsRef<str>) -> Option<Duration> {
+        let key = key.as_ref();
         self.check_key(key).ok()?;
         if self.inner.l2.is_some() && self.pending(key).is_none() {
             if let Some(ttl) = self.fresh_ttl_in_l2(key).await {

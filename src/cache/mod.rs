@@ -9,6 +9,7 @@
 //! | `mod.rs` | the type, its settings and the one (validated) constructor |
 //! | `lookup.rs` | reads: `get` (the hot path), the lookup steps every read shares, promotion into L1 |
 //! | `write.rs` | `set`, `set_if_not_exist`, `delete`, `clear`; the one encoding rule for writes |
+//! | `call.rs` | per-call choices (`CallOptions`): `get_with`, `set_with`, `delete_with` |
 //! | `batch.rs` | `get_many`, `set_many`, `delete_many`: the single-key rules, L2 asked once per batch |
 //! | `gate.rs` | the breaker permit and outcome of each L2 call, the error counters, read-through budgets |
 //! | `guard.rs` | the promotion guard (no old value promoted over a newer write) |
@@ -73,6 +74,7 @@ use crate::serializer::Serializer;
 use load::LoadOptions;
 
 mod batch;
+mod call;
 mod events;
 mod gate;
 mod guard;
@@ -87,6 +89,7 @@ mod tagging;
 mod ttl;
 mod write;
 
+pub use call::CallOptions;
 pub use events::{CacheEvent, EventStream, Level};
 pub(crate) use gate::NoBudget;
 use guard::PromotionGuard;
@@ -123,6 +126,7 @@ struct Inner<V, A, B> {
     flights: load::Flights,
     load: LoadOptions,
     fail_safe: Option<Duration>,
+    ttl_jitter: Duration,
     l1_ttl: Duration,
     prefix: String,
     l1: Option<A>,
@@ -194,6 +198,9 @@ pub struct TwoLevelSettings {
     pub fail_safe_max_duration: Option<Duration>,
     /// Defaults of [`get_or_load`](TwoLevelCache::get_or_load).
     pub load: LoadOptions,
+    /// The random extra of up to this much added to each write's TTL
+    /// (see [`CacheOptions::ttl_jitter`](crate::CacheOptions::ttl_jitter)).
+    pub ttl_jitter: Duration,
 }
 
 impl TwoLevelSettings {
@@ -227,6 +234,7 @@ impl TwoLevelSettings {
             l1_ttl: Duration::from_secs(60),
             fail_safe_max_duration: None,
             load: LoadOptions::default(),
+            ttl_jitter: Duration::ZERO,
         }
     }
 
@@ -242,6 +250,7 @@ impl TwoLevelSettings {
             max_value_bytes: self.max_value_bytes,
             max_key_bytes: self.max_key_bytes,
             load: &self.load,
+            ttl_jitter: self.ttl_jitter,
         })
     }
 }
@@ -258,6 +267,7 @@ pub(crate) struct SettingsToCheck<'a> {
     pub max_value_bytes: usize,
     pub max_key_bytes: usize,
     pub load: &'a LoadOptions,
+    pub ttl_jitter: Duration,
 }
 
 /// The rules every cache's settings keep, in one place: a valid namespace,
@@ -279,6 +289,13 @@ pub(crate) fn check_settings(s: &SettingsToCheck<'_>) -> Result<()> {
     }
     check_max_value_bytes("max_value_bytes", s.max_value_bytes)?;
     check_max_key_bytes("max_key_bytes", s.max_key_bytes)?;
+    if let Some(ttl) = s.l2_ttl.filter(|t| s.ttl_jitter > *t) {
+        return Err(config_err(
+            "ttl_jitter",
+            &format!("{:?}", s.ttl_jitter),
+            format!("at most l2_ttl ({ttl:?})"),
+        ));
+    }
     s.load.validate().map_err(|e| {
         let key = format!("load.{}", e.key());
         e.with_key(key).into()
@@ -307,6 +324,7 @@ where
                 flights: Default::default(),
                 load: settings.load,
                 fail_safe: settings.fail_safe_max_duration.filter(|d| !d.is_zero()),
+                ttl_jitter: settings.ttl_jitter,
                 l1_ttl: settings.l1_ttl,
                 prefix: settings.key_prefix,
                 l1,

@@ -88,7 +88,8 @@ where
     /// [`remove_by_tag`](Self::remove_by_tag) and made stale by
     /// [`expire_by_tag`](Self::expire_by_tag) of any of them. Never fails:
     /// invalid tags are counted (`errors.invalid_tag`) and nothing is stored.
-    pub async fn set_with_tags(&self, key: &str, value: V, tags: &[&str]) {
+    pub async fn set_with_tags(&self, key: impl AsRef<str>, value: V, tags: &[&str]) {
+        let key = key.as_ref();
         let _ = self.try_set_with_tags(key, value, None, tags).await;
     }
 
@@ -97,13 +98,15 @@ where
     /// [`Error::InvalidInput`] and nothing is stored, in either level.
     pub async fn try_set_with_tags(
         &self,
-        key: &str,
+        key: impl AsRef<str>,
         value: V,
         ttl: Option<Duration>,
         tags: &[&str],
     ) -> Result<(), Error> {
+        let key = key.as_ref();
         let tags = self.checked_tags(tags)?;
-        self.store(key, Arc::new(value), ttl, &tags).await
+        self.store(key, Arc::new(value), ttl, &tags, super::call::Via::ALL)
+            .await
     }
 
     /// `tags`, checked; an invalid one is counted and logged.
@@ -152,7 +155,8 @@ where
     /// reloads, and a fail-safe cache keeps the old value as a fallback (in
     /// L2 for its fail-safe duration). Without fail-safe, the key is removed.
     /// `true` if either level held it. Other instances drop their L1 copy.
-    pub async fn expire(&self, key: &str) -> bool {
+    pub async fn expire(&self, key: impl AsRef<str>) -> bool {
+        let key = key.as_ref();
         if self.check_key(key).is_err() {
             return false;
         }

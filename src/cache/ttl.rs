@@ -29,6 +29,7 @@ where
         ttl: Option<Duration>,
         l1_ttl: Option<Duration>,
     ) -> (Option<Duration>, Option<Duration>) {
+        let ttl = self.jittered(ttl);
         let l1 = match (ttl, l1_ttl) {
             (t, None) => t,
             (Some(t), Some(l1)) => Some(t.min(l1)),
@@ -41,6 +42,17 @@ where
                 Some(ttl.unwrap_or(self.inner.l2_ttl) + extra),
             ),
         }
+    }
+
+    /// `ttl` (or the cache's L2 TTL) plus a random extra of up to the
+    /// cache's jitter; as given when the cache has none.
+    fn jittered(&self, ttl: Option<Duration>) -> Option<Duration> {
+        let jitter = self.inner.ttl_jitter;
+        if jitter.is_zero() {
+            return ttl;
+        }
+        let extra = jitter.mul_f64(crate::clock::unit_random());
+        Some(ttl.unwrap_or(self.inner.l2_ttl) + extra)
     }
 
     /// The logical TTL left of an entry with `physical` left: `Err` when only

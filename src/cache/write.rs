@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::call::Via;
 use super::gate::{DataOp, Outcome};
 use super::replay::PendingOp;
 use super::tagging::WriteOf;
@@ -54,14 +55,16 @@ where
 {
     /// Stores `value` in L1 and L2 (write-through) with the cache's TTLs.
     /// Never fails: problems are counted in stats (see [`try_set`](Self::try_set)).
-    pub async fn set(&self, key: &str, value: V) {
+    pub async fn set(&self, key: impl AsRef<str>, value: V) {
+        let key = key.as_ref();
         let _ = self.try_set_with_ttl(key, value, None).await;
     }
 
     /// Stores `value` with a per-call TTL (L2 uses it; L1 never keeps an entry
     /// longer than its own TTL). When L2 is unavailable, L1 keeps the value and
     /// the write is replayed into L2 when it is back.
-    pub async fn set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) {
+    pub async fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Option<Duration>) {
+        let key = key.as_ref();
         let _ = self.try_set_with_ttl(key, value, ttl).await;
     }
 
@@ -70,13 +73,20 @@ where
     /// cannot be encoded. Nothing is stored then, in either level, and any
     /// previous value of the key is removed. L2 being unavailable is *not* an
     /// error: the value is in L1 and queued for L2.
-    pub async fn try_set(&self, key: &str, value: V) -> Result<(), Error> {
+    pub async fn try_set(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
+        let key = key.as_ref();
         self.try_set_with_ttl(key, value, None).await
     }
 
     /// [`try_set`](Self::try_set) with a per-call TTL.
-    pub async fn try_set_with_ttl(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<(), Error> {
-        self.store(key, Arc::new(value), ttl, &[]).await
+    pub async fn try_set_with_ttl(
+        &self,
+        key: impl AsRef<str>,
+        value: V,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let key = key.as_ref();
+        self.store(key, Arc::new(value), ttl, &[], Via::ALL).await
     }
 
     /// Write-through of a shared value with its (checked) tags: what every
@@ -87,6 +97,7 @@ where
         value: Arc<V>,
         ttl: Option<Duration>,
         tags: &[String],
+        via: Via,
     ) -> Result<(), Error> {
         self.check_key(key)?;
         self.check_ttl(ttl)?;
@@ -94,7 +105,7 @@ where
         let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
         // Tagged writes are stamped before they reach either level.
         let written_us = (!tags.is_empty()).then(stamp_us);
-        if self.inner.l2.is_some() {
+        if self.inner.l2.is_some() && via.l2 {
             let write = WriteOf {
                 value: &*value,
                 tags,
@@ -103,12 +114,12 @@ where
             match self.encode_write(&write) {
                 Ok(bytes) => {
                     let ttl = self.l2_ttl_of(&bytes, l2_ttl.unwrap_or(self.inner.l2_ttl));
-                    self.write_l2(key, PendingOp::set(bytes, ttl, false), Some(&write))
+                    self.write_l2_as(key, PendingOp::set(bytes, ttl, false), Some(&write), via.notify)
                         .await;
                 }
                 Err(e) => {
                     // Neither level may keep serving the previous value for this key.
-                    self.write_l2(key, PendingOp::Delete, None).await;
+                    self.write_l2_as(key, PendingOp::Delete, None, via.notify).await;
                     if let Some(l1) = &self.inner.l1 {
                         let _ = l1.delete(key).await;
                     }
@@ -117,6 +128,11 @@ where
             }
         }
         if let Some(l1) = &self.inner.l1 {
+            if !via.l1 {
+                // Not kept in L1, and the copy there would now be out of date.
+                let _ = l1.delete(key).await;
+                return Ok(());
+            }
             let _ = l1.set(key, value, l1_ttl).await;
             if let Some(at) = written_us {
                 self.l1_tagged(key, tags, at).await;
@@ -158,6 +174,18 @@ where
         op: PendingOp,
         value: Option<&WriteOf<'_, V>>,
     ) -> Option<bool> {
+        self.write_l2_as(key, op, value, true).await
+    }
+
+    /// [`write_l2`](Self::write_l2), announcing the write to other
+    /// instances only with `notify`.
+    pub(super) async fn write_l2_as(
+        &self,
+        key: &str,
+        op: PendingOp,
+        value: Option<&WriteOf<'_, V>>,
+        notify: bool,
+    ) -> Option<bool> {
         let queue = &self.inner.queue;
         if !queue.is_active() || queue.admits_direct(key) {
             if let Some((l2, permit)) = self.l2() {
@@ -172,7 +200,9 @@ where
                 let r = self.send_write(l2, key, op).await;
                 match self.settle(permit, "write", r) {
                     Outcome::Done(v) => {
-                        self.announce(Some(key));
+                        if notify {
+                            self.announce(Some(key));
+                        }
                         return Some(v);
                     }
                     Outcome::BadData => return None,
@@ -195,7 +225,8 @@ where
     /// the source of truth (an atomic `SET NX`): L1 takes the value only if L2
     /// accepted it. Without a usable L2, the same rule applies to L1 alone, and
     /// the winner claims the key in L2 (again with `SET NX`) on recovery.
-    pub async fn set_if_not_exist(&self, key: &str, value: V, ttl: Option<Duration>) -> bool {
+    pub async fn set_if_not_exist(&self, key: impl AsRef<str>, value: V, ttl: Option<Duration>) -> bool {
+        let key = key.as_ref();
         if self.check_key(key).is_err() || self.check_ttl(ttl).is_err() {
             return false;
         }
@@ -248,16 +279,24 @@ where
 
     /// Removes `key`: L2 first, then L1 (always, even when L2 fails; the L2
     /// delete is then replayed on recovery). `true` if either level held it.
-    pub async fn delete(&self, key: &str) -> bool {
+    pub async fn delete(&self, key: impl AsRef<str>) -> bool {
+        self.remove(key.as_ref(), Via::ALL).await
+    }
+
+    /// `delete` through the levels `via` allows.
+    pub(super) async fn remove(&self, key: &str, via: Via) -> bool {
         if self.check_key(key).is_err() {
             return false;
         }
         let _write = self.inner.guard.write(key);
         let mut removed = false;
-        if self.inner.l2.is_some() {
-            removed |= self.write_l2(key, PendingOp::Delete, None).await.unwrap_or(false);
+        if self.inner.l2.is_some() && via.l2 {
+            removed |= self
+                .write_l2_as(key, PendingOp::Delete, None, via.notify)
+                .await
+                .unwrap_or(false);
         }
-        if let Some(l1) = &self.inner.l1 {
+        if let (Some(l1), true) = (&self.inner.l1, via.l1) {
             removed |= l1.delete(key).await.unwrap_or(false);
         }
         removed

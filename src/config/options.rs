@@ -44,6 +44,7 @@ pub struct CacheOptions {
     pub(crate) fail_safe_max_duration: Option<Duration>,
     pub(crate) load: crate::cache::load::LoadOptions,
     pub(crate) lease_fence: bool,
+    pub(crate) ttl_jitter: Duration,
 }
 
 #[derive(Clone)]
@@ -74,6 +75,7 @@ impl fmt::Debug for CacheOptions {
             .field("breaker_timeout", &self.breaker_timeout)
             .field("replay_capacity", &self.replay_capacity)
             .field("fail_safe_max_duration", &self.fail_safe_max_duration)
+            .field("ttl_jitter", &self.ttl_jitter)
             .field("load", &self.load)
             .finish()
     }
@@ -99,6 +101,7 @@ impl CacheOptions {
             max_value_bytes: None,
             backplane: None,
             fail_safe_max_duration: None,
+            ttl_jitter: Duration::ZERO,
             load: crate::cache::load::LoadOptions::default(),
             lease_fence: true,
         }
@@ -223,6 +226,16 @@ impl CacheOptions {
         self
     }
 
+    /// Spreads the expiries of entries written together (a `set_many`, a
+    /// warm-up loop, a batch load): each write adds a random extra of up to
+    /// `jitter` to its L2 TTL (and to L1's when that is the shorter), so
+    /// that they do not all expire, and reload, in the same second. Default
+    /// zero (no jitter); at most the L2 TTL.
+    pub fn ttl_jitter(mut self, jitter: Duration) -> Self {
+        self.ttl_jitter = jitter;
+        self
+    }
+
     /// Default [`LoadOptions`](crate::LoadOptions) of this cache's `get_or_load`.
     pub fn load(mut self, options: crate::cache::load::LoadOptions) -> Self {
         self.load = options;
@@ -243,6 +256,7 @@ impl CacheOptions {
             max_value_bytes,
             max_key_bytes: defaults.max_key_bytes,
             load: &self.load,
+            ttl_jitter: self.ttl_jitter,
         })?;
         let breaker_shared = self.breaker_enabled.is_none()
             && self.breaker_threshold.is_none()
@@ -330,6 +344,7 @@ impl CacheOptions {
             l1_ttl: self.l1_ttl,
             fail_safe_max_duration: self.fail_safe_max_duration,
             load: self.load.clone(),
+            ttl_jitter: self.ttl_jitter,
         })
     }
 }
@@ -350,6 +365,7 @@ pub(crate) struct ResolvedOptions {
     pub l1_ttl: Duration,
     pub fail_safe_max_duration: Option<Duration>,
     pub load: crate::cache::load::LoadOptions,
+    pub ttl_jitter: Duration,
 }
 
 #[cfg(test)]

@@ -326,3 +326,32 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Two services (as two processes would be) on one server, each with a
+/// cache built from `options`, both backplane subscribers connected (when
+/// the options turn the backplane on) before the test starts writing.
+pub async fn service_pair<V: resilient_cache::two_level::CacheValue>(
+    config: &CacheFactoryConfig,
+    options: resilient_cache::CacheOptions,
+) -> (
+    resilient_cache::CacheService,
+    resilient_cache::Cache<V>,
+    resilient_cache::CacheService,
+    resilient_cache::Cache<V>,
+) {
+    let a = resilient_cache::CacheService::new(config.clone()).await.unwrap();
+    let b = resilient_cache::CacheService::new(config.clone()).await.unwrap();
+    let ca = a.create_cache::<V>(options.clone()).unwrap();
+    let cb = b.create_cache::<V>(options).unwrap();
+    for c in [&ca, &cb] {
+        let Some(_) = c.get_stats().await.backplane else {
+            continue;
+        };
+        let up = eventually(Duration::from_secs(5), async || {
+            c.get_stats().await.backplane.is_some_and(|b| b.connected)
+        })
+        .await;
+        assert!(up, "subscriber connected");
+    }
+    (a, ca, b, cb)
+}

@@ -141,7 +141,11 @@ where
     /// assert_eq!(*name, "Ada");
     /// # Ok(()) }
     /// ```
-    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F) -> Result<Arc<V>, LoadError<E>>
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: impl AsRef<str>,
+        loader: F,
+    ) -> Result<Arc<V>, LoadError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
@@ -170,7 +174,7 @@ where
     /// stored: the write or delete wins.
     pub async fn get_or_load_with<F, Fut, E>(
         &self,
-        key: &str,
+        key: impl AsRef<str>,
         opts: &LoadOptions,
         loader: F,
     ) -> Result<Arc<V>, LoadError<E>>
@@ -179,6 +183,7 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Send + Sync + 'static,
     {
+        let key = key.as_ref();
         let loader = move |_| async move { loader().await.map(Loaded::new) };
         self.get_or_load_entry(key, opts, loader).await
     }
@@ -210,7 +215,7 @@ where
     /// ```
     pub async fn get_or_load_entry<F, Fut, E>(
         &self,
-        key: &str,
+        key: impl AsRef<str>,
         opts: &LoadOptions,
         loader: F,
     ) -> Result<Arc<V>, LoadError<E>>
@@ -219,6 +224,7 @@ where
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: Send + Sync + 'static,
     {
+        let key = key.as_ref();
         opts.validate().map_err(LoadError::InvalidOptions)?;
         let first = match self.read_through_hit(key, opts) {
             Ok(value) => return Ok(value),
