@@ -5,8 +5,12 @@
 //! `--keys` keys (100) while instance B reads the same keys: propagation is
 //! from A's `set` returning to B no longer serving the old value; stale reads
 //! are B reads of an old value after that. Halfway, Redis is restarted to check
-//! that B's L1 is cleared when its subscriber reconnects. Starts its own
-//! `redis-server` unless `--redis-url` is given (then the restart is skipped).
+//! that B's L1 is cleared when its subscriber reconnects. Then the same with
+//! tracking alone (no backplane); then a foreign writer (a plain Redis
+//! client) sets, deletes and expires keys both instances hold in L1; then
+//! the L1 hit ratio of reads after own writes with tracking on and off; then
+//! the tracking connections are killed. Starts its own `redis-server` unless
+//! `--redis-url` is given (then the restart is skipped).
 
 use resilient_cache_testkit as common;
 
@@ -30,7 +34,10 @@ fn main() {
     cli::write_json(&args, json.as_deref(), &report);
     println!(
         "coherence: {} instances, {} updates; propagation p50 {} us, p99 {} us, max {} us; \
-         stale reads after propagation {}; L1 cleared on reconnect: {}{}",
+         stale reads after propagation {}; L1 cleared on reconnect: {}{}\n\
+         tracking only: propagation p50 {} us, p99 {} us, stale {}; backplane messages per write {:.2}\n\
+         foreign writer: {} updates, propagation p50 {} us, p99 {} us, stale {}; \
+         own-write L1 hit ratio {:.4} (tracking) vs {:.4} (off); tracking loss cleared L1: {}",
         report.instances,
         report.updates,
         report.propagation_p50_us,
@@ -42,6 +49,17 @@ fn main() {
             ""
         } else {
             " (not checked: external server)"
-        }
+        },
+        report.tracking_only_propagation_p50_us,
+        report.tracking_only_propagation_p99_us,
+        report.tracking_only_stale_reads_after_propagation,
+        report.backplane_messages_per_write,
+        report.foreign_updates,
+        report.foreign_propagation_p50_us,
+        report.foreign_propagation_p99_us,
+        report.foreign_stale_reads_after_propagation,
+        report.own_write_l1_hit_ratio_tracking,
+        report.own_write_l1_hit_ratio_off,
+        report.tracking_loss_l1_cleared,
     );
 }

@@ -95,3 +95,44 @@ pub struct BackplaneStats {
     /// Seconds since the last message from another instance, if any.
     pub last_message_age_s: Option<f64>,
 }
+
+/// Something that reports tracking figures (Redis-assisted invalidation);
+/// kept abstract so the composition does not depend on Redis.
+pub trait TrackingSource: Send + Sync + 'static {
+    /// Figures for stats.
+    fn stats(&self) -> TrackingStats;
+}
+
+impl std::fmt::Debug for dyn TrackingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrackingSource")
+    }
+}
+
+/// Tracking figures (service-wide): Redis telling this instance which keys
+/// of its namespaces any client changed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TrackingStats {
+    /// Whether tracking is established: the invalidation connection is up and
+    /// the data connection's tracking points at it.
+    pub connected: bool,
+    /// Invalidation messages received (each may name several keys).
+    pub notifications: u64,
+    /// Keys named by those messages that belong to a tracked cache (each
+    /// evicted from that cache's L1, if it held it).
+    pub keys_invalidated: u64,
+    /// Notifications of this instance's own stores by script (a load's
+    /// fenced store, which Redis announces back), confirmed by one read
+    /// and kept in L1.
+    pub own_stores_confirmed: u64,
+    /// Whole-database notifications (`FLUSHDB`, `FLUSHALL`): every tracked
+    /// L1 cleared.
+    pub flushes: u64,
+    /// Times every tracked L1 was cleared because notifications may have
+    /// been missed (a connection lost, Redis restarted or failed over, the
+    /// data connection's tracking found off).
+    pub loss_clears: u64,
+    /// Times every tracked L1 was cleared because notifications arrived
+    /// faster than they could be applied and some were dropped.
+    pub overflow_clears: u64,
+}

@@ -170,6 +170,9 @@ pub struct CacheFactory {
     /// Started with the first cache that uses it.
     #[cfg(feature = "redis")]
     backplane: std::sync::OnceLock<Arc<crate::backend::redis::backplane::Backplane>>,
+    /// Started with the first tracked cache.
+    #[cfg(feature = "redis")]
+    tracker: std::sync::OnceLock<Arc<crate::backend::redis::tracking::Tracker>>,
 }
 
 impl std::fmt::Debug for CacheFactory {
@@ -191,6 +194,8 @@ impl CacheFactory {
             breaker: Arc::new(CircuitBreaker::new(config.circuit_breaker).with_name(config.redis.endpoint())),
             #[cfg(feature = "redis")]
             backplane: std::sync::OnceLock::new(),
+            #[cfg(feature = "redis")]
+            tracker: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -238,6 +243,7 @@ impl CacheFactory {
             max_key_bytes: resolved.max_key_bytes,
             max_value_bytes: resolved.max_value_bytes,
             bus: None,
+            tracking: None,
             l1_ttl: resolved.l1_ttl,
             fail_safe_max_duration: resolved.fail_safe_max_duration,
             load: resolved.load,
@@ -246,16 +252,25 @@ impl CacheFactory {
         #[cfg(feature = "redis")]
         let backplane = resolved.backplane.then(|| self.backplane());
         #[cfg(feature = "redis")]
+        let tracker = resolved.tracking.then(|| self.tracker());
+        #[cfg(feature = "redis")]
         let settings = TwoLevelSettings {
             bus: backplane
                 .clone()
                 .map(|b| b as Arc<dyn crate::backplane::InvalidationBus>),
+            tracking: tracker
+                .clone()
+                .map(|t| t as Arc<dyn crate::backplane::TrackingSource>),
             ..settings
         };
         let cache = TwoLevelCache::new(l1, l2, settings)?;
         #[cfg(feature = "redis")]
         if let Some(bp) = backplane {
             bp.register(cache.key_prefix(), cache.invalidation_target());
+        }
+        #[cfg(feature = "redis")]
+        if let Some(t) = tracker {
+            t.register(cache.key_prefix(), cache.invalidation_target());
         }
         Ok(cache)
     }
@@ -272,6 +287,16 @@ impl CacheFactory {
                     self.connection.op_timeout(),
                 );
                 bp
+            })
+            .clone()
+    }
+
+    /// The service's tracking worker, started on first use (needs a Tokio runtime).
+    #[cfg(feature = "redis")]
+    fn tracker(&self) -> Arc<crate::backend::redis::tracking::Tracker> {
+        self.tracker
+            .get_or_init(|| {
+                crate::backend::redis::tracking::Tracker::new(self.connection.clone(), self.breaker.clone())
             })
             .clone()
     }

@@ -42,6 +42,9 @@ pub const MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
 pub const MAX_KEY_BYTES: &str = "CACHE_MAX_KEY_BYTES";
 /// Whether caches with both levels invalidate each other's L1 over pub/sub.
 pub const BACKPLANE_ENABLED: &str = "CACHE_BACKPLANE_ENABLED";
+/// Which sources keep L1 coherent with L2: `both` (default), `backplane`,
+/// `tracking` or `none`.
+pub const INVALIDATION: &str = "CACHE_INVALIDATION";
 /// Redis Cluster seed nodes, `host:port,host:port,…` (selects cluster mode).
 pub const REDIS_CLUSTER_NODES: &str = "CACHE_REDIS_CLUSTER_NODES";
 /// Sentinel nodes, `host:port,host:port,…` (selects sentinel mode).
@@ -69,6 +72,7 @@ pub const ALL: &[&str] = &[
     MAX_VALUE_BYTES,
     MAX_KEY_BYTES,
     BACKPLANE_ENABLED,
+    INVALIDATION,
     REDIS_CLUSTER_NODES,
     REDIS_SENTINEL_NODES,
     REDIS_SENTINEL_MASTER,

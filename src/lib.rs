@@ -62,7 +62,13 @@
 //! caches with both levels, see [`backplane`]), every write announces itself
 //! over Redis pub/sub and other instances evict their L1 copy within a few
 //! milliseconds (a lone write in well under one; a stream of writes is
-//! announced once per millisecond); without it, another process may read a value that was since
+//! announced once per millisecond). With tracking (also the default, for
+//! caches with L1 off a Redis Cluster), Redis itself announces every change
+//! to a namespace's keys — by any client, by expiry, by eviction, by
+//! `FLUSHDB` — and the key leaves L1, while a process's own writes keep
+//! theirs; whenever a notification may have been lost, every tracked L1 is
+//! cleared ([`InvalidationSources`], `CACHE_INVALIDATION`). With neither,
+//! another process may read a value that was since
 //! changed or deleted elsewhere until its L1 entry expires: keep `l1_ttl`
 //! short (it defaults to 60 s, and should be shorter than `l2_ttl`).
 //! While L2 is unavailable each process works from its own L1; its writes and
@@ -170,7 +176,7 @@ pub mod load {
 /// Every statistics structure under its 0.1 path.
 pub mod stats {
     pub use crate::backend::{L1Stats, L2Stats};
-    pub use crate::backplane::BackplaneStats;
+    pub use crate::backplane::{BackplaneStats, TrackingStats};
     pub use crate::breaker::CircuitBreakerStats;
     pub use crate::cache::load::LoaderStats;
     pub use crate::cache::{CacheStats, ErrorStats, RecoveryStats};
@@ -185,7 +191,8 @@ pub use cache::{
     CacheEvent, CallOptions, ClearReport, EventStream, L2ClearStatus, TwoLevelCache, TwoLevelSettings,
 };
 pub use config::{
-    CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2BackendKind, L2Config, RedisMode, Secret,
+    CacheFactoryConfig, CacheOptions, InvalidationSources, L1BackendKind, L1Config, L2BackendKind, L2Config,
+    RedisMode, Secret,
 };
 pub use error::{ConfigError, Error, Result};
 pub use factory::{Cache, CacheFactory};

@@ -17,6 +17,9 @@
 //!   `_load_waits_total`, `_eager_refreshes_total`,
 //!   `_stale_writes_prevented_total`, backplane counters
 //!   `_backplane_messages_sent_total`, `_backplane_messages_received_total`,
+//!   tracking counters `_tracking_notifications_total`,
+//!   `_tracking_keys_invalidated_total`, `_tracking_flushes_total`,
+//!   `_tracking_loss_clears_total` and gauge `_tracking_connected` (1 or 0),
 //!   L2 entries an invalidation marker covered `_marker_reads_total` (label
 //!   `kind`: `removed`, `stale`); gauges `resilient_cache_l1_size`,
 //!   `_replay_queue_depth`, `_markers_known`, and the state of each cache's
@@ -67,6 +70,20 @@ pub async fn record(service: &CacheService) {
                 "resilient_cache_backplane_messages_received_total",
                 b.messages_received,
             );
+        }
+        if let Some(t) = &c.tracking {
+            total("resilient_cache_tracking_notifications_total", t.notifications);
+            total(
+                "resilient_cache_tracking_keys_invalidated_total",
+                t.keys_invalidated,
+            );
+            total("resilient_cache_tracking_flushes_total", t.flushes);
+            total("resilient_cache_tracking_loss_clears_total", t.loss_clears);
+            gauge!("resilient_cache_tracking_connected", "cache" => name.clone()).set(if t.connected {
+                1.0
+            } else {
+                0.0
+            });
         }
         gauge!("resilient_cache_replay_queue_depth", "cache" => name.clone())
             .set(c.recovery.queue_depth as f64);

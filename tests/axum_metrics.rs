@@ -46,4 +46,16 @@ async fn metrics_publish_this_apps_own_counters() {
         text.contains(r#"resilient_cache_marker_reads_total{cache="users",kind="removed"}"#),
         "marker reads by kind:\n{text}"
     );
+    // Tracking's counters move on their own (a load's store is announced
+    // back and confirmed): their lines are there, and nothing was lost.
+    assert!(stats.tracking.is_some(), "the app's caches are tracked");
+    for name in [
+        "resilient_cache_tracking_notifications_total",
+        "resilient_cache_tracking_keys_invalidated_total",
+        "resilient_cache_tracking_flushes_total",
+        "resilient_cache_tracking_connected",
+    ] {
+        value(name);
+    }
+    assert_eq!(value("resilient_cache_tracking_loss_clears_total"), 0.0);
 }

@@ -64,7 +64,9 @@ async fn update_delete_and_clear_on_a_reach_the_l1_of_b() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_messages_do_not_evict_own_l1() {
     let redis = RedisServer::start();
-    let (_a, ca, _b, _cb) = pair(&redis, opts("own")).await;
+    // The backplane alone: with tracking, the FLUSHALL below would (rightly) clear A's L1.
+    let backplane_only = opts("own").invalidation(resilient_cache::InvalidationSources::Backplane);
+    let (_a, ca, _b, _cb) = pair(&redis, backplane_only).await;
     ca.set("k", "mine".into()).await;
     assert!(
         eventually(Duration::from_secs(5), async || ca
@@ -89,7 +91,9 @@ async fn a_cache_without_the_backplane_keeps_its_l1() {
     let redis = RedisServer::start();
     let (_a, ca, _b, cb) = pair(&redis, opts("nobp")).await;
     let b2 = CacheService::new(redis.config()).await.unwrap();
-    let off = b2.create_cache::<String>(opts("nobp").backplane(false)).unwrap();
+    let off = b2
+        .create_cache::<String>(opts("nobp").invalidation(resilient_cache::InvalidationSources::None))
+        .unwrap();
     assert!(off.get_stats().await.backplane.is_none());
     ca.set("k", "v1".into()).await;
     assert_eq!(off.get("k").await.as_deref().map(String::as_str), Some("v1"));

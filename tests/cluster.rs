@@ -476,3 +476,66 @@ async fn batches_on_a_cluster_send_one_pipeline_per_primary() {
         s.errors
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_follows_a_sentinel_failover() {
+    let set = RedisSentinels::start();
+    let service = failing_over_service(set.config()).await;
+    let c = service.create_cache::<String>(opts("sentrk")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            c.tracking_stats().is_some_and(|t| t.connected)
+        })
+        .await
+    );
+    c.set("k", "v1".into()).await;
+    let _: () = set.primary.cmd(&["SET", "sentrk:k", "\"v2\""]);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            c.get("k").await.as_deref().map(String::as_str) == Some("v2")
+        })
+        .await,
+        "a foreign write on the primary evicts L1"
+    );
+    let before = c.tracking_stats().unwrap().loss_clears;
+    let mut set = set;
+    set.primary.kill();
+    let set = tokio::task::spawn_blocking(move || {
+        set.wait_failover();
+        set
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            c.set("probe", "p".into()).await;
+            let t = c.tracking_stats().unwrap();
+            t.connected && t.loss_clears > before
+        })
+        .await,
+        "tracking re-established on the promoted replica, L1 cleared: {:?}",
+        c.tracking_stats()
+    );
+    c.set("k", "v3".into()).await;
+    assert_eq!(c.get("k").await.as_deref().map(String::as_str), Some("v3"));
+    let _: () = set.replica.cmd(&["SET", "sentrk:k", "\"v4\""]);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            c.get("k").await.as_deref().map(String::as_str) == Some("v4")
+        })
+        .await,
+        "a foreign write on the new primary evicts L1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_cache_is_not_tracked_and_keeps_the_backplane() {
+    let cluster = RedisCluster::start();
+    let service = CacheService::new(cluster.config()).await.unwrap();
+    let c = service.create_cache::<String>(opts("clt")).unwrap();
+    assert!(
+        c.tracking_stats().is_none(),
+        "tracking is per node on a cluster: not offered"
+    );
+    assert!(c.backplane_stats().is_some());
+}

@@ -20,4 +20,18 @@ async fn coherence_harness_invariants() {
         r.propagation_max_us < 5_000_000,
         "every update propagated: {json}"
     );
+    // Tracking: every writer seen, own writes kept, a lost channel cleared.
+    assert_eq!(r.tracking_only_stale_reads_after_propagation, 0, "{json}");
+    assert!(r.foreign_updates >= 100, "{json}");
+    assert_eq!(r.foreign_stale_reads_after_propagation, 0, "{json}");
+    assert!(
+        r.foreign_propagation_p99_us < 5_000_000,
+        "every foreign change reached both L1s: {json}"
+    );
+    assert!(
+        r.own_write_l1_hit_ratio_tracking >= 0.99 * r.own_write_l1_hit_ratio_off,
+        "{json}"
+    );
+    assert!(r.own_write_l1_hit_ratio_off > 0.99, "{json}");
+    assert!(r.tracking_loss_l1_cleared, "{json}");
 }

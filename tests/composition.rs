@@ -109,6 +109,7 @@ fn compose(
         max_key_bytes: 1024,
         max_value_bytes: 1 << 20,
         bus: None,
+        tracking: None,
         l1_ttl: ttl,
         fail_safe_max_duration: fail_safe,
         load: LoadOptions::default(),

@@ -207,8 +207,8 @@ async fn open_breaker_keeps_every_operation_off_redis() {
                 .l2_ttl(Duration::from_secs(300))
                 .circuit_breaker_threshold(1)
                 .circuit_breaker_timeout(Duration::from_secs(3600))
-                // No backplane subscriber: its reconnection is not this cache's traffic.
-                .backplane(false),
+                // No backplane subscriber or tracking: their upkeep is not this cache's traffic.
+                .invalidation(resilient_cache::InvalidationSources::None),
         )
         .unwrap();
     c.set("a", 1).await;

@@ -679,9 +679,10 @@ async fn a_hard_timeout_bounds_the_l2_read_too_and_a_healthy_loader_still_answer
 async fn a_read_through_waits_for_a_frozen_l2_once_not_once_per_step() {
     let redis = RedisServer::start();
     let service = service_with_timeout(&redis, Duration::from_millis(300)).await;
-    // No backplane: its subscriber, reconnecting after the freeze, would clear L1.
+    // No invalidation source: the backplane's subscriber, or tracking,
+    // reconnecting after the freeze would clear L1.
     let c = service
-        .create_cache::<String>(opts("frozen_once").backplane(false))
+        .create_cache::<String>(opts("frozen_once").invalidation(resilient_cache::InvalidationSources::None))
         .unwrap();
     c.get("warm-up").await; // connected before the freeze: the wait below is the read's
     redis.freeze();

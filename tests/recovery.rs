@@ -193,12 +193,13 @@ async fn overflow_is_counted_and_falls_back_to_clearing_the_namespace() {
     let redis = RedisServer::start();
     let service = CacheService::new(redis.config()).await.unwrap();
     let c = service
-        // Without the backplane, whose reconnect after the freeze would clear L1.
+        // No invalidation source: the backplane's reconnect, or tracking
+        // found lost, after the freeze would (rightly) clear L1.
         .create_cache::<u32>(
             opts("ovf")
                 .replay_queue_capacity(3)
                 .l1_maxsize(100)
-                .backplane(false),
+                .invalidation(resilient_cache::InvalidationSources::None),
         )
         .unwrap();
     c.set("old", 0).await;
@@ -217,7 +218,8 @@ async fn overflow_is_counted_and_falls_back_to_clearing_the_namespace() {
     assert_eq!(
         c.get("k4").await.as_deref(),
         Some(&4),
-        "L1 still has the overflowed write"
+        "L1 still has the overflowed write: {:?}",
+        c.tracking_stats()
     );
 }
 

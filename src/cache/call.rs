@@ -80,7 +80,9 @@ impl CallOptions {
     }
 
     /// Write or delete in L2 without telling other instances on the
-    /// backplane: their L1 copies stay until their TTL ends.
+    /// backplane: their L1 copies stay until their TTL ends — except in
+    /// instances that track (Redis announces every change to them, and
+    /// cannot be asked not to).
     pub fn no_notify(mut self) -> Self {
         self.no_notify = true;
         self

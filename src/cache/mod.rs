@@ -137,6 +137,7 @@ struct Inner<V, A, B> {
     max_key_bytes: usize,
     max_value_bytes: usize,
     bus: Option<Arc<dyn InvalidationBus>>,
+    tracking: Option<Arc<dyn crate::backplane::TrackingSource>>,
     queue: RecoveryQueue,
     replay_timer_armed: std::sync::atomic::AtomicBool,
     guard: PromotionGuard,
@@ -192,6 +193,9 @@ pub struct TwoLevelSettings {
     /// Where to announce successful L2 writes so other instances evict their
     /// L1 copies (the backplane); `None` for no cross-instance invalidation.
     pub bus: Option<Arc<dyn InvalidationBus>>,
+    /// Where this cache's tracking figures come from, when Redis tells it
+    /// about other writers' changes (the factory sets it); `None` otherwise.
+    pub tracking: Option<Arc<dyn crate::backplane::TrackingSource>>,
     /// L1's TTL (the L1 backend must keep entries for this plus the fail-safe duration).
     pub l1_ttl: Duration,
     /// How long entries stay past their TTL as fail-safe fallbacks; `None`: no fail-safe.
@@ -231,6 +235,7 @@ impl TwoLevelSettings {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             bus: None,
+            tracking: None,
             l1_ttl: Duration::from_secs(60),
             fail_safe_max_duration: None,
             load: LoadOptions::default(),
@@ -335,6 +340,7 @@ where
                 max_key_bytes: settings.max_key_bytes,
                 max_value_bytes: settings.max_value_bytes,
                 bus: settings.bus,
+                tracking: settings.tracking,
                 queue: RecoveryQueue::new(settings.replay_capacity),
                 replay_timer_armed: Default::default(),
                 guard: PromotionGuard::new(),

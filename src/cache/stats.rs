@@ -11,7 +11,7 @@ use super::{CacheValue, Inner, TwoLevelCache};
 use crate::backend::CacheBackend;
 
 use crate::backend::{L1Stats, L2Stats};
-use crate::backplane::BackplaneStats;
+use crate::backplane::{BackplaneStats, TrackingStats};
 use crate::breaker::CircuitBreakerStats;
 use crate::cache::load::LoaderStats;
 
@@ -92,6 +92,8 @@ pub struct CacheStats<L1 = L1Stats, L2 = L2Stats> {
     pub invalidation: InvalidationStats,
     /// Cross-instance invalidation (service-wide figures), when this cache uses it.
     pub backplane: Option<BackplaneStats>,
+    /// Tracking (service-wide figures), when this cache uses it.
+    pub tracking: Option<TrackingStats>,
     /// `get_or_load` figures.
     pub loader: LoaderStats,
     /// L2 reads that found a value (L1 misses answered by L2).
@@ -110,6 +112,12 @@ where
     /// this cache does not use the backplane.
     pub fn backplane_stats(&self) -> Option<BackplaneStats> {
         self.inner.bus.as_ref().map(|b| b.stats())
+    }
+
+    /// Tracking's figures (service-wide), without any I/O; `None` when
+    /// this cache is not tracked.
+    pub fn tracking_stats(&self) -> Option<TrackingStats> {
+        self.inner.tracking.as_ref().map(|t| t.stats())
     }
 
     /// Figures for both levels, the breaker, the error counters and the
@@ -176,6 +184,7 @@ where
                 tag_index_clears: e.tag_index_clears.get(),
             },
             backplane: self.inner.bus.as_ref().map(|b| b.stats()),
+            tracking: self.tracking_stats(),
             loader: self.inner.flights.stats(),
             l2_hits: e.l2_hits.get(),
             l2_misses: e.l2_misses.get(),

@@ -88,8 +88,78 @@ pub struct CacheFactoryConfig {
     /// `CACHE_MAX_KEY_BYTES` (default 1 KiB): the longest key accepted.
     pub max_key_bytes: usize,
     /// `CACHE_BACKPLANE_ENABLED` (default true): caches with both levels keep
-    /// their L1s coherent across instances over Redis pub/sub.
+    /// their L1s coherent across instances over Redis pub/sub. Also set by
+    /// `CACHE_INVALIDATION`.
     pub backplane_enabled: bool,
+    /// Tracking (default true): Redis tells each instance about every change
+    /// to its namespaces' keys, by any client, and the key leaves L1. Set by
+    /// `CACHE_INVALIDATION` (`both` or `tracking`).
+    pub tracking_enabled: bool,
+}
+
+/// Which sources keep a cache's L1 coherent with L2 (`CACHE_INVALIDATION`,
+/// [`CacheOptions::invalidation`]): the backplane (this crate's instances
+/// announce their writes, tags and clears over pub/sub), tracking (Redis
+/// announces every change to the namespace's keys, by any writer), both
+/// (the default), or none (L1 entries live out their L1 TTL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidationSources {
+    /// The backplane and tracking (the default).
+    #[default]
+    Both,
+    /// The backplane only: writes made by other clients are not seen.
+    Backplane,
+    /// Tracking only: every writer's key changes are seen, but tag and
+    /// namespace markers reach other instances only through L2 (reloaded
+    /// when more than a second old).
+    Tracking,
+    /// Neither.
+    None,
+}
+
+impl InvalidationSources {
+    /// Whether the backplane is among the sources.
+    pub fn backplane(self) -> bool {
+        matches!(self, Self::Both | Self::Backplane)
+    }
+
+    /// Whether tracking is among the sources.
+    pub fn tracking(self) -> bool {
+        matches!(self, Self::Both | Self::Tracking)
+    }
+
+    /// The sources of these two switches.
+    pub fn of(backplane: bool, tracking: bool) -> Self {
+        match (backplane, tracking) {
+            (true, true) => Self::Both,
+            (true, false) => Self::Backplane,
+            (false, true) => Self::Tracking,
+            (false, false) => Self::None,
+        }
+    }
+
+    /// The name `CACHE_INVALIDATION` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Backplane => "backplane",
+            Self::Tracking => "tracking",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for InvalidationSources {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let all = [Self::Both, Self::Backplane, Self::Tracking, Self::None];
+        all.into_iter()
+            .find(|v| v.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                crate::error::config_err(keys::INVALIDATION, s, "one of: both, backplane, tracking, none")
+            })
+    }
 }
 
 pub use crate::keys::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
@@ -105,6 +175,7 @@ impl Default for CacheFactoryConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             backplane_enabled: true,
+            tracking_enabled: true,
         }
     }
 }
@@ -192,6 +263,11 @@ impl CacheFactoryConfig {
         if let Some(v) = get(keys::MAX_VALUE_BYTES) {
             c.max_value_bytes =
                 parse_int(keys::MAX_VALUE_BYTES, v, 1, keys::MAX_VALUE_BYTES_LIMIT as i64)? as usize;
+        }
+        if let Some(v) = get(keys::INVALIDATION) {
+            let sources: InvalidationSources = v.parse()?;
+            c.backplane_enabled = sources.backplane();
+            c.tracking_enabled = sources.tracking();
         }
         if let Some(v) = get(keys::BACKPLANE_ENABLED) {
             c.backplane_enabled = parse_bool(keys::BACKPLANE_ENABLED, v)?;

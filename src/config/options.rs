@@ -41,6 +41,7 @@ pub struct CacheOptions {
     pub(crate) replay_capacity: usize,
     pub(crate) max_value_bytes: Option<usize>,
     pub(crate) backplane: Option<bool>,
+    pub(crate) tracking: Option<bool>,
     pub(crate) fail_safe_max_duration: Option<Duration>,
     pub(crate) load: crate::cache::load::LoadOptions,
     pub(crate) lease_fence: bool,
@@ -100,6 +101,7 @@ impl CacheOptions {
             replay_capacity: crate::cache::DEFAULT_REPLAY_CAPACITY,
             max_value_bytes: None,
             backplane: None,
+            tracking: None,
             fail_safe_max_duration: None,
             ttl_jitter: Duration::ZERO,
             load: crate::cache::load::LoadOptions::default(),
@@ -185,6 +187,17 @@ impl CacheOptions {
     /// markers from L2 when they are more than a second old.
     pub fn backplane(mut self, enabled: bool) -> Self {
         self.backplane = Some(enabled);
+        self
+    }
+
+    /// Which sources keep this cache's L1 coherent with L2, overriding
+    /// `CACHE_INVALIDATION` (and `backplane`): the backplane, tracking
+    /// (Redis announces every change to the namespace's keys, by any
+    /// writer), both, or none. Both apply to caches over a Redis L2;
+    /// tracking to caches with an L1, off a Redis Cluster.
+    pub fn invalidation(mut self, sources: super::InvalidationSources) -> Self {
+        self.backplane = Some(sources.backplane());
+        self.tracking = Some(sources.tracking());
         self
     }
 
@@ -330,8 +343,15 @@ impl CacheOptions {
         let backplane = l2.is_some()
             && defaults.l2_backend.is_redis()
             && self.backplane.unwrap_or(defaults.backplane_enabled);
+        // Tracking evicts L1 entries: a cache without L1 has nothing to track.
+        let tracking = l1.is_some()
+            && l2.is_some()
+            && defaults.l2_backend.is_redis()
+            && defaults.redis.mode() != crate::backend::config::RedisMode::Cluster
+            && self.tracking.unwrap_or(defaults.tracking_enabled);
         Ok(ResolvedOptions {
             backplane,
+            tracking,
             max_value_bytes,
             max_key_bytes: defaults.max_key_bytes,
             prefix: prefix.clone(),
@@ -362,6 +382,8 @@ pub(crate) struct ResolvedOptions {
     pub max_key_bytes: usize,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub backplane: bool,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub tracking: bool,
     pub l1_ttl: Duration,
     pub fail_safe_max_duration: Option<Duration>,
     pub load: crate::cache::load::LoadOptions,

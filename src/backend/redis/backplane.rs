@@ -418,10 +418,7 @@ async fn subscriber(
             Ok(Ok(conn)) => conn,
             _ => {
                 failures = failures.saturating_add(1);
-                // Backoff with jitter: 100 ms doubling to 5 s, plus up to 50 %.
-                let base = (100u64 << failures.min(6)).min(5000);
-                let jitter = now_ms().wrapping_mul(0x9E37_79B9) % (base / 2 + 1);
-                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+                tokio::time::sleep(backoff(failures)).await;
                 continue;
             }
         };
@@ -474,10 +471,19 @@ async fn subscriber(
     }
 }
 
+/// How long to wait after `failures` failed connection attempts in a row:
+/// 100 ms doubling to 5 s, plus up to 50 % jitter (instances that lost
+/// Redis together do not all knock again in the same instant).
+pub(super) fn backoff(failures: u32) -> Duration {
+    let base = (100u64 << failures.min(6)).min(5000);
+    let jitter = now_ms().wrapping_mul(0x9E37_79B9) % (base / 2 + 1);
+    Duration::from_millis(base + jitter)
+}
+
 /// Hands one push message to the subscriber through the bounded buffer; a
 /// message that does not fit is dropped and `lost` remembers it, so memory
 /// stays bounded under a flood and the next tick clears instead.
-fn forward<T>(tx: &tokio::sync::mpsc::Sender<T>, lost: &AtomicBool, item: T) {
+pub(super) fn forward<T>(tx: &tokio::sync::mpsc::Sender<T>, lost: &AtomicBool, item: T) {
     if tx.try_send(item).is_err() {
         lost.store(true, Relaxed);
     }

@@ -22,6 +22,68 @@ pub struct RedisConnection {
     /// Requests sent (a command, a pipeline, a script; on a cluster, each
     /// node's part of a batch counts once).
     round_trips: std::sync::Arc<crate::counter::Counter>,
+    /// Keys this service is storing by script, with a digest of the bytes:
+    /// what tracking must confirm rather than evict (see `tracking`).
+    own_stores: std::sync::Arc<OwnStores>,
+}
+
+/// Stores made by script while tracking is on: Redis's `NOLOOP` does not
+/// cover a script's writes, so their notifications come back to this
+/// service, and the tracking worker confirms them (the key still holds these
+/// bytes) instead of evicting a fresh L1 entry.
+#[derive(Default)]
+pub(crate) struct OwnStores {
+    on: std::sync::atomic::AtomicBool,
+    keys: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// Beyond this many unconfirmed stores the list is dropped: an entry not in
+/// it is evicted on notification, which is always safe.
+const OWN_STORES_MAX: usize = 65_536;
+
+impl OwnStores {
+    fn digest(bytes: &[u8]) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(bytes)
+    }
+
+    /// Tracking is on for this service: remember own stores from now on.
+    pub(crate) fn enable(&self) {
+        self.on.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Remembers that `key` (as stored) is about to receive `bytes`.
+    pub(crate) fn note(&self, key: &str, bytes: &[u8]) {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.len() >= OWN_STORES_MAX {
+            keys.clear();
+        }
+        keys.insert(key.to_string(), Self::digest(bytes));
+    }
+
+    /// The store did not happen: nothing to confirm.
+    pub(crate) fn forget(&self, key: &str) {
+        if self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        }
+    }
+
+    /// The digest noted for `key`, taken (a later notification of the same
+    /// key is another change).
+    pub(crate) fn take(&self, key: &str) -> Option<u64> {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
+    }
+
+    /// Whether `bytes` are what was noted as `digest`.
+    pub(crate) fn matches(digest: u64, bytes: &[u8]) -> bool {
+        Self::digest(bytes) == digest
+    }
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -48,6 +110,7 @@ impl RedisConnection {
             db,
             mode: config.mode(),
             round_trips: Default::default(),
+            own_stores: Default::default(),
         })
     }
 
@@ -84,12 +147,25 @@ impl RedisConnection {
 
     /// Runs one command, bounded by the operation timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        self.call(Request::Cmd(cmd)).await
+        self.call(Request::Cmd(cmd), true).await
+    }
+
+    /// The stores by script that tracking must confirm.
+    pub(crate) fn own_stores(&self) -> &OwnStores {
+        &self.own_stores
+    }
+
+    /// Sends several commands in one round trip on the data connection,
+    /// bounded by the operation timeout, and not counted in
+    /// [`round_trips`](Self::round_trips): the service's own upkeep (the
+    /// tracking worker's checks), not work a cache asked for.
+    pub(crate) async fn upkeep<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        self.call(Request::Pipeline(pipe), false).await
     }
 
     /// Sends several commands in one round trip, bounded by the operation timeout.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        self.call(Request::Pipeline(pipe)).await
+        self.call(Request::Pipeline(pipe), true).await
     }
 
     /// Sends each key's commands (`add(pipe, i)` adds the `per_key` commands
@@ -115,14 +191,16 @@ impl RedisConnection {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
-        self.call(Request::Script(&invocation)).await
+        self.call(Request::Script(&invocation), true).await
     }
 
     /// Every request: on a connection from the link, bounded by the operation
     /// timeout, its time observed under the request's name.
-    async fn call<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
+    async fn call<T: FromRedisValue>(&self, request: Request<'_>, counted: bool) -> Result<T> {
         let timer = Timer::start();
-        self.round_trips.incr();
+        if counted {
+            self.round_trips.incr();
+        }
         let run = async {
             let mut conn = self.link.handle().await?;
             match request.send::<T>(&mut conn).await {

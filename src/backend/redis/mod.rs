@@ -13,7 +13,8 @@
 //!
 //! Where things are: `connect` opens clients and maps errors, `conn`
 //! is the shared connection, `topology` follows single servers, clusters and
-//! sentinels, `backplane` is the pub/sub worker; this file is the backend of
+//! sentinels, `backplane` is the pub/sub worker, `tracking` the worker of
+//! Redis-assisted invalidation; this file is the backend of
 //! one cache (namespacing, leases, the commands of each operation).
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub(crate) mod backplane;
 mod conn;
 pub(crate) mod connect;
 mod topology;
+pub(crate) mod tracking;
 
 pub use conn::RedisConnection;
 
@@ -411,14 +413,23 @@ return 1",
         let Some(lease) = self.lease_key(key) else {
             return Ok(None);
         };
+        let redis_key = self.redis_key(key);
+        // A script's write comes back to this service as a tracking
+        // notification (`NOLOOP` does not cover scripts): noted, so that the
+        // notification is confirmed rather than evicting the fresh L1 entry.
+        self.conn.own_stores().note(&redis_key, &value);
         let mut inv = STORE.prepare_invoke();
-        inv.key(self.redis_key(key))
+        inv.key(&redis_key)
             .key(lease)
             .arg(token)
             .arg(value)
             .arg(self.px(ttl))
             .arg(if only_if_absent { "1" } else { "0" });
-        Ok(Some(self.conn.query_script::<u8>(inv).await? == 1))
+        let stored = self.conn.query_script::<u8>(inv).await.map(|r| r == 1);
+        if !matches!(stored, Ok(true)) {
+            self.conn.own_stores().forget(&redis_key);
+        }
+        Ok(Some(stored?))
     }
 
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
