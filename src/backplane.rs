@@ -114,7 +114,8 @@ impl std::fmt::Debug for dyn TrackingSource {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct TrackingStats {
     /// Whether tracking is established: the invalidation connection is up and
-    /// the data connection's tracking points at it.
+    /// the data connection's tracking points at it — on every primary of a
+    /// Redis Cluster.
     pub connected: bool,
     /// Invalidation messages received (each may name several keys).
     pub notifications: u64,
@@ -130,7 +131,7 @@ pub struct TrackingStats {
     pub flushes: u64,
     /// Times every tracked L1 was cleared because notifications may have
     /// been missed (a connection lost, Redis restarted or failed over, the
-    /// data connection's tracking found off).
+    /// data connection's tracking found off, a new cluster primary).
     pub loss_clears: u64,
     /// Times every tracked L1 was cleared because notifications arrived
     /// faster than they could be applied and some were dropped.

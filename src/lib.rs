@@ -63,7 +63,7 @@
 //! over Redis pub/sub and other instances evict their L1 copy within a few
 //! milliseconds (a lone write in well under one; a stream of writes is
 //! announced once per millisecond). With tracking (also the default, for
-//! caches with L1 off a Redis Cluster), Redis itself announces every change
+//! caches with L1 over Redis), Redis itself announces every change
 //! to a namespace's keys — by any client, by expiry, by eviction, by
 //! `FLUSHDB` — and the key leaves L1, while a process's own writes keep
 //! theirs; whenever a notification may have been lost, every tracked L1 is

@@ -529,13 +529,118 @@ async fn tracking_follows_a_sentinel_failover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_cache_is_not_tracked_and_keeps_the_backplane() {
+async fn tracking_covers_every_cluster_primary_and_follows_a_primary_kill() {
     let cluster = RedisCluster::start();
-    let service = CacheService::new(cluster.config()).await.unwrap();
-    let c = service.create_cache::<String>(opts("clt")).unwrap();
+    let service = failing_over_service(cluster.config()).await;
+    let c = service.create_cache::<String>(opts("cltrk")).unwrap();
+    assert!(c.backplane_stats().is_some(), "both sources by default");
     assert!(
-        c.tracking_stats().is_none(),
-        "tracking is per node on a cluster: not offered"
+        eventually(Duration::from_secs(10), async || {
+            c.tracking_stats().is_some_and(|t| t.connected)
+        })
+        .await,
+        "one link per primary set up: {:?}",
+        c.tracking_stats()
     );
-    assert!(c.backplane_stats().is_some());
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        c.set(k, "mine".into()).await;
+    }
+    // Each primary holds some of the keys: a foreign write on each one
+    // evicts this instance's L1 copy.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    let mut foreign = Vec::new();
+    for &p in &primaries {
+        let held = cluster.keys_on(p);
+        let k = keys
+            .iter()
+            .find(|k| held.contains(&format!("cltrk:{k}")))
+            .unwrap_or_else(|| panic!("node {p} holds one of the keys"));
+        foreign.push((p, k.clone()));
+    }
+    for (p, k) in &foreign {
+        let _: () = cluster.nodes[*p].cmd(&["SET", &format!("cltrk:{k}"), "\"foreign\""]);
+    }
+    for (p, k) in &foreign {
+        assert!(
+            eventually(Duration::from_secs(5), async || {
+                c.get(k).await.as_deref().map(String::as_str) == Some("foreign")
+            })
+            .await,
+            "a foreign write on node {p} evicts L1 ({k})"
+        );
+    }
+    // Each node announces in order: had the 30 own writes (made before) been
+    // announced back, they would have arrived before the foreign ones.
+    assert_eq!(
+        c.tracking_stats().unwrap().keys_invalidated,
+        foreign.len() as u64,
+        "own writes are not announced back (NOLOOP on every primary's data connection)"
+    );
+
+    // A load's fenced store is a script, announced back by each node: its
+    // link confirms it with a GET routed to that node, and L1 keeps it.
+    for i in 0..12 {
+        let v = c
+            .get_or_load(&format!("loaded{i}"), async move || {
+                Ok::<_, std::io::Error>(format!("v{i}"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(v.as_str(), format!("v{i}"));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            c.tracking_stats().unwrap().own_stores_confirmed >= 12
+        })
+        .await,
+        "{:?}",
+        c.tracking_stats()
+    );
+    assert_eq!(
+        c.tracking_stats().unwrap().keys_invalidated,
+        foreign.len() as u64,
+        "loaded values stay in L1"
+    );
+
+    // A primary dies: its replica takes over the slots, gets a link, and
+    // every tracked L1 is cleared once that link is set up.
+    let (victim, moved) = foreign[0].clone();
+    let before = c.tracking_stats().unwrap().loss_clears;
+    let mut cluster = cluster;
+    cluster.nodes[victim].kill();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_failover();
+        cluster
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let t = c.tracking_stats().unwrap();
+            t.connected && t.loss_clears > before
+        })
+        .await,
+        "tracking set up on the promoted replica, L1 cleared: {:?}",
+        c.tracking_stats()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            c.set(&moved, "mine again".into()).await;
+            c.get(&moved).await.as_deref().map(String::as_str) == Some("mine again")
+                && cluster.owner_of(&format!("cltrk:{moved}")).is_some()
+        })
+        .await
+    );
+    let owner = cluster.owner_of(&format!("cltrk:{moved}")).unwrap();
+    assert_ne!(owner, victim);
+    let _: () = cluster.nodes[owner].cmd(&["SET", &format!("cltrk:{moved}"), "\"foreign again\""]);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            c.get(&moved).await.as_deref().map(String::as_str) == Some("foreign again")
+        })
+        .await,
+        "a foreign write on the new primary evicts L1"
+    );
 }

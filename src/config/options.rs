@@ -194,7 +194,7 @@ impl CacheOptions {
     /// `CACHE_INVALIDATION` (and `backplane`): the backplane, tracking
     /// (Redis announces every change to the namespace's keys, by any
     /// writer), both, or none. Both apply to caches over a Redis L2;
-    /// tracking to caches with an L1, off a Redis Cluster.
+    /// tracking to caches with an L1.
     pub fn invalidation(mut self, sources: super::InvalidationSources) -> Self {
         self.backplane = Some(sources.backplane());
         self.tracking = Some(sources.tracking());
@@ -347,7 +347,6 @@ impl CacheOptions {
         let tracking = l1.is_some()
             && l2.is_some()
             && defaults.l2_backend.is_redis()
-            && defaults.redis.mode() != crate::backend::config::RedisMode::Cluster
             && self.tracking.unwrap_or(defaults.tracking_enabled);
         Ok(ResolvedOptions {
             backplane,

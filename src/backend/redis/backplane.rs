@@ -27,15 +27,13 @@ use std::sync::Arc;
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
+use super::push::{backoff, PushConnection};
 use super::RedisConnection;
 use crate::backplane::{BackplaneStats, Invalidate, InvalidationBus, Notice, CHANNEL_PREFIX};
 use crate::breaker::CircuitBreaker;
 use crate::clock::now_ms;
 use crate::counter::Counter;
 use crate::tags::{Mark, MarkKind, Scope};
-
-/// Messages buffered between the subscriber connection and the evictions.
-const BUFFER: usize = 4096;
 
 /// Announcements waiting for the publisher task; beyond this, a write
 /// publishes on its own (never dropped).
@@ -121,10 +119,10 @@ impl Backplane {
         }
     }
 
-    /// Messages were dropped since the last look ([`forward`] set `lost`):
-    /// any key may be stale, so every backplane L1 of the service is cleared.
-    async fn settle_overflow(&self, lost: &AtomicBool) {
-        if lost.swap(false, Relaxed) {
+    /// Messages were dropped since the last look (`lost`): any key may be
+    /// stale, so every backplane L1 of the service is cleared.
+    async fn settle_overflow(&self, lost: bool) {
+        if lost {
             self.clear_all().await;
             self.overflow_clears.incr();
         }
@@ -392,30 +390,18 @@ async fn subscriber(
         if weak.strong_count() == 0 {
             return;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(BUFFER);
-        let lost = Arc::new(AtomicBool::new(false));
-        let lost_in_sender = lost.clone();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout))
-            .set_push_sender(move |info: redis::PushInfo| {
-                forward(&tx, &lost_in_sender, info);
-                Ok::<(), redis::aio::SendError>(())
-            });
         let connected = tokio::time::timeout(op_timeout * 2, async {
             // Asked anew on each attempt: a cluster rotates nodes, sentinels name the primary.
             let client = link.subscriber_client().await.map_err(|e| {
                 redis::RedisError::from((redis::ErrorKind::Io, "backplane client", e.to_string()))
             })?;
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            conn.psubscribe(format!("{CHANNEL_PREFIX}*")).await?;
-            Ok::<_, redis::RedisError>(conn)
+            let mut push = PushConnection::open(&client, op_timeout).await?;
+            push.conn.psubscribe(format!("{CHANNEL_PREFIX}*")).await?;
+            Ok::<_, redis::RedisError>(push)
         })
         .await;
-        let mut conn = match connected {
-            Ok(Ok(conn)) => conn,
+        let mut push = match connected {
+            Ok(Ok(push)) => push,
             _ => {
                 failures = failures.saturating_add(1);
                 tokio::time::sleep(backoff(failures)).await;
@@ -437,7 +423,7 @@ async fn subscriber(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                msg = rx.recv() => {
+                msg = push.rx.recv() => {
                     let Some(info) = msg else { break };
                     let Some(bp) = weak.upgrade() else { return };
                     match info.kind {
@@ -457,9 +443,8 @@ async fn subscriber(
                 }
                 _ = tick.tick() => {
                     let Some(bp) = weak.upgrade() else { return };
-                    bp.settle_overflow(&lost).await;
-                    let ping = tokio::time::timeout(op_timeout, redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await;
-                    if !matches!(ping, Ok(Ok(_))) {
+                    bp.settle_overflow(push.take_lost()).await;
+                    if !matches!(push.ping(op_timeout).await, Ok(true)) {
                         break;
                     }
                 }
@@ -471,26 +456,9 @@ async fn subscriber(
     }
 }
 
-/// How long to wait after `failures` failed connection attempts in a row:
-/// 100 ms doubling to 5 s, plus up to 50 % jitter (instances that lost
-/// Redis together do not all knock again in the same instant).
-pub(super) fn backoff(failures: u32) -> Duration {
-    let base = (100u64 << failures.min(6)).min(5000);
-    let jitter = now_ms().wrapping_mul(0x9E37_79B9) % (base / 2 + 1);
-    Duration::from_millis(base + jitter)
-}
-
-/// Hands one push message to the subscriber through the bounded buffer; a
-/// message that does not fit is dropped and `lost` remembers it, so memory
-/// stays bounded under a flood and the next tick clears instead.
-pub(super) fn forward<T>(tx: &tokio::sync::mpsc::Sender<T>, lost: &AtomicBool, item: T) {
-    if tx.try_send(item).is_err() {
-        lost.store(true, Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::push::forward;
     use super::*;
     use crate::backplane::Evict;
 
@@ -526,7 +494,7 @@ mod tests {
         for i in 0..4 {
             forward(&tx, &lost, i);
         }
-        bp.settle_overflow(&lost).await;
+        bp.settle_overflow(lost.swap(false, Relaxed)).await;
         assert_eq!(
             target.clears.load(Relaxed),
             0,
@@ -541,14 +509,14 @@ mod tests {
             kept += 1;
         }
         assert_eq!(kept, 4, "memory stays bounded by the buffer");
-        bp.settle_overflow(&lost).await;
+        bp.settle_overflow(lost.swap(false, Relaxed)).await;
         assert_eq!(
             target.clears.load(Relaxed),
             1,
             "the flood became one clear of every L1"
         );
         assert_eq!(bp.stats().overflow_clears, 1);
-        bp.settle_overflow(&lost).await;
+        bp.settle_overflow(lost.swap(false, Relaxed)).await;
         assert_eq!(target.clears.load(Relaxed), 1, "once per flood");
     }
 

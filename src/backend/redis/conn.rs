@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::{Cmd, FromRedisValue};
 
 use super::connect::map_err;
-use super::topology::{Handle, Link};
+use super::topology::{Handle, Link, Node};
 use crate::backend::config::{RedisConfig, RedisMode};
 use crate::error::{ConnectionErrorKind as Kind, Error, Result};
 
@@ -161,6 +161,40 @@ impl RedisConnection {
     /// tracking worker's checks), not work a cache asked for.
     pub(crate) async fn upkeep<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
         self.call(Request::Pipeline(pipe), false).await
+    }
+
+    /// [`upkeep`](Self::upkeep) on one node: the server itself, or one
+    /// primary of a cluster (routed to it on the cluster connection).
+    pub(crate) async fn upkeep_on<T: FromRedisValue>(
+        &self,
+        node: &Node,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        if *node == Node::Current {
+            return self.upkeep(pipe).await;
+        }
+        let reply = self.bounded(self.link.pipeline_on(pipe, node)).await?;
+        redis::from_redis_value(reply).map_err(|e| map_err(e.into()))
+    }
+
+    /// A RESP3 client for a connection of the service's own on `node`.
+    pub(crate) async fn node_client(&self, node: &Node) -> Result<redis::Client> {
+        self.link
+            .node_client(node)
+            .await
+            .map_err(|e| Error::connection(Kind::Io, format!("client for {node:?}: {}", e.category())))
+    }
+
+    /// A cluster's healthy primaries, bounded by the operation timeout
+    /// (empty off a cluster).
+    pub(crate) async fn primaries(&self) -> Result<Vec<(String, u16)>> {
+        match self
+            .bounded(async { self.link.primaries().await.transpose() })
+            .await?
+        {
+            Some(p) => Ok(p),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Sends several commands in one round trip, bounded by the operation timeout.

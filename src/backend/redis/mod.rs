@@ -14,7 +14,7 @@
 //! Where things are: `connect` opens clients and maps errors, `conn`
 //! is the shared connection, `topology` follows single servers, clusters and
 //! sentinels, `backplane` is the pub/sub worker, `tracking` the worker of
-//! Redis-assisted invalidation; this file is the backend of
+//! Redis-assisted invalidation, `push` the connections both of them read; this file is the backend of
 //! one cache (namespacing, leases, the commands of each operation).
 
 use std::time::Duration;
@@ -28,6 +28,7 @@ use crate::error::{ConnectionErrorKind as Kind, Error, Result};
 pub(crate) mod backplane;
 mod conn;
 pub(crate) mod connect;
+mod push;
 mod topology;
 pub(crate) mod tracking;
 

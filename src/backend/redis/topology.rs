@@ -61,6 +61,14 @@ impl ConnectionLike for Handle {
     }
 }
 
+/// The server a per-node worker talks to: the one the link reaches (a
+/// single server, the primary Sentinel names), or one cluster primary.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Node {
+    Current,
+    Primary(String, u16),
+}
+
 #[derive(Clone)]
 pub(crate) enum Link {
     Single(Arc<SingleLink>),
@@ -317,6 +325,59 @@ impl Link {
             }
             Link::Sentinel(s) => resp3(s.primary().await?.1.get_connection_info().clone()),
         }
+    }
+
+    /// A RESP3 client for a connection of the service's own on `node`
+    /// (tracking's invalidation connection): the credentials and TLS of the
+    /// configured servers.
+    pub(crate) async fn node_client(&self, node: &Node) -> std::result::Result<redis::Client, RedisError> {
+        match (self, node) {
+            (Link::Cluster(c), Node::Primary(host, port)) => {
+                let seed = c.seeds[0].clone();
+                let addr = match seed.addr() {
+                    ConnectionAddr::TcpTls {
+                        insecure, tls_params, ..
+                    } => ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: *port,
+                        insecure: *insecure,
+                        tls_params: tls_params.clone(),
+                    },
+                    _ => ConnectionAddr::Tcp(host.clone(), *port),
+                };
+                resp3(seed.set_addr(addr))
+            }
+            (Link::Cluster(_), Node::Current) => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "a cluster has no current node",
+            ))),
+            _ => self.subscriber_client().await,
+        }
+    }
+
+    /// Sends `pipe` to `node` on the data connection (the cluster
+    /// connection's own link to that primary). A command's error reply is
+    /// the pipeline's error.
+    pub(crate) async fn pipeline_on(
+        &self,
+        pipe: &redis::Pipeline,
+        node: &Node,
+    ) -> std::result::Result<Value, RedisError> {
+        let mut conn = self.handle().await?;
+        let replies: Vec<Value> = match (&mut conn, node) {
+            (Handle::Cluster(c), Node::Primary(host, port)) => {
+                let route = SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                };
+                c.route_pipeline(pipe.clone(), 0, pipe.len(), route).await?
+            }
+            _ => return pipe.query_async(&mut conn).await,
+        };
+        if let Some(Value::ServerError(e)) = replies.iter().find(|r| matches!(r, Value::ServerError(_))) {
+            return Err(e.clone().into());
+        }
+        Ok(Value::Array(replies))
     }
 
     /// The primaries of a cluster (`None` for other links): where `SCAN` must go.

@@ -42,28 +42,39 @@
 //!
 //! # Topologies
 //!
-//! A single server, and Sentinel (both connections follow the primary the
-//! sentinels name; after a failover the redirect target is gone, set-up
-//! fails and starts again on the new primary). A Redis Cluster is not
-//! tracked: tracking is per node there and the `redis` crate keeps its
-//! per-node data connections to itself; its caches rely on the backplane.
+//! Tracking is a state of one server, so there is one *link* (an
+//! invalidation connection and the data connection's tracking) per server
+//! that holds keys. A single server and Sentinel have one: both connections
+//! follow the primary the sentinels name; after a failover the redirect
+//! target is gone, set-up fails and starts again on the new primary. A Redis
+//! Cluster has one per primary: the data connection's tracking is set on the
+//! cluster client's own connection to that primary (commands routed to it by
+//! address), and the invalidation connection goes to the same node. The
+//! worker reads the primaries (`CLUSTER NODES`) every [`TOPOLOGY_CHECK`]: a
+//! new primary (a promoted replica, a node added) gets a link, and once it
+//! is set up every tracked L1 is cleared, since the slots it took over were
+//! not tracked in between; a node that is no longer a healthy primary loses
+//! its link. Slots moved by resharding announce themselves: the source
+//! deletes each key it hands over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::backplane::{backoff, forward};
 use super::conn::OwnStores;
+use super::push::{backoff, PushConnection};
+use super::topology::Node;
 use super::RedisConnection;
+use crate::backend::config::RedisMode;
 use crate::backplane::{Invalidate, TrackingSource, TrackingStats};
 use crate::breaker::CircuitBreaker;
 use crate::counter::Counter;
 
-/// Notifications buffered between the invalidation connection and the evictions.
-const BUFFER: usize = 4096;
-/// How often the worker checks both connections' tracking state.
+/// How often each link checks both of its connections.
 pub(crate) const CHECK: Duration = Duration::from_millis(250);
+/// How often the primaries of a cluster are read again.
+pub(crate) const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
 /// The invalidation connection's name in `CLIENT LIST`.
 pub const CONNECTION_NAME: &str = "resilient-cache-tracking";
@@ -73,15 +84,17 @@ pub(crate) struct Tracker {
     data: RedisConnection,
     /// Tracked caches by namespace prefix (`<prefix>:`).
     caches: Mutex<HashMap<String, Vec<Weak<dyn Invalidate>>>>,
-    /// A namespace was added: tracking must be set up again with it.
-    added: Arc<tokio::sync::Notify>,
+    /// Bumped when a namespace is added: every link sets tracking up again with it.
+    added: tokio::sync::watch::Sender<u64>,
     notifications: Counter,
     keys_invalidated: Counter,
     own_confirmed: Counter,
     flushes: Counter,
     loss_clears: Counter,
     overflow_clears: Counter,
-    connected: AtomicBool,
+    /// Links wanted (one, or one per cluster primary) and links set up.
+    links: AtomicUsize,
+    links_up: Arc<AtomicUsize>,
 }
 
 impl Tracker {
@@ -91,22 +104,25 @@ impl Tracker {
         let tracker = Arc::new(Self {
             data: data.clone(),
             caches: Mutex::default(),
-            added: Arc::default(),
+            added: tokio::sync::watch::Sender::new(0),
             notifications: Counter::default(),
             keys_invalidated: Counter::default(),
             own_confirmed: Counter::default(),
             flushes: Counter::default(),
             loss_clears: Counter::default(),
             overflow_clears: Counter::default(),
-            connected: AtomicBool::new(false),
+            links: AtomicUsize::new(0),
+            links_up: Arc::default(),
         });
+        let weak = Arc::downgrade(&tracker);
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn(worker(
-                Arc::downgrade(&tracker),
-                tracker.added.clone(),
-                data,
-                breaker,
-            ))),
+            Ok(rt) if data.mode() == RedisMode::Cluster => {
+                drop(rt.spawn(follow_primaries(weak, data, breaker)))
+            }
+            Ok(rt) => {
+                tracker.links.store(1, Relaxed);
+                drop(rt.spawn(link(weak, Node::Current, data, breaker, false)));
+            }
             Err(_) => tracing::warn!("no Tokio runtime: tracking is not running"),
         }
         tracker
@@ -121,23 +137,15 @@ impl Tracker {
         list.push(cache);
         drop(caches);
         if new {
-            self.added.notify_one();
+            self.added.send_modify(|generation| *generation += 1);
         }
     }
 
-    /// The prefixes to ask Redis for: none that another one already covers
-    /// (Redis refuses overlapping prefixes).
+    /// The prefixes to ask Redis for. (None covers another: a namespace
+    /// holds no `:`, so `a:` never starts `b:`.)
     fn prefixes(&self) -> Vec<String> {
         let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<&String> = caches.keys().collect();
-        all.sort();
-        let mut kept: Vec<String> = Vec::new();
-        for p in all {
-            if !kept.iter().any(|k| p.starts_with(k.as_str())) {
-                kept.push(p.clone());
-            }
-        }
-        kept
+        caches.keys().cloned().collect()
     }
 
     fn all_targets(&self) -> Vec<Arc<dyn Invalidate>> {
@@ -166,12 +174,19 @@ impl Tracker {
         }
     }
 
-    /// One `invalidate` push: the keys that changed, or nil for a flush.
-    /// `Err` when an own store could not be confirmed (L2 did not answer):
-    /// the worker then treats the channel as lost, which clears every
+    /// A link was (re-)established after notifications may have been
+    /// missed: every tracked L1 goes, and it is counted.
+    async fn clear_after_loss(&self) {
+        self.clear_all().await;
+        self.loss_clears.incr();
+    }
+
+    /// One `invalidate` push from `node`: the keys that changed, or nil for
+    /// a flush. `Err` when an own store could not be confirmed (L2 did not
+    /// answer): the link then treats the channel as lost, which clears every
     /// tracked L1 once tracking is back — not before, so that L1 keeps
     /// serving (fail-safe included) while L2 is away.
-    async fn apply(&self, data: &[redis::Value]) -> Result<(), ()> {
+    async fn apply(&self, node: &Node, data: &[redis::Value]) -> Result<(), ()> {
         self.notifications.incr();
         let Some(redis::Value::Array(keys)) = data.first() else {
             self.flushes.incr();
@@ -196,12 +211,13 @@ impl Tracker {
         // This service's own stores by script: kept in L1 only if the key
         // still holds the bytes stored. A later change, or one coalesced
         // with the store in the same notification, shows as other bytes; one
-        // after this read sends a notification of its own.
+        // after this read sends a notification of its own. (The keys of one
+        // notification live on the node that sent it.)
         let mut pipe = redis::pipe();
         for (key, _) in &to_confirm {
             pipe.cmd("GET").arg(key);
         }
-        let now: Vec<Option<Vec<u8>>> = self.data.upkeep(&pipe).await.map_err(|_| ())?;
+        let now: Vec<Option<Vec<u8>>> = self.data.upkeep_on(node, &pipe).await.map_err(|_| ())?;
         for (i, (key, digest)) in to_confirm.iter().enumerate() {
             match now.get(i) {
                 Some(Some(bytes)) if OwnStores::matches(*digest, bytes) => self.own_confirmed.incr(),
@@ -219,10 +235,10 @@ impl Tracker {
         }
     }
 
-    /// Points the data connection's tracking at `redirect` for every
-    /// tracked prefix (off, then on again: one request, so no write of
-    /// another client falls between).
-    async fn enable(&self, redirect: i64) -> crate::error::Result<()> {
+    /// Points the data connection's tracking on `node` at `redirect` for
+    /// every tracked prefix (off, then on again: one request, so no write
+    /// of another client falls between).
+    async fn enable(&self, node: &Node, redirect: i64) -> crate::error::Result<()> {
         let mut on = redis::cmd("CLIENT");
         on.arg("TRACKING")
             .arg("ON")
@@ -234,17 +250,17 @@ impl Tracker {
         }
         on.arg("NOLOOP");
         let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT").arg("TRACKING").arg("OFF").ignore();
-        pipe.add_command(on).ignore();
-        self.data.upkeep::<()>(&pipe).await
+        pipe.cmd("CLIENT").arg("TRACKING").arg("OFF");
+        pipe.add_command(on);
+        self.data.upkeep_on::<()>(node, &pipe).await
     }
 
-    /// Whether the data connection still tracks into `redirect` (a
-    /// reconnected data connection does not track at all).
-    async fn data_tracks(&self, redirect: i64) -> crate::error::Result<bool> {
+    /// Whether the data connection on `node` still tracks into `redirect`
+    /// (a reconnected data connection does not track at all).
+    async fn data_tracks(&self, node: &Node, redirect: i64) -> crate::error::Result<bool> {
         let mut pipe = redis::pipe();
         pipe.cmd("CLIENT").arg("TRACKINGINFO");
-        let (info,): (redis::Value,) = self.data.upkeep(&pipe).await?;
+        let (info,): (redis::Value,) = self.data.upkeep_on(node, &pipe).await?;
         Ok(tracking_points_at(&info, redirect))
     }
 }
@@ -282,8 +298,9 @@ fn tracking_points_at(info: &redis::Value, redirect: i64) -> bool {
 
 impl TrackingSource for Tracker {
     fn stats(&self) -> TrackingStats {
+        let links = self.links.load(Relaxed);
         TrackingStats {
-            connected: self.connected.load(Relaxed),
+            connected: links > 0 && self.links_up.load(Relaxed) >= links,
             notifications: self.notifications.get(),
             keys_invalidated: self.keys_invalidated.get(),
             own_stores_confirmed: self.own_confirmed.get(),
@@ -294,17 +311,93 @@ impl TrackingSource for Tracker {
     }
 }
 
-/// Connects the invalidation connection, sets tracking up, applies
-/// notifications, checks both connections; starts over on any loss.
-async fn worker(
+/// One link counted as set up while this lives (a link task may end by
+/// being aborted, mid-await).
+struct Up(Option<Arc<AtomicUsize>>);
+
+impl Up {
+    fn set(&mut self, count: &Arc<AtomicUsize>) {
+        if self.0.is_none() {
+            count.fetch_add(1, Relaxed);
+            self.0 = Some(count.clone());
+        }
+    }
+
+    fn unset(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.unset();
+    }
+}
+
+/// A cluster: one link per healthy primary, following `CLUSTER NODES`.
+async fn follow_primaries(weak: Weak<Tracker>, data: RedisConnection, breaker: Arc<CircuitBreaker>) {
+    let mut links: HashMap<Node, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Primaries found later than the first reading (a promoted replica, a
+    // node added) took over slots nobody tracked: their set-up clears.
+    let mut first_reading = true;
+    loop {
+        let wait = breaker.time_until_probe();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let Some(tracker) = weak.upgrade() else { break };
+        match data.primaries().await {
+            Ok(primaries) if !primaries.is_empty() => {
+                let wanted: Vec<Node> = primaries.into_iter().map(|(h, p)| Node::Primary(h, p)).collect();
+                links.retain(|node, task| {
+                    let keep = wanted.contains(node) && !task.is_finished();
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+                for node in wanted {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = links.entry(node) {
+                        let node = slot.key().clone();
+                        let task = link(weak.clone(), node, data.clone(), breaker.clone(), !first_reading);
+                        slot.insert(tokio::spawn(task));
+                    }
+                }
+                tracker.links.store(links.len(), Relaxed);
+                first_reading = false;
+            }
+            // Not read: the links there keep going (each finds its own
+            // losses). A cluster not read at start clears on its first
+            // set-ups, as a single server's link does after failed attempts.
+            _ if links.is_empty() => first_reading = false,
+            _ => {}
+        }
+        drop(tracker);
+        tokio::time::sleep(TOPOLOGY_CHECK).await;
+    }
+    links.values().for_each(tokio::task::JoinHandle::abort);
+}
+
+/// One link on `node`: connects the invalidation connection, sets tracking
+/// up, applies notifications, checks both connections; starts over on any
+/// loss. `missed`: changes on `node` may already have gone unannounced, so
+/// the first set-up clears too.
+async fn link(
     weak: Weak<Tracker>,
-    added: Arc<tokio::sync::Notify>,
+    node: Node,
     data: RedisConnection,
     breaker: Arc<CircuitBreaker>,
+    missed: bool,
 ) {
     let op_timeout = data.op_timeout();
-    let mut ever_connected = false;
+    let mut ever_connected = missed;
     let mut failures: u32 = 0;
+    let mut up = Up(None);
+    let Some(mut added) = weak.upgrade().map(|t| t.added.subscribe()) else {
+        return;
+    };
     loop {
         let wait = breaker.time_until_probe();
         if !wait.is_zero() {
@@ -313,45 +406,34 @@ async fn worker(
         if weak.strong_count() == 0 {
             return;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(BUFFER);
-        let lost = Arc::new(AtomicBool::new(false));
-        let lost_in_sender = lost.clone();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout))
-            .set_push_sender(move |info: redis::PushInfo| {
-                forward(&tx, &lost_in_sender, info);
-                Ok::<(), redis::aio::SendError>(())
-            });
         let connected = tokio::time::timeout(op_timeout * 2, async {
-            let client = data.subscriber_client().await.map_err(|e| {
+            let client = data.node_client(&node).await.map_err(|e| {
                 redis::RedisError::from((redis::ErrorKind::Io, "tracking client", e.to_string()))
             })?;
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+            let mut push = PushConnection::open(&client, op_timeout).await?;
             // Named, so that an operator can tell it in `CLIENT LIST`.
             redis::cmd("CLIENT")
                 .arg("SETNAME")
                 .arg(CONNECTION_NAME)
-                .query_async::<()>(&mut conn)
+                .query_async::<()>(&mut push.conn)
                 .await?;
-            let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
-            Ok::<_, redis::RedisError>((conn, id))
+            let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut push.conn).await?;
+            Ok::<_, redis::RedisError>((push, id))
         })
         .await;
-        let Ok(Ok((mut conn, id))) = connected else {
+        let Ok(Ok((mut push, id))) = connected else {
             failures = failures.saturating_add(1);
             tokio::time::sleep(backoff(failures)).await;
             continue;
         };
         let Some(tracker) = weak.upgrade() else { return };
-        if let Err(e) = tracker.enable(id).await {
+        added.mark_unchanged();
+        if let Err(e) = tracker.enable(&node, id).await {
             // The data connection may be on another server than the
             // invalidation connection (a failover in between), or the server
             // may refuse tracking (Redis < 6, an ACL without `client`).
             if failures == 0 {
-                tracing::warn!(error = %e, "tracking could not be set up; retrying");
+                tracing::warn!(error = %e, ?node, "tracking could not be set up; retrying");
             }
             failures = failures.saturating_add(1);
             drop(tracker);
@@ -363,10 +445,9 @@ async fn worker(
             // could be missed stays. (The first set-up of a service that
             // never lost Redis clears nothing: tracking covers changes from
             // then on, as the backplane's subscriber does.)
-            tracker.clear_all().await;
-            tracker.loss_clears.incr();
+            tracker.clear_after_loss().await;
         }
-        tracker.connected.store(true, Relaxed);
+        up.set(&tracker.links_up);
         drop(tracker);
         ever_connected = true;
         failures = 0;
@@ -374,56 +455,48 @@ async fn worker(
         let mut tick = tokio::time::interval(CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // The worker holds the tracker only while it acts, so the tracker
-            // (and the worker) end with the service.
+            // The link holds the tracker only while it acts, so the tracker
+            // (and its links) end with the service.
             tokio::select! {
-                msg = rx.recv() => {
+                msg = push.rx.recv() => {
                     let Some(info) = msg else { break };
                     let Some(tracker) = weak.upgrade() else { return };
                     match info.kind {
                         redis::PushKind::Disconnection => break,
-                        redis::PushKind::Invalidate if tracker.apply(&info.data).await.is_err() => break,
+                        redis::PushKind::Invalidate if tracker.apply(&node, &info.data).await.is_err() => break,
                         _ => {}
                     }
                 }
-                _ = added.notified() => {
+                changed = added.changed() => {
                     let Some(tracker) = weak.upgrade() else { return };
-                    if tracker.enable(id).await.is_err() {
+                    if changed.is_err() || tracker.enable(&node, id).await.is_err() {
                         break;
                     }
                 }
                 _ = tick.tick() => {
                     let Some(tracker) = weak.upgrade() else { return };
-                    if lost.swap(false, Relaxed) {
+                    if push.take_lost() {
                         tracker.clear_all().await;
                         tracker.overflow_clears.incr();
                     }
                     // A slow or frozen server is not a lost channel: the
                     // connections stay, and notifications queue up on them.
-                    let ping = tokio::time::timeout(
-                        op_timeout,
-                        redis::cmd("PING").query_async::<redis::Value>(&mut conn),
-                    )
-                    .await;
-                    if matches!(ping, Ok(Err(ref e)) if !e.is_timeout()) {
+                    if push.ping(op_timeout).await.is_err() {
                         break;
                     }
                     // An error is the data connection busy reconnecting:
                     // the next check sees how it came back.
-                    if let Ok(false) = tracker.data_tracks(id).await {
+                    if let Ok(false) = tracker.data_tracks(&node, id).await {
                         // The data connection came back without tracking.
-                        if tracker.enable(id).await.is_err() {
+                        if tracker.enable(&node, id).await.is_err() {
                             break;
                         }
-                        tracker.clear_all().await;
-                        tracker.loss_clears.incr();
+                        tracker.clear_after_loss().await;
                     }
                 }
             }
         }
-        if let Some(tracker) = weak.upgrade() {
-            tracker.connected.store(false, Relaxed);
-        }
+        up.unset();
     }
 }
 
