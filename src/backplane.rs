@@ -47,11 +47,22 @@ impl std::fmt::Debug for dyn InvalidationBus {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) type Evict = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A cache that the backplane can evict from.
+/// What told a cache that keys changed elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidatedBy {
+    /// Another instance of this crate, over the pub/sub backplane.
+    Backplane,
+    /// Redis itself (tracking): any writer, expiry, eviction, a flush, or a
+    /// lost channel.
+    Tracking,
+}
+
+/// A cache that the backplane or tracking can evict from.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) trait Invalidate: Send + Sync {
     /// Evicts `key` (or everything) from L1 and moves the promotion guard.
-    fn invalidate(self: Arc<Self>, key: Option<String>) -> Evict;
+    fn invalidate(self: Arc<Self>, key: Option<String>, by: InvalidatedBy) -> Evict;
     /// Applies another instance's invalidation marker to L1 and to the
     /// cache's marker table.
     fn mark(self: Arc<Self>, mark: Mark) -> Evict;

@@ -9,6 +9,14 @@
 //! thread waking up. Its value lags real time by up to two kernel ticks (≤ 8
 //! ms), plus however long the ticker waits for a CPU: an entry may outlive its
 //! TTL by that much.
+//!
+//! # Moving it in tests
+//!
+//! With the `testing` feature, [`testing::clock::advance`](crate::testing::clock::advance)
+//! adds an offset that every clock here reads (one more relaxed load; none
+//! at all without the feature), so TTLs, fail-safe windows and breaker
+//! timeouts can be crossed without sleeping. The ticker keeps the unmoved
+//! time; the offset is added when read, so a move is seen at once.
 
 #[cfg(feature = "l1")]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -19,9 +27,45 @@ use std::thread::Thread;
 use std::time::Duration;
 use std::time::Instant;
 
+/// How far the clock was moved by [`testing::clock`](crate::testing::clock)
+/// (milliseconds; only ever grows). Without the `testing` feature there is
+/// no such offset, and no load of it.
+#[cfg(feature = "testing")]
+static OFFSET_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[inline(always)]
+fn offset_ms() -> u64 {
+    #[cfg(feature = "testing")]
+    {
+        OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    #[cfg(not(feature = "testing"))]
+    {
+        0
+    }
+}
+
+/// Moves every clock of this crate forward by `ms` (the `testing` feature).
+#[cfg(feature = "testing")]
+pub(crate) fn advance_ms(ms: u64) {
+    OFFSET_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How far [`advance_ms`] has moved the clocks, in total.
+#[cfg(feature = "testing")]
+pub(crate) fn advanced_ms() -> u64 {
+    offset_ms()
+}
+
 /// Milliseconds since an arbitrary process-wide origin; never goes backwards.
 #[inline]
 pub(crate) fn now_ms() -> u64 {
+    raw_ms() + offset_ms()
+}
+
+/// The coarse monotonic clock itself, unmoved.
+#[inline]
+fn raw_ms() -> u64 {
     #[cfg(target_os = "linux")]
     {
         let mut ts = libc::timespec {
@@ -78,7 +122,7 @@ pub(crate) fn recent_ms() -> u64 {
     if !RECENT.read.load(Relaxed) {
         RECENT.read.store(true, Relaxed);
     }
-    ms
+    ms + offset_ms()
 }
 
 #[cfg(feature = "l1")]
@@ -104,8 +148,8 @@ fn recent_slow() -> u64 {
 fn tick() {
     let mut idle = 0;
     loop {
-        // `max(1)`: 0 means "parked" (now_ms is 0 only in its first ms without CLOCK_MONOTONIC_COARSE).
-        RECENT.ms.store(now_ms().max(1), Relaxed);
+        // `max(1)`: 0 means "parked" (raw_ms is 0 only in its first ms without CLOCK_MONOTONIC_COARSE).
+        RECENT.ms.store(raw_ms().max(1), Relaxed);
         std::thread::sleep(TICK);
         if RECENT.read.swap(false, Relaxed) {
             idle = 0;
@@ -148,6 +192,7 @@ pub(crate) fn wall_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+        + offset_ms() * 1000
 }
 
 /// Seconds since the Unix epoch, for timestamps shown in stats.
@@ -156,6 +201,7 @@ pub(crate) fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+        + offset_ms() as f64 / 1000.0
 }
 
 /// A number in `[0, 1)`, different on every call (not for cryptography:

@@ -188,7 +188,8 @@ pub use breaker::{CircuitBreaker, CircuitState};
 pub use cache::load::{LoadContext, LoadError, LoadOptions, Loaded, LoaderStats};
 pub use cache::CacheStats;
 pub use cache::{
-    CacheEvent, CallOptions, ClearReport, EventStream, L2ClearStatus, TwoLevelCache, TwoLevelSettings,
+    CacheEvent, CallOptions, ClearReport, EventStream, InvalidatedBy, L2ClearStatus, TwoLevelCache,
+    TwoLevelSettings,
 };
 pub use config::{
     CacheFactoryConfig, CacheOptions, InvalidationSources, L1BackendKind, L1Config, L2BackendKind, L2Config,

@@ -606,7 +606,7 @@ async fn per_call_choices_skip_levels_and_notifications() {
     ca.set("quiet", "q1".into()).await;
     let announced = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(e) = events.recv().await {
-            if matches!(e, CacheEvent::Invalidated { key: Some(ref k) } if k == "quiet") {
+            if matches!(e, CacheEvent::Invalidated { key: Some(ref k), .. } if k == "quiet") {
                 return;
             }
         }

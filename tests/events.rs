@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::RedisServer;
 use resilient_cache::backend::memory::TtlBackend;
 use resilient_cache::breaker::CircuitBreakerConfig;
-use resilient_cache::cache::Level;
+use resilient_cache::cache::{InvalidatedBy, Level};
 use resilient_cache::error::ConnectionErrorKind;
 use resilient_cache::testing::MemoryL2;
 use resilient_cache::{
@@ -80,11 +80,22 @@ async fn reads_report_the_level_that_answered() {
                 key: "k".into(),
                 level: Level::L1
             },
+            CacheEvent::Miss {
+                key: "only_l2".into(),
+                level: Level::L1
+            },
             CacheEvent::Hit {
                 key: "only_l2".into(),
                 level: Level::L2
             },
-            CacheEvent::Miss { key: "absent".into() },
+            CacheEvent::Miss {
+                key: "absent".into(),
+                level: Level::L1
+            },
+            CacheEvent::Miss {
+                key: "absent".into(),
+                level: Level::L2
+            },
         ]
     );
     drop(events);
@@ -204,7 +215,8 @@ async fn another_instances_write_is_reported_as_an_invalidation() {
             assert_eq!(
                 e,
                 CacheEvent::Invalidated {
-                    key: Some("k".into())
+                    key: Some("k".into()),
+                    by: InvalidatedBy::Backplane,
                 }
             );
             heard = true;

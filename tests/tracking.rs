@@ -314,3 +314,27 @@ async fn loaded_values_keep_their_l1_entries_and_foreign_writes_still_evict_them
         assert!(sees(&c, &key, Some("theirs")).await, "{key}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_change_is_reported_as_an_invalidation_by_tracking() {
+    use resilient_cache::cache::InvalidatedBy;
+    use resilient_cache::CacheEvent;
+    let redis = RedisServer::start();
+    let (_s, c) = tracked(&redis.config(), opts("trkev")).await;
+    c.set("k", "mine".into()).await;
+    let mut events = c.subscribe();
+    let _: () = redis.cmd(&["SET", "trkev:k", &json("theirs")]);
+    let told = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Some(CacheEvent::Invalidated { key, by }) => return (key, by),
+                Some(_) => continue,
+                None => panic!("the cache is gone"),
+            }
+        }
+    })
+    .await
+    .expect("an invalidation event within 5 s");
+    assert_eq!(told, (Some("k".to_string()), InvalidatedBy::Tracking));
+    assert!(sees(&c, "k", Some("theirs")).await);
+}

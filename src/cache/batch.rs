@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::Level;
 use super::gate::Outcome;
 use super::guard::Snapshot;
 use super::lookup::{with_stale, Found, LookupStep};
@@ -69,7 +70,7 @@ where
                     match self.found_pending(key).await {
                         Some(f) => {
                             let f = with_stale(f, stale);
-                            self.observe(key, &f);
+                            self.observe(key, &f, Level::L2);
                             found.push(Some(f));
                         }
                         None => {
@@ -98,7 +99,7 @@ where
             for ((i, stale, before), read) in ask.into_iter().zip(read) {
                 let key = keys[i];
                 let f = with_stale(self.found_in_l2(key, before, read, true).await, stale);
-                self.observe(key, &f);
+                self.observe(key, &f, Level::L2);
                 found[i] = Some(f);
             }
         }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::Level;
 use super::gate::NoBudget;
 use super::lookup::{Found, LookupStep};
 use super::{CacheValue, TwoLevelCache};
@@ -150,12 +151,13 @@ where
             LookupStep::AskL2 { want_ttl, .. } if !opts.skip_l2_read => {
                 self.lookup_l2(key, want_ttl, &mut NoBudget, promote).await
             }
-            // Observed by the L1 step already.
-            LookupStep::Done(found) if !opts.skip_l1_read => return found.fresh(),
-            LookupStep::Done(found) => found,
-            _ => Found::Miss,
+            // Observed by the L1 step already (or no level was asked: an
+            // invalid key, or L1 skipped with no L2).
+            LookupStep::Done(found) => return found.fresh(),
+            // L2 not to be read: L1's miss was told already.
+            _ => return None,
         };
-        self.observe(key, &found);
+        self.observe(key, &found, Level::L2);
         found.fresh()
     }
 

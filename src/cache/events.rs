@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
+pub use crate::backplane::InvalidatedBy;
 use crate::error::ConnectionErrorKind;
 
 /// Events a subscriber can hold before the oldest are dropped (and counted).
@@ -36,10 +37,14 @@ pub enum CacheEvent {
         /// Which level answered.
         level: Level,
     },
-    /// A read found no fresh value (absent, expired, or only a stale one).
+    /// A level had no fresh value (absent, expired, or only a stale one).
+    /// A read that misses L1 and asks L2 tells two events: this one for
+    /// L1, then L2's hit or miss.
     Miss {
         /// The key read.
         key: String,
+        /// Which level had nothing fresh.
+        level: Level,
     },
     /// `get_or_load` answered with a stale value (fail-safe).
     StaleServed {
@@ -69,11 +74,15 @@ pub enum CacheEvent {
     BreakerOpened,
     /// A probe by this cache succeeded: the breaker is closed, L2 is used again.
     BreakerClosed,
-    /// Another instance announced a write: `key` (or, with `None`, the whole
-    /// namespace) was evicted from this instance's L1.
+    /// A key changed elsewhere — another instance announced a write, or
+    /// Redis announced a change (tracking) — and `key` (or, with `None`,
+    /// the whole L1: a lost channel, a flush) was evicted from this
+    /// instance's L1.
     Invalidated {
         /// The key evicted, or `None` for all of them.
         key: Option<String>,
+        /// Who told.
+        by: InvalidatedBy,
     },
     /// Another instance invalidated a tag (or, with `None`, the namespace):
     /// its entries have been removed from this instance's L1, or made stale

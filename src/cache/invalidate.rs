@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use super::events::CacheEvent;
 use super::{CacheValue, Inner, TwoLevelCache};
 use crate::backend::CacheBackend;
-use crate::backplane::Invalidate;
+use crate::backplane::{Invalidate, InvalidatedBy};
 use crate::tags::{Mark, Scope};
 
 impl<V, A, B> TwoLevelCache<V, A, B>
@@ -54,7 +54,11 @@ where
     A: CacheBackend<Value = Arc<V>>,
     B: CacheBackend<Value = Vec<u8>>,
 {
-    fn invalidate(self: Arc<Self>, key: Option<String>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn invalidate(
+        self: Arc<Self>,
+        key: Option<String>,
+        by: InvalidatedBy,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             if key.is_none() {
                 // Markers may have been missed with the messages: reload them.
@@ -75,7 +79,7 @@ where
                 }
             }
             // Told once applied: a subscriber that reads next sees its effect.
-            self.events.emit(|| CacheEvent::Invalidated { key });
+            self.events.emit(|| CacheEvent::Invalidated { key, by });
         })
     }
 

@@ -122,7 +122,7 @@ where
         let stale = match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
             Some(Some(read)) => match self.l1_verdict(read, want_ttl) {
                 Ok(found) => {
-                    self.observe(key, &found);
+                    self.observe(key, &found, Level::L1);
                     return LookupStep::Done(found);
                 }
                 Err(stale) => stale,
@@ -132,8 +132,11 @@ where
         };
         if self.inner.l2.is_none() {
             let found = stale.map_or(Found::Miss, Found::Stale);
-            self.observe(key, &found);
+            self.observe(key, &found, Level::L1);
             return LookupStep::Done(found);
+        }
+        if self.inner.l1.is_some() {
+            self.observe_l1_miss(key);
         }
         LookupStep::AskL2 { want_ttl, stale }
     }
@@ -156,7 +159,7 @@ where
             LookupStep::AwaitL1 { .. } => return Found::Miss,
         };
         let found = with_stale(self.lookup_l2(key, want_ttl, budget, true).await, stale);
-        self.observe(key, &found);
+        self.observe(key, &found, Level::L2);
         found
     }
 
@@ -176,22 +179,44 @@ where
         };
         match self.l1_verdict(read.ok().flatten(), want_ttl) {
             Ok(found) => {
-                self.observe(key, &found);
+                self.observe(key, &found, Level::L1);
                 LookupStep::Done(found)
             }
-            Err(stale) => LookupStep::AskL2 { want_ttl, stale },
+            Err(stale) => {
+                if self.inner.l2.is_some() {
+                    self.observe_l1_miss(key);
+                } else {
+                    self.observe(key, &Found::Miss, Level::L1);
+                }
+                LookupStep::AskL2 { want_ttl, stale }
+            }
         }
     }
 
-    /// Tells subscribers what a read found (nothing is built without one).
+    /// Tells subscribers what a read found, `asked` being the last level it
+    /// asked (nothing is built without a subscriber). A read tells one event
+    /// per level it asks: an L1 miss ([`observe_l1_miss`](Self::observe_l1_miss)),
+    /// then L2's answer.
     #[inline(always)]
-    pub(super) fn observe(&self, key: &str, found: &Found<V>) {
+    pub(super) fn observe(&self, key: &str, found: &Found<V>, asked: Level) {
         self.inner.events.emit(|| match found {
             Found::Fresh { level, .. } => CacheEvent::Hit {
                 key: key.to_string(),
                 level: *level,
             },
-            _ => CacheEvent::Miss { key: key.to_string() },
+            _ => CacheEvent::Miss {
+                key: key.to_string(),
+                level: asked,
+            },
+        });
+    }
+
+    /// Tells subscribers that L1 had no fresh entry and L2 is asked next.
+    #[inline(always)]
+    pub(super) fn observe_l1_miss(&self, key: &str) {
+        self.inner.events.emit(|| CacheEvent::Miss {
+            key: key.to_string(),
+            level: Level::L1,
         });
     }
 

@@ -90,7 +90,7 @@ mod ttl;
 mod write;
 
 pub use call::CallOptions;
-pub use events::{CacheEvent, EventStream, Level};
+pub use events::{CacheEvent, EventStream, InvalidatedBy, Level};
 pub(crate) use gate::NoBudget;
 use guard::PromotionGuard;
 pub(crate) use lookup::LookupStep;

@@ -7,6 +7,8 @@
 //! - [`MemoryL2`]: an in-memory L2 backend with fault injection (fail the
 //!   next calls, freeze, add latency, drop the connection), so a service's
 //!   own tests can drive an outage and a recovery without starting Redis.
+//! - [`clock`]: this crate's clock, moved forward by your test (expiry,
+//!   fail-safe and breaker timeouts without sleeping).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -20,6 +22,7 @@
 //! # }
 //! ```
 
+pub mod clock;
 pub mod conformance;
 mod memory_l2;
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use super::push::{backoff, PushConnection};
 use super::RedisConnection;
-use crate::backplane::{BackplaneStats, Invalidate, InvalidationBus, Notice, CHANNEL_PREFIX};
+use crate::backplane::{BackplaneStats, Invalidate, InvalidatedBy, InvalidationBus, Notice, CHANNEL_PREFIX};
 use crate::breaker::CircuitBreaker;
 use crate::clock::now_ms;
 use crate::counter::Counter;
@@ -115,7 +115,7 @@ impl Backplane {
 
     async fn clear_all(&self) {
         for cache in self.targets(None) {
-            cache.invalidate(None).await;
+            cache.invalidate(None, InvalidatedBy::Backplane).await;
         }
     }
 
@@ -243,12 +243,17 @@ impl Backplane {
             for notice in &entries {
                 match notice {
                     Notice::Mark(mark) => cache.clone().mark(mark.clone()).await,
-                    Notice::Key(key) if !clear => cache.clone().invalidate(Some(key.clone())).await,
+                    Notice::Key(key) if !clear => {
+                        cache
+                            .clone()
+                            .invalidate(Some(key.clone()), InvalidatedBy::Backplane)
+                            .await
+                    }
                     _ => {}
                 }
             }
             if clear {
-                cache.invalidate(None).await;
+                cache.invalidate(None, InvalidatedBy::Backplane).await;
             }
         }
     }
@@ -469,7 +474,7 @@ mod tests {
     }
 
     impl Invalidate for Target {
-        fn invalidate(self: Arc<Self>, key: Option<String>) -> Evict {
+        fn invalidate(self: Arc<Self>, key: Option<String>, _: InvalidatedBy) -> Evict {
             if key.is_none() {
                 self.clears.fetch_add(1, Relaxed);
             }

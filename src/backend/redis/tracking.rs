@@ -67,7 +67,7 @@ use super::push::{backoff, PushConnection};
 use super::topology::Node;
 use super::RedisConnection;
 use crate::backend::config::RedisMode;
-use crate::backplane::{Invalidate, TrackingSource, TrackingStats};
+use crate::backplane::{Invalidate, InvalidatedBy, TrackingSource, TrackingStats};
 use crate::breaker::CircuitBreaker;
 use crate::counter::Counter;
 
@@ -170,7 +170,7 @@ impl Tracker {
 
     async fn clear_all(&self) {
         for cache in self.all_targets() {
-            cache.invalidate(None).await;
+            cache.invalidate(None, InvalidatedBy::Tracking).await;
         }
     }
 
@@ -231,7 +231,7 @@ impl Tracker {
     async fn evict(&self, key: &str) {
         for (cache, own) in self.owners(key) {
             self.keys_invalidated.incr();
-            cache.invalidate(Some(own)).await;
+            cache.invalidate(Some(own), InvalidatedBy::Tracking).await;
         }
     }
 
