@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::registry::{self, RegisteredL2};
+use crate::backend::registry::{self, RegisteredL1, RegisteredL2};
 use crate::backend::CacheBackend;
 use crate::backend::{L1Stats, L2BackendKind, L2Stats};
 use crate::breaker::CircuitBreaker;
@@ -25,7 +25,8 @@ use crate::backend::redis::{RedisBackend, RedisConnection};
 /// The cache handle applications use: L1 and L2 chosen by configuration.
 pub type Cache<V> = TwoLevelCache<V, AnyL1<V>, AnyL2>;
 
-/// One of the built-in L1 backends, chosen at run time by `CACHE_L1_BACKEND`.
+/// The L1 backend chosen at run time by `CACHE_L1_BACKEND`: a built-in one
+/// or one registered by name.
 #[non_exhaustive]
 pub enum AnyL1<V> {
     /// `ttl`.
@@ -34,6 +35,8 @@ pub enum AnyL1<V> {
     /// `lru`.
     #[cfg(feature = "l1")]
     Lru(LruBackend<Arc<V>>),
+    /// A backend registered with [`register_l1_backend`](crate::backend::registry::register_l1_backend).
+    Registered(RegisteredL1<V>),
     #[doc(hidden)]
     _Never(Infallible, PhantomData<V>),
 }
@@ -155,7 +158,7 @@ macro_rules! impl_forwarding_backend {
     };
 }
 
-impl_forwarding_backend!(AnyL1<V>, Arc<V>, L1Stats, [Ttl: feature = "l1", Lru: feature = "l1"], V);
+impl_forwarding_backend!(AnyL1<V>, Arc<V>, L1Stats, [Ttl: feature = "l1", Lru: feature = "l1", Registered: all()], V);
 impl_forwarding_backend!(AnyL2, Vec<u8>, L2Stats, [Redis: feature = "redis", Registered: all()]);
 
 /// Builds caches from a validated [`CacheFactoryConfig`]. Holds the service's
@@ -304,6 +307,7 @@ impl CacheFactory {
     /// The L1 backend named by `config.backend`.
     fn create_l1_backend<V: CacheValue>(&self, config: &L1Config) -> Result<AnyL1<V>> {
         match config.backend {
+            L1BackendKind::Registered(name) => registry::build_l1(name, config).map(AnyL1::Registered),
             #[cfg(feature = "l1")]
             L1BackendKind::Ttl => Ok(AnyL1::Ttl(TtlBackend::new(config))),
             #[cfg(feature = "l1")]

@@ -155,3 +155,117 @@ async fn health_with_a_registered_backend_does_not_ping_redis() {
         "{health:?}"
     );
 }
+
+#[tokio::test]
+async fn a_registered_l1_is_selected_by_name_and_serves_caches_of_any_value_type() {
+    use resilient_cache::backend::memory::TtlBackend;
+    use resilient_cache::backend::registry::{register_l1_backend, AnyValue};
+    use resilient_cache::cache::Level;
+    use resilient_cache::CacheEvent;
+
+    register_l1_backend("reg_l1", |l1| Ok(TtlBackend::<AnyValue>::new(l1))).unwrap();
+    let l2 = Arc::new(MemoryL2::new());
+    let shared = l2.clone();
+    register_l2_backend("reg_l1_l2", move |_| Ok(shared.clone())).unwrap();
+    let config =
+        CacheFactoryConfig::from_map([("CACHE_L1_BACKEND", "Reg_L1"), ("CACHE_L2_BACKEND", "reg_l1_l2")])
+            .unwrap();
+    assert_eq!(config.l1_backend.name(), "reg_l1");
+    assert!(list_backends().l1.contains(&"reg_l1"));
+    let service = CacheService::new(config).await.unwrap();
+    let names = service
+        .create_cache::<String>(CacheOptions::new("names").l2_ttl(Duration::from_secs(60)))
+        .unwrap();
+    let counts = service
+        .create_cache::<u64>(CacheOptions::new("counts").l2_ttl(Duration::from_secs(60)))
+        .unwrap();
+
+    let mut events = names.subscribe();
+    names.set("ada", "Ada".into()).await;
+    counts.set("ada", 36).await;
+    let calls = l2.faults().calls();
+    assert_eq!(names.get("ada").await.as_deref().map(String::as_str), Some("Ada"));
+    assert_eq!(counts.get("ada").await.as_deref(), Some(&36));
+    assert_eq!(l2.faults().calls(), calls, "both answered by the registered L1");
+    assert_eq!(
+        events.try_recv(),
+        Some(CacheEvent::Hit {
+            key: "ada".into(),
+            level: Level::L1
+        })
+    );
+    assert_eq!(names.get_stats().await.l1.map(|s| s.size), Some(1));
+    // Evicted by a delete like a built-in L1.
+    names.delete("ada").await;
+    assert_eq!(names.get("ada").await, None);
+}
+
+#[tokio::test]
+async fn the_registered_l1_wrapper_keeps_every_rule_and_types_values() {
+    use resilient_cache::backend::memory::TtlBackend;
+    use resilient_cache::backend::registry::{AnyValue, RegisteredL1};
+    use resilient_cache::{L1BackendKind, L1Config};
+
+    let l1 = || {
+        TtlBackend::<AnyValue>::new(&L1Config {
+            backend: L1BackendKind::Ttl,
+            maxsize: 1000,
+            ttl: Duration::from_secs(60),
+            fail_safe: Duration::ZERO,
+        })
+    };
+    let wrapped = Arc::new(RegisteredL1::<u32>::new(l1()));
+    let report = conformance::check(wrapped, Options::default(), Arc::new).await;
+    report.assert_ok();
+    assert_eq!(report.passed, conformance::RULES);
+
+    // One backend shared, by mistake, by caches of two types: a value of the
+    // other type reads as a miss, never as a wrong value.
+    let shared = Arc::new(l1());
+    let numbers = RegisteredL1::<u32>::new(shared.clone());
+    let words = RegisteredL1::<String>::new(shared);
+    numbers.set("k", Arc::new(7), None).await.unwrap();
+    assert_eq!(words.get("k").await.unwrap(), None);
+    assert_eq!(words.get_with_ttl_now("k"), Some(None));
+    assert_eq!(numbers.get("k").await.unwrap().as_deref(), Some(&7));
+}
+
+#[test]
+fn l1_names_are_checked_and_unknown_ones_list_every_known_one() {
+    use resilient_cache::backend::memory::TtlBackend;
+    use resilient_cache::backend::registry::{register_l1_backend, AnyValue};
+
+    register_l1_backend("reg_l1_listed", |l1| Ok(TtlBackend::<AnyValue>::new(l1))).unwrap();
+    register_l2_backend("reg_l2_taken", |_| Ok(MemoryL2::new())).unwrap();
+    for bad in [
+        "ttl",
+        "lru",
+        "redis",
+        "reg_l1_listed",
+        "reg_l2_taken",
+        "Upper",
+        "",
+    ] {
+        let e = register_l1_backend(bad, |l1| Ok(TtlBackend::<AnyValue>::new(l1)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CACHE_L1_BACKEND") && e.contains("lowercase"),
+            "{bad:?}: {e}"
+        );
+    }
+    let e = register_l2_backend("reg_l1_listed", |_| Ok(MemoryL2::new()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("CACHE_L2_BACKEND"),
+        "a name taken by an L1 is not an L2's: {e}"
+    );
+    let e = CacheFactoryConfig::from_map([("CACHE_L1_BACKEND", "nope")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"nope\"") && e.contains("ttl, lru") && e.contains("reg_l1_listed"),
+        "{e}"
+    );
+}

@@ -2,21 +2,61 @@
 //! settings of one cache's L1 and L2, and where Redis is.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use crate::error::{config_err, Error, Result};
-use crate::keys::{self, redact_url, Secret};
+use crate::keys::{redact_url, Secret};
 
-/// Which in-process backend L1 uses (`CACHE_L1_BACKEND`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Which in-process backend L1 uses (`CACHE_L1_BACKEND`). Names are read
+/// by `FromStr` (in [`registry`](super::registry)), which knows the registered ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum L1BackendKind {
     /// `ttl`: bounded size, every entry expires after the L1 TTL (the default).
     #[default]
     Ttl,
     /// `lru`: bounded size, least-recently-used entries are evicted first; no expiry.
     Lru,
+    /// A backend registered under this name with
+    /// [`register_l1_backend`](super::registry::register_l1_backend).
+    Registered(&'static str),
+}
+
+impl L1BackendKind {
+    /// The built-in names, lowercase.
+    pub const NAMES: &'static [&'static str] = &["ttl", "lru"];
+
+    /// The stable, lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ttl => "ttl",
+            Self::Lru => "lru",
+            Self::Registered(name) => name,
+        }
+    }
+
+    /// The Cargo feature a built-in backend needs (none for a registered one).
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Registered(_) => "",
+            _ => "l1",
+        }
+    }
+
+    /// Whether this build has the backend: a built-in one compiled in, or a registered one.
+    pub fn is_available(self) -> bool {
+        matches!(self, Self::Registered(_)) || cfg!(feature = "l1")
+    }
+}
+
+impl fmt::Display for L1BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for L1BackendKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 /// Which server L2 talks to (`CACHE_L2_BACKEND`). Names are read by
@@ -74,50 +114,6 @@ impl fmt::Display for L2BackendKind {
 impl serde::Serialize for L2BackendKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
-    }
-}
-
-macro_rules! named_choice {
-    ($ty:ty, $key:expr, $feature:expr, { $($name:literal => $variant:expr),+ $(,)? }) => {
-        impl $ty {
-            /// Every accepted name, lowercase.
-            pub const NAMES: &'static [&'static str] = &[$($name),+];
-
-            /// The stable, lowercase name.
-            pub fn name(self) -> &'static str {
-                match self { $(v if v == $variant => $name,)+ _ => unreachable!() }
-            }
-
-            /// The Cargo feature this backend needs.
-            pub fn feature(self) -> &'static str {
-                $feature
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                match s.trim().to_ascii_lowercase().as_str() {
-                    $($name => Ok($variant),)+
-                    _ => Err(config_err($key, s, format!("one of: {}", Self::NAMES.join(", ")))),
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-    };
-}
-
-named_choice!(L1BackendKind, keys::L1_BACKEND, "l1", { "ttl" => L1BackendKind::Ttl, "lru" => L1BackendKind::Lru });
-
-impl L1BackendKind {
-    /// Whether this build has the backend compiled in.
-    pub fn is_available(self) -> bool {
-        cfg!(feature = "l1")
     }
 }
 

@@ -440,6 +440,9 @@ mod tests {
                                 match kind {
                                     L1BackendKind::Ttl => ttl.set_if_not_exist(&key, Arc::new(t), None).await,
                                     L1BackendKind::Lru => lru.set_if_not_exist(&key, Arc::new(t), None).await,
+                                    L1BackendKind::Registered(_) => {
+                                        unreachable!("only the built-in kinds race here")
+                                    }
                                 }
                             });
                             won.fetch_add(stored.unwrap() as usize, std::sync::atomic::Ordering::Relaxed);

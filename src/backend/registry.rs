@@ -1,5 +1,5 @@
-//! L2 backends registered by name at run time: `CACHE_L2_BACKEND=<name>`
-//! selects one without a change to this crate.
+//! Backends registered by name at run time: `CACHE_L1_BACKEND=<name>` and
+//! `CACHE_L2_BACKEND=<name>` select one without a change to this crate.
 //!
 //! Register before the configuration is read (the name is checked then):
 //!
@@ -15,50 +15,59 @@
 //! assert!(list_backends().l2.contains(&"in_memory_doc"));
 //! ```
 //!
-//! A registered backend gets what a built-in one gets from the cache: the
+//! A registered L2 gets what a built-in one gets from the cache: the
 //! breaker, the outage replay, the load path (with leases if it offers them)
 //! and stats. The backplane is Redis pub/sub, so caches over a registered L2
-//! have none (their L1 copies expire with `l1_ttl`). Only L2 backends can be
-//! registered: an L1 backend holds typed values (`Arc<V>`) and sits on the
-//! hot path, where a type-erased backend would cost every hit.
+//! have none (their L1 copies expire with `l1_ttl`).
+//!
+//! A registered L1 holds values of any type, as [`AnyValue`]
+//! (`Arc<dyn Any + Send + Sync>`): one registration serves every cache,
+//! whatever its value type. The cache hands it the same allocation its
+//! callers get (no copy, no encoding) and checks the type on the way out (a
+//! value of another type reads as a miss). The price, against the built-in
+//! `ttl` and `lru`, is one call through a pointer per L1 read and a boxed
+//! future when the backend cannot answer at once
+//! ([`get_with_ttl_now`](CacheBackend::get_with_ttl_now) answers without one).
+//! It gets fail-safe, the promotion guard, invalidation from the backplane
+//! and tracking, and stats like a built-in one.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::{CacheBackend, L2BackendKind, L2Config, L2Stats};
+use super::{CacheBackend, L1BackendKind, L1Config, L1Stats, L2BackendKind, L2Config, L2Stats};
 use crate::error::{config_err, Error, Result};
 use crate::keys;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A value with its remaining TTL, as `get_with_ttl` answers.
-type WithTtl = super::WithTtl<Vec<u8>>;
+type WithTtl<T> = super::WithTtl<T>;
 
-/// What makes a registered backend for one cache, from that cache's L2 settings.
-type Factory = dyn Fn(&L2Config) -> Result<RegisteredL2> + Send + Sync;
+/// A value as a registered L1 backend holds it: any cache's `Arc<V>`, its
+/// type erased (the same allocation).
+pub type AnyValue = Arc<dyn Any + Send + Sync>;
 
-static REGISTRY: RwLock<BTreeMap<&'static str, Arc<Factory>>> = RwLock::new(BTreeMap::new());
+/// What makes a registered L2 backend for one cache, from that cache's L2 settings.
+type L2Factory = dyn Fn(&L2Config) -> Result<RegisteredL2> + Send + Sync;
+/// What makes a registered L1 backend for one cache, from that cache's L1 settings.
+type L1Factory = dyn Fn(&L1Config) -> Result<Registered<AnyValue, L1Stats>> + Send + Sync;
+
+static L2_REGISTRY: RwLock<BTreeMap<&'static str, Arc<L2Factory>>> = RwLock::new(BTreeMap::new());
+static L1_REGISTRY: RwLock<BTreeMap<&'static str, Arc<L1Factory>>> = RwLock::new(BTreeMap::new());
 
 /// The L2 names built into this crate (whether or not their feature is compiled in).
 const BUILT_IN_L2: &[&str] = &["redis", "valkey"];
 /// The L1 names built into this crate.
 const BUILT_IN_L1: &[&str] = &["ttl", "lru"];
 
-/// Registers an L2 backend under `name`: `factory` makes one for each cache
-/// that selects it (`CACHE_L2_BACKEND=name`), from that cache's
-/// [`L2Config`] (its namespace, default TTL, whether writes end leases).
-///
-/// Names are lowercase ASCII letters, digits, `_` and `-` (at most 64),
-/// neither a built-in name nor one registered already: a configuration
-/// error names the problem.
-pub fn register_l2_backend<B, F>(name: &str, factory: F) -> Result<()>
-where
-    B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>,
-    F: Fn(&L2Config) -> Result<B> + Send + Sync + 'static,
-{
+/// Checks `name` for a new registration (in either registry) and leaks it:
+/// names live as long as the process, as the registries do.
+fn new_name(name: &str, key: &str, taken: bool) -> Result<&'static str> {
     const ALLOWED: &str = "a new name: lowercase ASCII letters, digits, '_' or '-', at most 64, \
                            not a built-in backend's name nor one registered already";
     let valid = !name.is_empty()
@@ -66,11 +75,27 @@ where
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    let mut registry = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
-    if !valid || BUILT_IN_L2.contains(&name) || BUILT_IN_L1.contains(&name) || registry.contains_key(name) {
-        return Err(config_err(keys::L2_BACKEND, name, ALLOWED));
+    if !valid || taken || BUILT_IN_L2.contains(&name) || BUILT_IN_L1.contains(&name) {
+        return Err(config_err(key, name, ALLOWED));
     }
-    let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+    Ok(Box::leak(name.to_string().into_boxed_str()))
+}
+
+/// Registers an L2 backend under `name`: `factory` makes one for each cache
+/// that selects it (`CACHE_L2_BACKEND=name`), from that cache's
+/// [`L2Config`] (its namespace, default TTL, whether writes end leases).
+///
+/// Names are lowercase ASCII letters, digits, `_` and `-` (at most 64),
+/// neither a built-in name nor one registered already (as L1 or L2): a
+/// configuration error names the problem.
+pub fn register_l2_backend<B, F>(name: &str, factory: F) -> Result<()>
+where
+    B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>,
+    F: Fn(&L2Config) -> Result<B> + Send + Sync + 'static,
+{
+    let mut registry = L2_REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+    let taken = registry.contains_key(name) || registered_l1(name).is_some();
+    let name = new_name(name, keys::L2_BACKEND, taken)?;
     registry.insert(
         name,
         Arc::new(move |config: &L2Config| factory(config).map(RegisteredL2::new)),
@@ -78,15 +103,52 @@ where
     Ok(())
 }
 
+/// Registers an L1 backend under `name`: `factory` makes one for each cache
+/// that selects it (`CACHE_L1_BACKEND=name`), from that cache's
+/// [`L1Config`] (its size bound, TTL and fail-safe extra). The backend
+/// stores [`AnyValue`]s, so one registration serves caches of every value
+/// type. Names follow the rules of [`register_l2_backend`].
+///
+/// ```
+/// use resilient_cache::backend::memory::TtlBackend;
+/// use resilient_cache::backend::registry::{register_l1_backend, AnyValue};
+/// use resilient_cache::CacheFactoryConfig;
+///
+/// // Any `CacheBackend<Value = AnyValue, Stats = L1Stats>`; here the built-in map, for brevity.
+/// register_l1_backend("my_l1_doc", |l1| Ok(TtlBackend::<AnyValue>::new(l1))).unwrap();
+/// let config = CacheFactoryConfig::from_map([("CACHE_L1_BACKEND", "my_l1_doc")]).unwrap();
+/// assert_eq!(config.l1_backend.name(), "my_l1_doc");
+/// ```
+pub fn register_l1_backend<B, F>(name: &str, factory: F) -> Result<()>
+where
+    B: CacheBackend<Value = AnyValue, Stats = L1Stats>,
+    F: Fn(&L1Config) -> Result<B> + Send + Sync + 'static,
+{
+    let mut registry = L1_REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+    let taken = registry.contains_key(name) || registered_l2(name).is_some();
+    let name = new_name(name, keys::L1_BACKEND, taken)?;
+    registry.insert(
+        name,
+        Arc::new(move |config: &L1Config| factory(config).map(Registered::new)),
+    );
+    Ok(())
+}
+
 /// The registered L2 name equal to `name`, if any.
 pub(crate) fn registered_l2(name: &str) -> Option<&'static str> {
-    let registry = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+    let registry = L2_REGISTRY.read().unwrap_or_else(|p| p.into_inner());
     registry.get_key_value(name).map(|(k, _)| *k)
 }
 
-/// Builds the registered backend `name` for one cache.
+/// The registered L1 name equal to `name`, if any.
+pub(crate) fn registered_l1(name: &str) -> Option<&'static str> {
+    let registry = L1_REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+    registry.get_key_value(name).map(|(k, _)| *k)
+}
+
+/// Builds the registered L2 backend `name` for one cache.
 pub(crate) fn build_l2(name: &str, config: &L2Config) -> Result<RegisteredL2> {
-    let factory = REGISTRY
+    let factory = L2_REGISTRY
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(name)
@@ -97,10 +159,26 @@ pub(crate) fn build_l2(name: &str, config: &L2Config) -> Result<RegisteredL2> {
     }
 }
 
+/// Builds the registered L1 backend `name` for one cache of `V` values.
+pub(crate) fn build_l1<V: Send + Sync + 'static>(name: &str, config: &L1Config) -> Result<RegisteredL1<V>> {
+    let factory = L1_REGISTRY
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned();
+    match factory {
+        Some(factory) => factory(config).map(|inner| RegisteredL1 {
+            inner,
+            values: PhantomData,
+        }),
+        None => Err(config_err(keys::L1_BACKEND, name, "a registered backend")),
+    }
+}
+
 /// The backend names a configuration may use in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendNames {
-    /// `CACHE_L1_BACKEND` values (the built-in ones compiled in).
+    /// `CACHE_L1_BACKEND` values: the built-in ones compiled in, then the registered ones.
     pub l1: Vec<&'static str>,
     /// `CACHE_L2_BACKEND` values: the built-in ones compiled in, then the registered ones.
     pub l2: Vec<&'static str>,
@@ -108,17 +186,18 @@ pub struct BackendNames {
 
 /// Every backend name usable now.
 pub fn list_backends() -> BackendNames {
-    let l1 = if cfg!(feature = "l1") {
+    let mut l1 = if cfg!(feature = "l1") {
         BUILT_IN_L1.to_vec()
     } else {
         Vec::new()
     };
+    l1.extend(L1_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
     let mut l2 = if cfg!(feature = "redis") {
         BUILT_IN_L2.to_vec()
     } else {
         Vec::new()
     };
-    l2.extend(REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
+    l2.extend(L2_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
     BackendNames { l1, l2 }
 }
 
@@ -133,21 +212,133 @@ impl FromStr for L2BackendKind {
             "valkey" => Ok(Self::Valkey),
             other => registered_l2(other).map(Self::Registered).ok_or_else(|| {
                 let mut names = BUILT_IN_L2.to_vec();
-                names.extend(REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
+                names.extend(L2_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
                 config_err(keys::L2_BACKEND, s, format!("one of: {}", names.join(", ")))
             }),
         }
     }
 }
 
-/// [`CacheBackend`] for bytes, callable through a pointer (boxed futures).
-trait DynL2: Send + Sync {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> BoxFuture<'a, Result<()>>;
+/// A `CACHE_L1_BACKEND` value: trimmed and lower-cased, a built-in name or a
+/// registered one; otherwise an error listing every accepted name.
+impl FromStr for L1BackendKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ttl" => Ok(Self::Ttl),
+            "lru" => Ok(Self::Lru),
+            other => registered_l1(other).map(Self::Registered).ok_or_else(|| {
+                let mut names = BUILT_IN_L1.to_vec();
+                names.extend(L1_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
+                config_err(keys::L1_BACKEND, s, format!("one of: {}", names.join(", ")))
+            }),
+        }
+    }
+}
+
+/// A registered L1 backend as a cache of `V` values holds it: values go in
+/// as [`AnyValue`] (the same allocation) and come out as `Arc<V>`; a value
+/// of another type (a backend shared by caches of several types, by
+/// mistake) reads as a miss.
+pub struct RegisteredL1<V> {
+    inner: Registered<AnyValue, L1Stats>,
+    values: PhantomData<fn() -> V>,
+}
+
+impl<V> RegisteredL1<V> {
+    /// Wraps `backend` for a cache of `V` values (the registry does this
+    /// for every cache that selects a registered name).
+    pub fn new(backend: impl CacheBackend<Value = AnyValue, Stats = L1Stats>) -> Self {
+        Self {
+            inner: Registered::new(backend),
+            values: PhantomData,
+        }
+    }
+}
+
+fn typed<V: Send + Sync + 'static>(value: AnyValue) -> Option<Arc<V>> {
+    value.downcast::<V>().ok()
+}
+
+fn typed_with_ttl<V: Send + Sync + 'static>(found: WithTtl<AnyValue>) -> WithTtl<Arc<V>> {
+    let (value, ttl) = found?;
+    Some((typed(value)?, ttl))
+}
+
+impl<V: Send + Sync + 'static> CacheBackend for RegisteredL1<V> {
+    type Value = Arc<V>;
+    type Stats = L1Stats;
+
+    async fn get(&self, key: &str) -> Result<Option<Arc<V>>> {
+        Ok(self.inner.0.get(key).await?.and_then(typed))
+    }
+    async fn set(&self, key: &str, value: Arc<V>, ttl: Option<Duration>) -> Result<()> {
+        self.inner.0.set(key, value, ttl).await
+    }
+    async fn set_if_not_exist(&self, key: &str, value: Arc<V>, ttl: Option<Duration>) -> Result<bool> {
+        self.inner.0.set_if_not_exist(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.0.delete(key).await
+    }
+    async fn clear(&self) -> Result<u64> {
+        self.inner.0.clear().await
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.inner.0.exists(key).await
+    }
+    async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
+        self.inner.0.get_ttl(key).await
+    }
+    async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<String>> {
+        self.inner.0.list_keys(prefix).await
+    }
+    async fn get_size(&self) -> Result<u64> {
+        self.inner.0.get_size().await
+    }
+    async fn get_stats(&self) -> Result<L1Stats> {
+        self.inner.0.get_stats().await
+    }
+    fn describe(&self) -> L1Stats {
+        self.inner.0.describe()
+    }
+    async fn get_with_ttl(&self, key: &str) -> Result<WithTtl<Arc<V>>> {
+        Ok(typed_with_ttl(self.inner.0.get_with_ttl(key).await?))
+    }
+    fn get_with_ttl_now(&self, key: &str) -> Option<WithTtl<Arc<V>>> {
+        self.inner.0.get_with_ttl_now(key).map(typed_with_ttl)
+    }
+    async fn clear_with_progress(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64> {
+        self.inner.0.clear_with_progress(progress).await
+    }
+    async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
+        self.inner.0.expire_in(key, ttl).await
+    }
+    async fn get_many(&self, keys: &[&str], with_ttl: bool) -> Result<Vec<WithTtl<Arc<V>>>> {
+        let found = self.inner.0.get_many(keys, with_ttl).await?;
+        Ok(found.into_iter().map(typed_with_ttl).collect())
+    }
+    async fn set_many(&self, entries: Vec<(&str, Arc<V>, Option<Duration>)>) -> Result<()> {
+        let entries = entries
+            .into_iter()
+            .map(|(k, v, ttl)| (k, v as AnyValue, ttl))
+            .collect();
+        self.inner.0.set_many(entries).await
+    }
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        self.inner.0.delete_many(keys).await
+    }
+}
+
+/// [`CacheBackend`] callable through a pointer (boxed futures).
+trait DynBackend<T, S>: Send + Sync {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<T>>>;
+    fn set<'a>(&'a self, key: &'a str, value: T, ttl: Option<Duration>) -> BoxFuture<'a, Result<()>>;
     fn set_if_not_exist<'a>(
         &'a self,
         key: &'a str,
-        value: Vec<u8>,
+        value: T,
         ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<bool>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>>;
@@ -156,9 +347,10 @@ trait DynL2: Send + Sync {
     fn get_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Duration>>>;
     fn list_keys<'a>(&'a self, prefix: Option<&'a str>) -> BoxFuture<'a, Result<Vec<String>>>;
     fn get_size(&self) -> BoxFuture<'_, Result<u64>>;
-    fn get_stats(&self) -> BoxFuture<'_, Result<L2Stats>>;
-    fn describe(&self) -> L2Stats;
-    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<WithTtl>>;
+    fn get_stats(&self) -> BoxFuture<'_, Result<S>>;
+    fn describe(&self) -> S;
+    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<WithTtl<T>>>;
+    fn get_with_ttl_now(&self, key: &str) -> Option<WithTtl<T>>;
     fn lease<'a>(
         &'a self,
         key: &'a str,
@@ -170,7 +362,7 @@ trait DynL2: Send + Sync {
         &'a self,
         key: &'a str,
         token: u64,
-        value: Vec<u8>,
+        value: T,
         ttl: Option<Duration>,
         only_if_absent: bool,
     ) -> BoxFuture<'a, Result<Option<bool>>>;
@@ -183,25 +375,22 @@ trait DynL2: Send + Sync {
     fn load_markers(&self) -> BoxFuture<'_, Result<Option<crate::backend::MarkerFields>>>;
     fn put_marker<'a>(&'a self, field: &'a str, at_us: u64, keep: Duration) -> BoxFuture<'a, Result<bool>>;
     fn expire_in<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>>;
-    fn get_many<'a>(&'a self, keys: &'a [&'a str], with_ttl: bool) -> BoxFuture<'a, Result<Vec<WithTtl>>>;
-    fn set_many<'a>(
-        &'a self,
-        entries: Vec<(&'a str, Vec<u8>, Option<Duration>)>,
-    ) -> BoxFuture<'a, Result<()>>;
+    fn get_many<'a>(&'a self, keys: &'a [&'a str], with_ttl: bool) -> BoxFuture<'a, Result<Vec<WithTtl<T>>>>;
+    fn set_many<'a>(&'a self, entries: Vec<(&'a str, T, Option<Duration>)>) -> BoxFuture<'a, Result<()>>;
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>>;
 }
 
-impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+impl<T, S, B: CacheBackend<Value = T, Stats = S>> DynBackend<T, S> for B {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<T>>> {
         Box::pin(CacheBackend::get(self, key))
     }
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> BoxFuture<'a, Result<()>> {
+    fn set<'a>(&'a self, key: &'a str, value: T, ttl: Option<Duration>) -> BoxFuture<'a, Result<()>> {
         Box::pin(CacheBackend::set(self, key, value, ttl))
     }
     fn set_if_not_exist<'a>(
         &'a self,
         key: &'a str,
-        value: Vec<u8>,
+        value: T,
         ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(CacheBackend::set_if_not_exist(self, key, value, ttl))
@@ -224,14 +413,17 @@ impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
     fn get_size(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(CacheBackend::get_size(self))
     }
-    fn get_stats(&self) -> BoxFuture<'_, Result<L2Stats>> {
+    fn get_stats(&self) -> BoxFuture<'_, Result<S>> {
         Box::pin(CacheBackend::get_stats(self))
     }
-    fn describe(&self) -> L2Stats {
+    fn describe(&self) -> S {
         CacheBackend::describe(self)
     }
-    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<WithTtl>> {
+    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<WithTtl<T>>> {
         Box::pin(CacheBackend::get_with_ttl(self, key))
+    }
+    fn get_with_ttl_now(&self, key: &str) -> Option<WithTtl<T>> {
+        CacheBackend::get_with_ttl_now(self, key)
     }
     fn lease<'a>(
         &'a self,
@@ -246,7 +438,7 @@ impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
         &'a self,
         key: &'a str,
         token: u64,
-        value: Vec<u8>,
+        value: T,
         ttl: Option<Duration>,
         only_if_absent: bool,
     ) -> BoxFuture<'a, Result<Option<bool>>> {
@@ -280,13 +472,10 @@ impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
     fn expire_in<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
         Box::pin(CacheBackend::expire_in(self, key, ttl))
     }
-    fn get_many<'a>(&'a self, keys: &'a [&'a str], with_ttl: bool) -> BoxFuture<'a, Result<Vec<WithTtl>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a str], with_ttl: bool) -> BoxFuture<'a, Result<Vec<WithTtl<T>>>> {
         Box::pin(CacheBackend::get_many(self, keys, with_ttl))
     }
-    fn set_many<'a>(
-        &'a self,
-        entries: Vec<(&'a str, Vec<u8>, Option<Duration>)>,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn set_many<'a>(&'a self, entries: Vec<(&'a str, T, Option<Duration>)>) -> BoxFuture<'a, Result<()>> {
         Box::pin(CacheBackend::set_many(self, entries))
     }
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
@@ -294,28 +483,33 @@ impl<B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>> DynL2 for B {
     }
 }
 
-/// A registered L2 backend, as a cache holds it: any byte backend behind one
-/// pointer, every method (the optional ones too) forwarded.
-pub struct RegisteredL2(Box<dyn DynL2>);
+/// A registered backend, as a cache holds it: any backend of `T` values
+/// behind one pointer, every method (the optional ones too) forwarded.
+pub struct Registered<T, S>(Box<dyn DynBackend<T, S>>);
 
-impl RegisteredL2 {
+/// A registered L2 backend, as a cache holds it.
+pub type RegisteredL2 = Registered<Vec<u8>, L2Stats>;
+
+impl<T, S> Registered<T, S> {
     /// Wraps `backend`.
-    pub fn new(backend: impl CacheBackend<Value = Vec<u8>, Stats = L2Stats>) -> Self {
+    pub fn new(backend: impl CacheBackend<Value = T, Stats = S>) -> Self {
         Self(Box::new(backend))
     }
 }
 
-impl CacheBackend for RegisteredL2 {
-    type Value = Vec<u8>;
-    type Stats = L2Stats;
+impl<T: Clone + Send + Sync + 'static, S: serde::Serialize + Clone + Send + Sync + 'static> CacheBackend
+    for Registered<T, S>
+{
+    type Value = T;
+    type Stats = S;
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    async fn get(&self, key: &str) -> Result<Option<T>> {
         self.0.get(key).await
     }
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+    async fn set(&self, key: &str, value: T, ttl: Option<Duration>) -> Result<()> {
         self.0.set(key, value, ttl).await
     }
-    async fn set_if_not_exist(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<bool> {
+    async fn set_if_not_exist(&self, key: &str, value: T, ttl: Option<Duration>) -> Result<bool> {
         self.0.set_if_not_exist(key, value, ttl).await
     }
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -336,14 +530,17 @@ impl CacheBackend for RegisteredL2 {
     async fn get_size(&self) -> Result<u64> {
         self.0.get_size().await
     }
-    async fn get_stats(&self) -> Result<L2Stats> {
+    async fn get_stats(&self) -> Result<S> {
         self.0.get_stats().await
     }
-    fn describe(&self) -> L2Stats {
+    fn describe(&self) -> S {
         self.0.describe()
     }
-    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>> {
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(T, Option<Duration>)>> {
         self.0.get_with_ttl(key).await
+    }
+    fn get_with_ttl_now(&self, key: &str) -> Option<WithTtl<T>> {
+        self.0.get_with_ttl_now(key)
     }
     async fn lease(&self, key: &str, token: u64, ttl: Duration, exclusive: bool) -> Result<Option<bool>> {
         self.0.lease(key, token, ttl, exclusive).await
@@ -352,7 +549,7 @@ impl CacheBackend for RegisteredL2 {
         &self,
         key: &str,
         token: u64,
-        value: Vec<u8>,
+        value: T,
         ttl: Option<Duration>,
         only_if_absent: bool,
     ) -> Result<Option<bool>> {
@@ -378,10 +575,10 @@ impl CacheBackend for RegisteredL2 {
     async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
         self.0.expire_in(key, ttl).await
     }
-    async fn get_many(&self, keys: &[&str], with_ttl: bool) -> Result<Vec<WithTtl>> {
+    async fn get_many(&self, keys: &[&str], with_ttl: bool) -> Result<Vec<WithTtl<T>>> {
         self.0.get_many(keys, with_ttl).await
     }
-    async fn set_many(&self, entries: Vec<(&str, Vec<u8>, Option<Duration>)>) -> Result<()> {
+    async fn set_many(&self, entries: Vec<(&str, T, Option<Duration>)>) -> Result<()> {
         self.0.set_many(entries).await
     }
     async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
