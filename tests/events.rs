@@ -199,7 +199,12 @@ async fn a_slow_subscriber_loses_the_oldest_events_and_is_told_how_many() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instances_write_is_reported_as_an_invalidation() {
     let redis = RedisServer::start();
-    let options = || CacheOptions::new("evbp").l2_ttl(Duration::from_secs(60));
+    // The backplane alone: with tracking too, whichever tells first is reported.
+    let options = || {
+        CacheOptions::new("evbp")
+            .l2_ttl(Duration::from_secs(60))
+            .invalidation(resilient_cache::InvalidationSources::Backplane)
+    };
     let a = CacheService::new(redis.config()).await.unwrap();
     let b = CacheService::new(redis.config()).await.unwrap();
     let writer = a.create_cache::<u32>(options()).unwrap();

@@ -354,11 +354,18 @@ where
         let todo: Vec<usize> = (0..loads.len()).filter(|&i| results[i].is_none()).collect();
         if !todo.is_empty() {
             bump(&counters.loads);
-            let keys = todo.iter().map(|&i| loads[i].key.clone()).collect();
+            let keys: Vec<String> = todo.iter().map(|&i| loads[i].key.clone()).collect();
+            let span = tracing::info_span!(
+                "resilient_cache.load",
+                otel.kind = "internal",
+                cache.namespace = %self.inner.prefix,
+                cache.keys = keys.len(),
+            );
             // What the loader found, in our own types before anything else is awaited.
-            let answer: Result<HashMap<String, Loaded<V>>, E> = loader(keys)
-                .await
-                .map(|found| found.into_iter().map(|(k, l)| (k, l.into())).collect());
+            let answer: Result<HashMap<String, Loaded<V>>, E> =
+                tracing::Instrument::instrument(loader(keys), span)
+                    .await
+                    .map(|found| found.into_iter().map(|(k, l)| (k, l.into())).collect());
             match answer {
                 Ok(mut found) => {
                     let kept = in_order(todo.iter().map(|&i| {

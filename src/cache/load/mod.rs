@@ -439,7 +439,15 @@ where
                 only_if_absent: start == Start::Miss,
                 written_us,
             };
-            let result = match loader(ctx).await {
+            // A span per load, with OpenTelemetry's field names (no key: keys
+            // may be personal data).
+            let span = tracing::info_span!(
+                "resilient_cache.load",
+                otel.kind = "internal",
+                cache.namespace = %this.inner.prefix,
+                cache.keys = 1,
+            );
+            let result = match tracing::Instrument::instrument(loader(ctx), span).await {
                 Ok(loaded) => match this
                     .keep_loaded(key, loaded, held_value, &opts, fence, budget)
                     .await
