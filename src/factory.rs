@@ -11,9 +11,7 @@ use crate::backend::CacheBackend;
 use crate::backend::{L1Stats, L2BackendKind, L2Stats};
 use crate::breaker::CircuitBreaker;
 use crate::cache::{CacheValue, TwoLevelCache, TwoLevelSettings};
-#[cfg(feature = "l1")]
-use crate::config::L1BackendKind;
-use crate::config::{CacheFactoryConfig, CacheOptions, L1Config, L2Config};
+use crate::config::{CacheFactoryConfig, CacheOptions, L1BackendKind, L1Config, L2Config};
 use crate::error::Result;
 use crate::serializer::Serializer;
 
