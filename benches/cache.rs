@@ -3,7 +3,9 @@
 //! Each of ours runs beside the raw operation it is built on, same value type:
 //! - `l1_hit`: our `get` (L1 hit; async and `blocking`) vs quick_cache's get
 //!   (the crate `ttl` builds on) vs moka's get (the other candidate), all
-//!   holding `Arc<User>`.
+//!   holding `Arc<User>`; and our `get` while an event stream is subscribed
+//!   (each hit then builds and sends a `Hit` event), to show what the
+//!   unsubscribed flag check saves.
 //! - `l2_hit`: our `get` with L1 off vs a raw `GET` + MessagePack decode on a
 //!   `ConnectionManager` (against a `redis-server` the bench starts itself).
 //! - `set`: our `set` (L1 + L2) vs encode + `SET PX`.
@@ -78,6 +80,17 @@ fn l1_hit(c: &mut Criterion) {
             async move { black_box(ours.get(k).await) }
         })
     });
+    {
+        let _events = ours.subscribe();
+        g.bench_function("resilient_cache_subscribed", |b| {
+            b.to_async(&rt).iter(|| {
+                i = (i + 1) & 1023;
+                let k = &ks[i];
+                let ours = &ours;
+                async move { black_box(ours.get(k).await) }
+            })
+        });
+    }
     g.bench_function("resilient_cache_blocking", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;

@@ -4,9 +4,10 @@
 //! sees only this; the Redis pub/sub worker that fulfils it lives in
 //! `backend::redis::backplane`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
 
@@ -66,6 +67,104 @@ pub(crate) trait Invalidate: Send + Sync {
     /// Applies another instance's invalidation marker to L1 and to the
     /// cache's marker table.
     fn mark(self: Arc<Self>, mark: Mark) -> Evict;
+}
+
+/// The caches a backplane (or tracking) evicts from, by namespace; held
+/// weakly, so a dropped cache leaves by itself.
+#[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
+#[derive(Default)]
+pub(crate) struct Targets(Mutex<HashMap<String, Vec<Weak<dyn Invalidate>>>>);
+
+#[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
+impl Targets {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Weak<dyn Invalidate>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `cache` under `name`; `true` if `name` had no cache before.
+    pub fn add(&self, name: String, cache: Weak<dyn Invalidate>) -> bool {
+        let mut map = self.map();
+        let list = map.entry(name).or_default();
+        let new = list.is_empty();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(cache);
+        new
+    }
+
+    /// The live caches under `name`.
+    pub fn of(&self, name: &str) -> Vec<Arc<dyn Invalidate>> {
+        self.map()
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Every live cache.
+    pub fn all(&self) -> Vec<Arc<dyn Invalidate>> {
+        self.map().values().flatten().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The names caches were added under.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn names(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
+    /// The live caches whose name starts `key`, each with the rest of `key`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn owners(&self, key: &str) -> Vec<(Arc<dyn Invalidate>, String)> {
+        self.map()
+            .iter()
+            .filter_map(|(name, list)| Some((key.strip_prefix(name.as_str())?, list)))
+            .flat_map(|(rest, list)| {
+                list.iter()
+                    .filter_map(Weak::upgrade)
+                    .map(move |c| (c, rest.to_string()))
+            })
+            .collect()
+    }
+
+    /// Evicts everything from every live cache (messages may have been lost).
+    pub async fn clear_all(&self, by: InvalidatedBy) {
+        for cache in self.all() {
+            cache.invalidate(None, by).await;
+        }
+    }
+}
+
+/// Applies one message from another instance to `targets`: markers always
+/// (a clear does not cover later writes they judge), then the keys, or
+/// everything when the message holds a clear.
+#[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
+pub(crate) async fn apply_notices(targets: Vec<Arc<dyn Invalidate>>, notices: &[Notice]) {
+    let clear = notices.contains(&Notice::Clear);
+    for cache in targets {
+        for notice in notices {
+            match notice {
+                Notice::Mark(mark) => cache.clone().mark(mark.clone()).await,
+                Notice::Key(key) if !clear => {
+                    cache
+                        .clone()
+                        .invalidate(Some(key.clone()), InvalidatedBy::Backplane)
+                        .await
+                }
+                Notice::Keys(keys) if !clear => {
+                    for key in keys {
+                        cache
+                            .clone()
+                            .invalidate(Some(key.clone()), InvalidatedBy::Backplane)
+                            .await
+                    }
+                }
+                _ => {}
+            }
+        }
+        if clear {
+            cache.invalidate(None, InvalidatedBy::Backplane).await;
+        }
+    }
 }
 
 /// One announcement on the backplane.

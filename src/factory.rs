@@ -134,6 +134,9 @@ macro_rules! impl_forwarding_backend {
             fn operation_timeout(&self) -> Option<Duration> {
                 forward!(self, b => b.operation_timeout(), [$($variant : $cfg),*])
             }
+            fn on_evict(&self, hook: crate::backend::EvictionHook) -> bool {
+                forward!(self, b => b.on_evict(hook), [$($variant : $cfg),*])
+            }
             async fn load_markers(&self) -> Result<Option<crate::backend::MarkerFields>> {
                 forward!(self, b => b.load_markers().await, [$($variant : $cfg),*])
             }

@@ -2,17 +2,14 @@
 //! breaker changes, replays and invalidations from other instances; nothing
 //! before subscribing; lag counted, never waited for.
 
-use resilient_cache_testkit as common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::RedisServer;
 use resilient_cache::backend::memory::TtlBackend;
 use resilient_cache::breaker::CircuitBreakerConfig;
 use resilient_cache::cache::{InvalidatedBy, Level};
 use resilient_cache::error::ConnectionErrorKind;
-use resilient_cache::testing::MemoryL2;
+use resilient_cache::testing::{MemoryBackplane, MemoryL2};
 use resilient_cache::{
     CacheBackend, CacheEvent, CacheOptions, CacheService, CircuitBreaker, EventStream, L1BackendKind,
     L1Config, LoadOptions, Serializer, TwoLevelCache, TwoLevelSettings,
@@ -196,37 +193,93 @@ async fn a_slow_subscriber_loses_the_oldest_events_and_is_told_how_many() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_instances_write_is_reported_as_an_invalidation() {
-    let redis = RedisServer::start();
-    // The backplane alone: with tracking too, whichever tells first is reported.
-    let options = || {
-        CacheOptions::new("evbp")
-            .l2_ttl(Duration::from_secs(60))
-            .invalidation(resilient_cache::InvalidationSources::Backplane)
+/// The backplane's messages as events (in memory: what is checked is the
+/// cache's side; the Redis transport has its own tests in `backplane.rs`).
+#[tokio::test]
+async fn another_instances_writes_and_tag_removals_are_reported() {
+    let l2 = Arc::new(MemoryL2::new());
+    let backplane = MemoryBackplane::new();
+    let instance = || {
+        let bus = backplane.join();
+        let c = cache(
+            &l2,
+            TwoLevelSettings {
+                bus: Some(bus.clone()),
+                ..settings()
+            },
+        );
+        bus.attach(&c);
+        c
     };
-    let a = CacheService::new(redis.config()).await.unwrap();
-    let b = CacheService::new(redis.config()).await.unwrap();
-    let writer = a.create_cache::<u32>(options()).unwrap();
-    let reader = b.create_cache::<u32>(options()).unwrap();
+    let (writer, reader) = (instance(), instance());
     writer.set("k", 1).await;
+    backplane.settle().await;
     assert_eq!(reader.get("k").await.as_deref(), Some(&1));
     let mut events = reader.subscribe();
-    // The reader's subscriber may still be connecting: write until it hears one.
-    let mut heard = false;
-    for i in 2..200 {
-        writer.set("k", i).await;
-        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), events.recv()).await {
-            assert_eq!(
-                e,
-                CacheEvent::Invalidated {
-                    key: Some("k".into()),
-                    by: InvalidatedBy::Backplane,
-                }
+    writer.set("k", 2).await;
+    writer.remove_by_tag("team").await.unwrap();
+    backplane.settle().await;
+    assert_eq!(
+        drain(&mut events),
+        [
+            CacheEvent::Invalidated {
+                key: Some("k".into()),
+                by: InvalidatedBy::Backplane,
+            },
+            CacheEvent::Marked {
+                tag: Some("team".into()),
+                kind: resilient_cache::tags::MarkKind::Remove,
+            },
+        ]
+    );
+}
+
+/// Filling L1 past its size bound evicts; each eviction is one `Evicted`
+/// event naming a key that L1 no longer holds, and the L1 stats count them.
+/// Deletes and expiries are not evictions.
+#[tokio::test]
+async fn l1_capacity_evictions_are_told_and_counted() {
+    for backend in [L1BackendKind::Ttl, L1BackendKind::Lru] {
+        let service = CacheService::new(Default::default()).await.unwrap();
+        let c = service
+            .create_cache::<u32>(
+                CacheOptions::new("evict")
+                    .l2_enabled(false)
+                    .l1_backend(backend)
+                    .l1_maxsize(20),
+            )
+            .unwrap();
+        c.set("gone", 0).await;
+        c.delete("gone").await;
+        let mut events = c.subscribe();
+        for i in 0..200u32 {
+            c.set(&format!("k{i}"), i).await;
+        }
+        let stats = c.get_stats().await;
+        let l1 = stats.l1.expect("L1 stats");
+        let evicted: Vec<String> = drain(&mut events)
+            .into_iter()
+            .filter_map(|e| match e {
+                CacheEvent::Evicted { key } => Some(key),
+                _ => None,
+            })
+            .collect();
+        assert!(l1.size <= 20, "{backend:?}: {l1:?}");
+        assert!(
+            evicted.len() as u64 >= 200 - 20 - 5 && evicted.len() as u64 == l1.evictions,
+            "{backend:?}: {} evicted events, stats say {}",
+            evicted.len(),
+            l1.evictions
+        );
+        assert!(
+            !evicted.iter().any(|k| k == "gone"),
+            "a delete is not an eviction"
+        );
+        for key in &evicted {
+            assert!(
+                !c.is_on_cache(key).await,
+                "{backend:?}: {key} was told evicted but is still in L1"
             );
-            heard = true;
-            break;
         }
     }
-    assert!(heard, "no invalidation event");
 }

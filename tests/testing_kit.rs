@@ -101,3 +101,206 @@ async fn writes_during_an_outage_are_replayed_when_l2_returns() {
     );
     assert_eq!(c.get_stats().await.recovery.replayed, 2);
 }
+
+mod backplane {
+    use super::*;
+    use resilient_cache::backplane::InvalidationBus;
+    use resilient_cache::testing::MemoryBackplane;
+
+    type L1 = Arc<TtlBackend<Arc<u32>>>;
+
+    /// An instance of a service: its own L1 (a handle kept to look into
+    /// it), the shared L2, on `backplane`.
+    struct Instance {
+        cache: TwoLevelCache<u32, L1, Arc<MemoryL2>>,
+        bus: Arc<resilient_cache::testing::MemoryBus>,
+        l1: L1,
+    }
+
+    impl std::ops::Deref for Instance {
+        type Target = TwoLevelCache<u32, L1, Arc<MemoryL2>>;
+        fn deref(&self) -> &Self::Target {
+            &self.cache
+        }
+    }
+
+    impl Instance {
+        /// Whether `key` is in this instance's L1 (without counting a read).
+        async fn holds(&self, key: &str) -> bool {
+            self.l1.exists(key).await.unwrap()
+        }
+    }
+
+    fn instance(l2: &Arc<MemoryL2>, backplane: &MemoryBackplane) -> Instance {
+        let bus = backplane.join();
+        let l1 = Arc::new(TtlBackend::new(&L1Config {
+            backend: L1BackendKind::Ttl,
+            maxsize: 100,
+            ttl: Duration::from_secs(600),
+            fail_safe: Duration::ZERO,
+        }));
+        let settings = TwoLevelSettings {
+            bus: Some(bus.clone()),
+            ..TwoLevelSettings::new("kitbp", Serializer::json())
+        };
+        let cache = TwoLevelCache::new(Some(l1.clone()), Some(l2.clone()), settings).unwrap();
+        bus.attach(&cache);
+        Instance { cache, bus, l1 }
+    }
+
+    /// `b` reads `key` as `value`, and now holds it in its L1. (Callers
+    /// settle the backplane first: a write's message arriving after this
+    /// read would evict the copy.)
+    async fn held(b: &Instance, key: &str, value: u32) {
+        assert_eq!(b.get(key).await.as_deref(), Some(&value));
+        assert!(b.holds(key).await, "{key} is in the L1");
+    }
+
+    #[tokio::test]
+    async fn a_write_evicts_the_other_instances_copy_and_not_its_own() {
+        let l2 = Arc::new(MemoryL2::new());
+        let backplane = MemoryBackplane::new();
+        let a = instance(&l2, &backplane);
+        let b = instance(&l2, &backplane);
+        a.set("k", 1).await;
+        backplane.settle().await;
+        held(&b, "k", 1).await;
+        a.set("k", 2).await;
+        backplane.settle().await;
+        assert!(!b.holds("k").await, "a's write evicted b's copy");
+        assert!(a.holds("k").await, "a's own write stays in a's L1");
+        assert_eq!(b.get("k").await.as_deref(), Some(&2));
+        let (sa, sb) = (a.bus.stats(), b.bus.stats());
+        assert_eq!((sa.messages_sent, sa.messages_received), (2, 0));
+        assert_eq!((sb.messages_received, sb.messages_applied), (2, 2));
+        assert!(sb.connected && sb.last_message_age_s.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_frozen_backplane_holds_messages_until_released() {
+        let l2 = Arc::new(MemoryL2::new());
+        let backplane = MemoryBackplane::new();
+        let a = instance(&l2, &backplane);
+        let b = instance(&l2, &backplane);
+        a.set("k", 1).await;
+        backplane.settle().await;
+        held(&b, "k", 1).await;
+        backplane.freeze();
+        a.delete("k").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(b.holds("k").await, "frozen: the message has not arrived");
+        assert_eq!(
+            b.get("k").await.as_deref(),
+            Some(&1),
+            "b serves its stale copy meanwhile"
+        );
+        backplane.release();
+        backplane.settle().await;
+        assert_eq!(b.get("k").await, None, "released: the delete reached b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_delays_delivery_on_the_test_clock() {
+        let l2 = Arc::new(MemoryL2::new());
+        let backplane = MemoryBackplane::new();
+        backplane.set_latency(Duration::from_secs(5));
+        let a = instance(&l2, &backplane);
+        let b = instance(&l2, &backplane);
+        a.set("k", 1).await;
+        backplane.settle().await;
+        held(&b, "k", 1).await;
+        a.set("k", 2).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(b.holds("k").await, "4 s of 5: not delivered yet");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        backplane.settle().await;
+        assert!(!b.holds("k").await, "delivered after 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_loses_messages_and_the_reconnect_clears_every_l1() {
+        let l2 = Arc::new(MemoryL2::new());
+        let backplane = MemoryBackplane::new();
+        let a = instance(&l2, &backplane);
+        let b = instance(&l2, &backplane);
+        a.set("k", 1).await;
+        a.set("other", 5).await;
+        backplane.settle().await;
+        held(&b, "k", 1).await;
+        held(&b, "other", 5).await;
+        backplane.disconnect();
+        assert!(!b.bus.stats().connected);
+        a.set("k", 2).await;
+        backplane.settle().await;
+        assert_eq!(
+            b.get("k").await.as_deref(),
+            Some(&1),
+            "the message was lost: b is stale"
+        );
+        backplane.reconnect();
+        backplane.settle().await;
+        assert_eq!(
+            b.get("k").await.as_deref(),
+            Some(&2),
+            "the reconnect cleared b's L1"
+        );
+        assert!(!a.holds("other").await, "every instance clears");
+        assert_eq!(
+            (a.bus.stats().reconnect_clears, b.bus.stats().reconnect_clears),
+            (1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_message_clears_the_receivers_l1_instead() {
+        let l2 = Arc::new(MemoryL2::new());
+        let backplane = MemoryBackplane::new();
+        let a = instance(&l2, &backplane);
+        let b = instance(&l2, &backplane);
+        a.set("k", 1).await;
+        a.set("other", 5).await;
+        backplane.settle().await;
+        held(&b, "k", 1).await;
+        held(&b, "other", 5).await;
+        backplane.drop_next(1);
+        a.set("k", 2).await;
+        backplane.settle().await;
+        assert!(!b.holds("other").await, "b cleared its whole L1");
+        assert_eq!(b.get("k").await.as_deref(), Some(&2));
+        assert!(a.holds("other").await, "the sender clears nothing");
+        assert_eq!(
+            (a.bus.stats().overflow_clears, b.bus.stats().overflow_clears),
+            (0, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_clears_and_tag_removals_travel_too() {
+        let l2 = Arc::new(MemoryL2::new());
+        let backplane = MemoryBackplane::new();
+        let a = instance(&l2, &backplane);
+        let b = instance(&l2, &backplane);
+        a.set_many([("x", 1), ("y", 2)]).await;
+        backplane.settle().await;
+        held(&b, "x", 1).await;
+        held(&b, "y", 2).await;
+        a.set_many([("x", 3), ("y", 4)]).await;
+        backplane.settle().await;
+        assert!(!b.holds("x").await && !b.holds("y").await);
+        held(&b, "x", 3).await;
+        a.clear().await;
+        backplane.settle().await;
+        assert!(!b.holds("x").await, "a clear empties b's L1");
+
+        a.set_with_tags("t1", 1, &["team"]).await;
+        a.set("untagged", 2).await;
+        backplane.settle().await;
+        held(&b, "t1", 1).await;
+        held(&b, "untagged", 2).await;
+        a.remove_by_tag("team").await.unwrap();
+        backplane.settle().await;
+        assert!(!b.holds("t1").await, "the tag's removal reached b");
+        assert_eq!(b.get("t1").await, None);
+        assert!(b.holds("untagged").await, "only the tag's entries go");
+    }
+}

@@ -10,17 +10,62 @@
 //!   bounded by entry count, without expiry.
 //!
 //! Both hold `T` as given (the two-level cache gives `Arc<V>`), so a read
-//! clones an `Arc`, never the value.
+//! clones an `Arc`, never the value. Both count the entries they drop to
+//! make room and tell each one to the [`EvictionHook`] a cache installs
+//! (its `Evicted` event); a read never touches either.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::backend::config::L1Config;
-use crate::backend::CacheBackend;
 use crate::backend::L1Stats;
+use crate::backend::{CacheBackend, EvictionHook};
 use crate::clock::{now_ms, recent_ms};
-use crate::counter::HotCounter;
+use crate::counter::{Counter, HotCounter};
 use crate::error::Result;
+
+/// Where capacity evictions go: a count, and the hook a cache installed.
+#[derive(Default)]
+struct Evictions {
+    count: Counter,
+    hook: RwLock<Option<EvictionHook>>,
+}
+
+impl Evictions {
+    fn evicted(&self, key: String) {
+        self.count.incr();
+        let hook = self.hook.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(hook) = hook.as_ref() {
+            hook(key);
+        }
+    }
+
+    fn install(&self, hook: EvictionHook) -> bool {
+        *self.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        true
+    }
+}
+
+/// `quick_cache`'s eviction callback for [`TtlBackend`]: called under the
+/// shard's lock with the entry dropped to make room.
+#[derive(Clone, Default)]
+struct OnEvict(Arc<Evictions>);
+
+impl<T> quick_cache::Lifecycle<String, Entry<T>> for OnEvict {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), key: String, _: Entry<T>) {
+        self.0.evicted(key);
+    }
+}
+
+type TtlMap<T> = quick_cache::sync::Cache<
+    String,
+    Entry<T>,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    OnEvict,
+>;
 
 #[derive(Clone)]
 struct Entry<T> {
@@ -30,7 +75,8 @@ struct Entry<T> {
 
 /// `ttl` backend: bounded size, per-entry expiry.
 pub struct TtlBackend<T> {
-    cache: quick_cache::sync::Cache<String, Entry<T>>,
+    cache: TtlMap<T>,
+    evictions: OnEvict,
     maxsize: usize,
     /// The longest an entry is kept: its TTL plus the fail-safe time.
     ttl: Duration,
@@ -44,8 +90,17 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
     /// A backend holding up to `config.maxsize` entries for `config.ttl` each
     /// (plus `config.fail_safe`, the time a fail-safe cache keeps them stale).
     pub fn new(config: &L1Config) -> Self {
+        let evictions = OnEvict::default();
+        let n = config.maxsize;
         Self {
-            cache: quick_cache::sync::Cache::new(config.maxsize),
+            cache: TtlMap::with(
+                n,
+                n as u64,
+                Default::default(),
+                Default::default(),
+                evictions.clone(),
+            ),
+            evictions,
             maxsize: config.maxsize,
             ttl: config.ttl + config.fail_safe,
             logical_ttl: config.ttl,
@@ -111,6 +166,7 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
             ttl: Some(self.logical_ttl.as_secs_f64()),
             hits: self.hits.get(),
             misses: self.misses.get(),
+            evictions: self.evictions.0.count.get(),
             hit_rate: 0.0,
             usage_percent: 0.0,
         }
@@ -210,11 +266,16 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for TtlBackend<T> {
     fn describe(&self) -> L1Stats {
         self.stats()
     }
+
+    fn on_evict(&self, hook: EvictionHook) -> bool {
+        self.evictions.0.install(hook)
+    }
 }
 
 /// `lru` backend: bounded size, least-recently-used evicted first, no expiry.
 pub struct LruBackend<T> {
     cache: moka::sync::Cache<String, T>,
+    evictions: Arc<Evictions>,
     maxsize: usize,
     hits: HotCounter,
     misses: HotCounter,
@@ -223,11 +284,19 @@ pub struct LruBackend<T> {
 impl<T: Clone + Send + Sync + 'static> LruBackend<T> {
     /// A backend holding up to `config.maxsize` entries (`config.ttl` is not used).
     pub fn new(config: &L1Config) -> Self {
+        let evictions = Arc::<Evictions>::default();
+        let sink = evictions.clone();
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.maxsize as u64)
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .eviction_listener(move |key: Arc<String>, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        sink.evicted(Arc::unwrap_or_clone(key));
+                    }
+                })
                 .build(),
+            evictions,
             maxsize: config.maxsize,
             hits: HotCounter::default(),
             misses: HotCounter::default(),
@@ -260,6 +329,7 @@ impl<T: Clone + Send + Sync + 'static> LruBackend<T> {
             ttl: None,
             hits: self.hits.get(),
             misses: self.misses.get(),
+            evictions: self.evictions.count.get(),
             hit_rate: 0.0,
             usage_percent: 0.0,
         }
@@ -336,6 +406,10 @@ impl<T: Clone + Send + Sync + 'static> CacheBackend for LruBackend<T> {
 
     fn describe(&self) -> L1Stats {
         self.stats()
+    }
+
+    fn on_evict(&self, hook: EvictionHook) -> bool {
+        self.evictions.install(hook)
     }
 }
 

@@ -31,6 +31,11 @@ pub type MarkerFields = Vec<(String, u64)>;
 /// TTL (`None`: no expiry, or not asked), or `None` when absent.
 pub type WithTtl<V> = Option<(V, Option<Duration>)>;
 
+/// What an L1 backend calls with each key it drops to make room (a
+/// capacity eviction; not an expiry, a delete or a replacement). See
+/// [`CacheBackend::on_evict`].
+pub type EvictionHook = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+
 /// One level of a cache. Keys are the caller's keys, without any namespace:
 /// a backend that shares a server with others adds its own prefix.
 ///
@@ -167,6 +172,16 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// default): no bound known.
     fn operation_timeout(&self) -> Option<Duration> {
         None
+    }
+
+    /// Asks an L1 backend to call `hook` with each key it drops to make
+    /// room, from now on (the two-level cache installs one when it is
+    /// built, to tell its event subscribers). `false` (the default): this
+    /// backend does not report evictions. A backend calls the hook at most
+    /// once per evicted entry and keeps only the last hook installed.
+    fn on_evict(&self, hook: EvictionHook) -> bool {
+        let _ = hook;
+        false
     }
 
     /// Ends the lease of `key` if `token` holds it (a failed load).
@@ -361,6 +376,10 @@ impl<B: CacheBackend> CacheBackend for std::sync::Arc<B> {
 
     fn operation_timeout(&self) -> Option<Duration> {
         (**self).operation_timeout()
+    }
+
+    fn on_evict(&self, hook: EvictionHook) -> bool {
+        (**self).on_evict(hook)
     }
 
     fn release_lease(&self, key: &str, token: u64) -> impl Future<Output = Result<()>> + Send {

@@ -315,6 +315,9 @@ impl<V: Send + Sync + 'static> CacheBackend for RegisteredL1<V> {
     async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
         self.inner.0.expire_in(key, ttl).await
     }
+    fn on_evict(&self, hook: super::EvictionHook) -> bool {
+        self.inner.0.on_evict(hook)
+    }
     async fn get_many(&self, keys: &[&str], with_ttl: bool) -> Result<Vec<WithTtl<Arc<V>>>> {
         let found = self.inner.0.get_many(keys, with_ttl).await?;
         Ok(found.into_iter().map(typed_with_ttl).collect())
@@ -371,6 +374,7 @@ trait DynBackend<T, S>: Send + Sync {
         progress: &'a (dyn Fn(u64) + Send + Sync),
     ) -> BoxFuture<'a, Result<u64>>;
     fn operation_timeout(&self) -> Option<Duration>;
+    fn on_evict(&self, hook: super::EvictionHook) -> bool;
     fn release_lease<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<()>>;
     fn load_markers(&self) -> BoxFuture<'_, Result<Option<crate::backend::MarkerFields>>>;
     fn put_marker<'a>(&'a self, field: &'a str, at_us: u64, keep: Duration) -> BoxFuture<'a, Result<bool>>;
@@ -459,6 +463,9 @@ impl<T, S, B: CacheBackend<Value = T, Stats = S>> DynBackend<T, S> for B {
     }
     fn operation_timeout(&self) -> Option<Duration> {
         CacheBackend::operation_timeout(self)
+    }
+    fn on_evict(&self, hook: super::EvictionHook) -> bool {
+        CacheBackend::on_evict(self, hook)
     }
     fn release_lease<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<()>> {
         Box::pin(CacheBackend::release_lease(self, key, token))
@@ -562,6 +569,9 @@ impl<T: Clone + Send + Sync + 'static, S: serde::Serialize + Clone + Send + Sync
     }
     fn operation_timeout(&self) -> Option<Duration> {
         self.0.operation_timeout()
+    }
+    fn on_evict(&self, hook: super::EvictionHook) -> bool {
+        self.0.on_evict(hook)
     }
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
         self.0.release_lease(key, token).await

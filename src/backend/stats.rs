@@ -19,6 +19,9 @@ pub struct L1Stats {
     pub hits: u64,
     /// Reads that found nothing (or an expired entry).
     pub misses: u64,
+    /// Entries dropped to make room (capacity evictions; not expiries or
+    /// deletes). 0 from a backend that does not report them.
+    pub evictions: u64,
     /// hits / (hits + misses), 0 when there were no reads.
     pub hit_rate: f64,
     /// size / maxsize × 100.
@@ -80,6 +83,7 @@ mod tests {
             ttl: Some(1.0),
             hits: 3,
             misses: 1,
+            evictions: 0,
             hit_rate: 0.0,
             usage_percent: 0.0,
         }

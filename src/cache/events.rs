@@ -46,6 +46,14 @@ pub enum CacheEvent {
         /// Which level had nothing fresh.
         level: Level,
     },
+    /// L1 dropped `key` to make room for another entry (its capacity,
+    /// `l1_maxsize`, was reached). Expiries and deletes are not evictions.
+    /// Sent by the built-in L1 backends and by registered ones that
+    /// implement [`CacheBackend::on_evict`](crate::CacheBackend::on_evict).
+    Evicted {
+        /// The key dropped.
+        key: String,
+    },
     /// `get_or_load` answered with a stale value (fail-safe).
     StaleServed {
         /// The key read.

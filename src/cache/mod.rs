@@ -324,8 +324,17 @@ where
         let longest =
             settings.l2_ttl.max(settings.l1_ttl) + settings.fail_safe_max_duration.unwrap_or_default();
         let marker_lifetime = longest.max(crate::tags::MIN_MARKER_LIFETIME);
-        Ok(Self {
-            inner: Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner<V, A, B>>| {
+            if let Some(l1) = &l1 {
+                // A weak handle: the L1 must not keep its own cache alive.
+                let me = me.clone();
+                l1.on_evict(Arc::new(move |key| {
+                    if let Some(inner) = me.upgrade() {
+                        inner.events.emit(|| CacheEvent::Evicted { key });
+                    }
+                }));
+            }
+            Inner {
                 flights: Default::default(),
                 load: settings.load,
                 fail_safe: settings.fail_safe_max_duration.filter(|d| !d.is_zero()),
@@ -349,8 +358,9 @@ where
                 counters: Counters::default(),
                 events: Default::default(),
                 _value: PhantomData,
-            }),
-        })
+            }
+        });
+        Ok(Self { inner })
     }
 
     pub(crate) fn flights(&self) -> &crate::cache::load::Flights {

@@ -7,6 +7,10 @@
 //! - [`MemoryL2`]: an in-memory L2 backend with fault injection (fail the
 //!   next calls, freeze, add latency, drop the connection), so a service's
 //!   own tests can drive an outage and a recovery without starting Redis.
+//! - [`MemoryBackplane`]: an in-process backplane between caches standing
+//!   for instances of a service, with fault injection (latency, a freeze,
+//!   a lost connection, a flood), so cross-instance invalidation is tested
+//!   without Redis.
 //! - [`clock`]: this crate's clock, moved forward by your test (expiry,
 //!   fail-safe and breaker timeouts without sleeping).
 //!
@@ -22,8 +26,10 @@
 //! # }
 //! ```
 
+mod backplane;
 pub mod clock;
 pub mod conformance;
 mod memory_l2;
 
+pub use backplane::{MemoryBackplane, MemoryBus};
 pub use memory_l2::{Faults, MemoryL2};

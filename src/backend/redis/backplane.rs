@@ -24,12 +24,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::sync::{Mutex, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use super::push::{backoff, PushConnection};
 use super::RedisConnection;
-use crate::backplane::{BackplaneStats, Invalidate, InvalidatedBy, InvalidationBus, Notice, CHANNEL_PREFIX};
+use crate::backplane::{
+    apply_notices, BackplaneStats, Invalidate, InvalidatedBy, InvalidationBus, Notice, Targets,
+    CHANNEL_PREFIX,
+};
 use crate::breaker::CircuitBreaker;
 use crate::clock::now_ms;
 use crate::counter::Counter;
@@ -48,7 +51,7 @@ pub(crate) struct Backplane {
     instance_id: u64,
     publisher: RedisConnection,
     outbox: tokio::sync::mpsc::Sender<(String, Notice)>,
-    caches: Mutex<HashMap<String, Vec<Weak<dyn Invalidate>>>>,
+    caches: Targets,
     sent: Counter,
     received: Counter,
     applied: Counter,
@@ -81,7 +84,7 @@ impl Backplane {
             instance_id: id,
             outbox,
             publisher,
-            caches: Mutex::default(),
+            caches: Targets::default(),
             sent: Counter::default(),
             received: Counter::default(),
             applied: Counter::default(),
@@ -94,29 +97,11 @@ impl Backplane {
     }
 
     pub fn register(&self, prefix: &str, cache: Weak<dyn Invalidate>) {
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        let list = caches.entry(prefix.to_string()).or_default();
-        list.retain(|w| w.strong_count() > 0);
-        list.push(cache);
-    }
-
-    fn targets(&self, prefix: Option<&str>) -> Vec<Arc<dyn Invalidate>> {
-        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        match prefix {
-            Some(p) => caches
-                .get(p)
-                .into_iter()
-                .flatten()
-                .filter_map(Weak::upgrade)
-                .collect(),
-            None => caches.values().flatten().filter_map(Weak::upgrade).collect(),
-        }
+        self.caches.add(prefix.to_string(), cache);
     }
 
     async fn clear_all(&self) {
-        for cache in self.targets(None) {
-            cache.invalidate(None, InvalidatedBy::Backplane).await;
-        }
+        self.caches.clear_all(InvalidatedBy::Backplane).await;
     }
 
     /// Messages were dropped since the last look (`lost`): any key may be
@@ -233,29 +218,11 @@ impl Backplane {
         }
         self.received.incr();
         self.last_message_ms.store(now_ms().max(1), Relaxed);
-        let targets = self.targets(Some(prefix));
+        let targets = self.caches.of(prefix);
         if !targets.is_empty() {
             self.applied.incr();
         }
-        let clear = entries.contains(&Notice::Clear);
-        for cache in targets {
-            // Markers always apply (a clear does not cover later writes they judge).
-            for notice in &entries {
-                match notice {
-                    Notice::Mark(mark) => cache.clone().mark(mark.clone()).await,
-                    Notice::Key(key) if !clear => {
-                        cache
-                            .clone()
-                            .invalidate(Some(key.clone()), InvalidatedBy::Backplane)
-                            .await
-                    }
-                    _ => {}
-                }
-            }
-            if clear {
-                cache.invalidate(None, InvalidatedBy::Backplane).await;
-            }
-        }
+        apply_notices(targets, &entries).await;
     }
 
     /// Hands `notice` to the publisher task; the caller does not wait. The

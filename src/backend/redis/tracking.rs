@@ -59,7 +59,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::conn::OwnStores;
@@ -67,7 +67,7 @@ use super::push::{backoff, PushConnection};
 use super::topology::Node;
 use super::RedisConnection;
 use crate::backend::config::RedisMode;
-use crate::backplane::{Invalidate, InvalidatedBy, TrackingSource, TrackingStats};
+use crate::backplane::{Invalidate, InvalidatedBy, Targets, TrackingSource, TrackingStats};
 use crate::breaker::CircuitBreaker;
 use crate::counter::Counter;
 
@@ -83,7 +83,7 @@ pub const CONNECTION_NAME: &str = "resilient-cache-tracking";
 pub(crate) struct Tracker {
     data: RedisConnection,
     /// Tracked caches by namespace prefix (`<prefix>:`).
-    caches: Mutex<HashMap<String, Vec<Weak<dyn Invalidate>>>>,
+    caches: Targets,
     /// Bumped when a namespace is added: every link sets tracking up again with it.
     added: tokio::sync::watch::Sender<u64>,
     notifications: Counter,
@@ -103,7 +103,7 @@ impl Tracker {
         data.own_stores().enable();
         let tracker = Arc::new(Self {
             data: data.clone(),
-            caches: Mutex::default(),
+            caches: Targets::default(),
             added: tokio::sync::watch::Sender::new(0),
             notifications: Counter::default(),
             keys_invalidated: Counter::default(),
@@ -130,13 +130,7 @@ impl Tracker {
 
     /// Tracks `prefix`'s keys for `cache`.
     pub fn register(&self, prefix: &str, cache: Weak<dyn Invalidate>) {
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        let list = caches.entry(format!("{prefix}:")).or_default();
-        let new = list.is_empty();
-        list.retain(|w| w.strong_count() > 0);
-        list.push(cache);
-        drop(caches);
-        if new {
+        if self.caches.add(format!("{prefix}:"), cache) {
             self.added.send_modify(|generation| *generation += 1);
         }
     }
@@ -144,34 +138,17 @@ impl Tracker {
     /// The prefixes to ask Redis for. (None covers another: a namespace
     /// holds no `:`, so `a:` never starts `b:`.)
     fn prefixes(&self) -> Vec<String> {
-        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches.keys().cloned().collect()
-    }
-
-    fn all_targets(&self) -> Vec<Arc<dyn Invalidate>> {
-        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches.values().flatten().filter_map(Weak::upgrade).collect()
+        self.caches.names()
     }
 
     /// The caches whose namespace holds the Redis key `key`, each with the
     /// key as its callers spell it.
     fn owners(&self, key: &str) -> Vec<(Arc<dyn Invalidate>, String)> {
-        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches
-            .iter()
-            .filter_map(|(prefix, list)| Some((key.strip_prefix(prefix.as_str())?, list)))
-            .flat_map(|(own, list)| {
-                list.iter()
-                    .filter_map(Weak::upgrade)
-                    .map(move |c| (c, own.to_string()))
-            })
-            .collect()
+        self.caches.owners(key)
     }
 
     async fn clear_all(&self) {
-        for cache in self.all_targets() {
-            cache.invalidate(None, InvalidatedBy::Tracking).await;
-        }
+        self.caches.clear_all(InvalidatedBy::Tracking).await;
     }
 
     /// A link was (re-)established after notifications may have been
