@@ -3,12 +3,15 @@
 //! Each scenario of ours runs beside its raw baseline in this same process, at
 //! concurrency 1 and 64: `l1_hit` (vs quick_cache's get, same `Arc<User>`
 //! value), `l2_hit` with L1 off (vs a raw `GET` + MessagePack decode on a
-//! `ConnectionManager`), `miss`, `set` (vs encode + `SET PX`) and `mixed`
+//! `ConnectionManager`), `miss`, `set` (vs encode + `SET PX`), `set_plain`
+//! (`set` without lease fence and backplane), `set_many` of 100 keys (vs one
+//! pipeline of 100 `SET PX`) and `mixed`
 //! (90 % get / 10 % set over 100,000 keys, Zipf-like, L1 + L2, vs raw Redis).
 //! Starts its own `redis-server` unless `--redis-url` is given.
 //!
 //! Options: `--json PATH`, `--redis-url URL`, `--run-ms N` (1500),
-//! `--repeats N` (3; medians are reported), `--concurrency 1,64`.
+//! `--repeats N` (3; medians are reported), `--concurrency 1,64`,
+//! `--only l1_hit,set,…` (those scenarios only).
 
 use resilient_cache_testkit as common;
 
@@ -52,7 +55,7 @@ fn live() -> usize {
 
 fn main() {
     let mut args =
-        Args::new("loadgen [--json PATH] [--redis-url URL] [--run-ms N] [--repeats N] [--concurrency 1,64]");
+        Args::new("loadgen [--json PATH] [--redis-url URL] [--run-ms N] [--repeats N] [--concurrency 1,64] [--only SCENARIO,...]");
     let mut p = LoadParams::default();
     let mut json = None;
     while let Some(flag) = args.next_flag() {
@@ -72,6 +75,13 @@ fn main() {
                             .max(1)
                     })
                     .collect();
+            }
+            "--only" => {
+                p.only = args
+                    .value(&flag)
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect()
             }
             other => args.fail(&format!("unknown option {other}")),
         }

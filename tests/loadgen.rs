@@ -21,7 +21,15 @@ async fn loadgen_smoke() {
     )
     .await;
     let names: Vec<_> = report.scenarios.iter().map(|s| (s.name, s.concurrency)).collect();
-    for name in ["l1_hit", "l2_hit", "miss", "set", "mixed"] {
+    for name in [
+        "l1_hit",
+        "l2_hit",
+        "miss",
+        "set",
+        "set_plain",
+        "set_many",
+        "mixed",
+    ] {
         for c in [1, 4] {
             assert!(names.contains(&(name, c)), "{name} at {c}: {names:?}");
         }
@@ -31,4 +39,22 @@ async fn loadgen_smoke() {
     }
     assert_eq!(report.l2_commands_per_get, 1.0);
     assert!(report.vs_original.contains_key("l2_hit_c1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_scenarios_asked_for_run() {
+    let report = run(
+        LoadParams {
+            run: Duration::from_millis(30),
+            repeats: 1,
+            concurrencies: vec![2],
+            only: vec!["set_many".into(), "l1_hit".into()],
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let mut names: Vec<_> = report.scenarios.iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, ["l1_hit", "set_many"]);
 }

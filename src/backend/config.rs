@@ -6,8 +6,66 @@ use std::time::Duration;
 
 use crate::keys::{redact_url, Secret};
 
-/// Which in-process backend L1 uses (`CACHE_L1_BACKEND`). Names are read
-/// by `FromStr` (in [`registry`](super::registry)), which knows the registered ones.
+/// A level's backend kind: its built-in variants by name, and the
+/// registered ones. Generates the name, the feature, availability, `Display`,
+/// `Serialize` and `FromStr` (built-in names first, then the registry).
+macro_rules! backend_kind {
+    ($kind:ident, feature = $feature:literal, registry = $registry:ident, [$($variant:ident => $name:literal),+]) => {
+        impl $kind {
+            /// The built-in names, lowercase.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// The stable, lowercase name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                    Self::Registered(name) => name,
+                }
+            }
+
+            /// The Cargo feature a built-in backend needs (none for a registered one).
+            pub fn feature(self) -> &'static str {
+                match self {
+                    Self::Registered(_) => "",
+                    _ => $feature,
+                }
+            }
+
+            /// Whether this build has the backend: a built-in one compiled in, or a registered one.
+            pub fn is_available(self) -> bool {
+                matches!(self, Self::Registered(_)) || cfg!(feature = $feature)
+            }
+        }
+
+        impl fmt::Display for $kind {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl serde::Serialize for $kind {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        /// A configuration value: trimmed and lower-cased, a built-in name
+        /// or a registered one; otherwise an error listing every accepted name.
+        impl std::str::FromStr for $kind {
+            type Err = crate::error::Error;
+
+            fn from_str(s: &str) -> crate::error::Result<Self> {
+                let registry = &super::registry::$registry;
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    other => registry.name(other).map(Self::Registered).ok_or_else(|| registry.unknown(s)),
+                }
+            }
+        }
+    };
+}
+
+/// Which in-process backend L1 uses (`CACHE_L1_BACKEND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum L1BackendKind {
     /// `ttl`: bounded size, every entry expires after the L1 TTL (the default).
@@ -20,47 +78,9 @@ pub enum L1BackendKind {
     Registered(&'static str),
 }
 
-impl L1BackendKind {
-    /// The built-in names, lowercase.
-    pub const NAMES: &'static [&'static str] = &["ttl", "lru"];
+backend_kind!(L1BackendKind, feature = "l1", registry = L1, [Ttl => "ttl", Lru => "lru"]);
 
-    /// The stable, lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ttl => "ttl",
-            Self::Lru => "lru",
-            Self::Registered(name) => name,
-        }
-    }
-
-    /// The Cargo feature a built-in backend needs (none for a registered one).
-    pub fn feature(self) -> &'static str {
-        match self {
-            Self::Registered(_) => "",
-            _ => "l1",
-        }
-    }
-
-    /// Whether this build has the backend: a built-in one compiled in, or a registered one.
-    pub fn is_available(self) -> bool {
-        matches!(self, Self::Registered(_)) || cfg!(feature = "l1")
-    }
-}
-
-impl fmt::Display for L1BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl serde::Serialize for L1BackendKind {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-/// Which server L2 talks to (`CACHE_L2_BACKEND`). Names are read by
-/// `FromStr` (in [`registry`](super::registry)), which knows the registered ones.
+/// Which server L2 talks to (`CACHE_L2_BACKEND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum L2BackendKind {
     /// `redis`: Redis 6 or newer (the default).
@@ -73,47 +93,12 @@ pub enum L2BackendKind {
     Registered(&'static str),
 }
 
+backend_kind!(L2BackendKind, feature = "redis", registry = L2, [Redis => "redis", Valkey => "valkey"]);
+
 impl L2BackendKind {
-    /// The built-in names, lowercase.
-    pub const NAMES: &'static [&'static str] = &["redis", "valkey"];
-
-    /// The stable, lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Redis => "redis",
-            Self::Valkey => "valkey",
-            Self::Registered(name) => name,
-        }
-    }
-
-    /// The Cargo feature a built-in backend needs (none for a registered one).
-    pub fn feature(self) -> &'static str {
-        match self {
-            Self::Registered(_) => "",
-            _ => "redis",
-        }
-    }
-
-    /// Whether this build has the backend: a built-in one compiled in, or a registered one.
-    pub fn is_available(self) -> bool {
-        matches!(self, Self::Registered(_)) || cfg!(feature = "redis")
-    }
-
     /// Whether this is Redis or Valkey (the backplane is Redis pub/sub).
     pub fn is_redis(self) -> bool {
         !matches!(self, Self::Registered(_))
-    }
-}
-
-impl fmt::Display for L2BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl serde::Serialize for L2BackendKind {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
     }
 }
 

@@ -36,7 +36,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -57,28 +56,90 @@ type L2Factory = dyn Fn(&L2Config) -> Result<RegisteredL2> + Send + Sync;
 /// What makes a registered L1 backend for one cache, from that cache's L1 settings.
 type L1Factory = dyn Fn(&L1Config) -> Result<Registered<AnyValue, L1Stats>> + Send + Sync;
 
-static L2_REGISTRY: RwLock<BTreeMap<&'static str, Arc<L2Factory>>> = RwLock::new(BTreeMap::new());
-static L1_REGISTRY: RwLock<BTreeMap<&'static str, Arc<L1Factory>>> = RwLock::new(BTreeMap::new());
+/// The registered L2 backends (`CACHE_L2_BACKEND`).
+pub(crate) static L2: Registry<L2Factory> =
+    Registry::new(L2BackendKind::NAMES, keys::L2_BACKEND, cfg!(feature = "redis"));
+/// The registered L1 backends (`CACHE_L1_BACKEND`).
+pub(crate) static L1: Registry<L1Factory> =
+    Registry::new(L1BackendKind::NAMES, keys::L1_BACKEND, cfg!(feature = "l1"));
 
-/// The L2 names built into this crate (whether or not their feature is compiled in).
-const BUILT_IN_L2: &[&str] = &["redis", "valkey"];
-/// The L1 names built into this crate.
-const BUILT_IN_L1: &[&str] = &["ttl", "lru"];
+/// One level's backends registered by name, beside its built-in ones.
+pub(crate) struct Registry<F: ?Sized> {
+    factories: RwLock<BTreeMap<&'static str, Arc<F>>>,
+    built_in: &'static [&'static str],
+    /// The configuration key that names a backend of this level.
+    key: &'static str,
+    /// Whether the built-in ones are compiled in.
+    compiled: bool,
+}
 
-/// Checks `name` for a new registration (in either registry) and leaks it:
-/// names live as long as the process, as the registries do.
-fn new_name(name: &str, key: &str, taken: bool) -> Result<&'static str> {
-    const ALLOWED: &str = "a new name: lowercase ASCII letters, digits, '_' or '-', at most 64, \
-                           not a built-in backend's name nor one registered already";
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !valid || taken || BUILT_IN_L2.contains(&name) || BUILT_IN_L1.contains(&name) {
-        return Err(config_err(key, name, ALLOWED));
+impl<F: ?Sized> Registry<F> {
+    const fn new(built_in: &'static [&'static str], key: &'static str, compiled: bool) -> Self {
+        Self {
+            factories: RwLock::new(BTreeMap::new()),
+            built_in,
+            key,
+            compiled,
+        }
     }
-    Ok(Box::leak(name.to_string().into_boxed_str()))
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<&'static str, Arc<F>>> {
+        self.factories.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The registered name equal to `name`, if any.
+    pub fn name(&self, name: &str) -> Option<&'static str> {
+        self.read().get_key_value(name).map(|(k, _)| *k)
+    }
+
+    /// Registers `factory` under `name`, if the name is valid and free in
+    /// this registry and in `other` (names are unique across levels); the
+    /// name is leaked, to live as long as the registry.
+    fn insert<G: ?Sized>(&self, name: &str, factory: Arc<F>, other: &Registry<G>) -> Result<()> {
+        const ALLOWED: &str = "a new name: lowercase ASCII letters, digits, '_' or '-', at most 64, \
+                               not a built-in backend's name nor one registered already";
+        let mut factories = self.factories.write().unwrap_or_else(|p| p.into_inner());
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        let taken = factories.contains_key(name)
+            || other.name(name).is_some()
+            || self.built_in.contains(&name)
+            || other.built_in.contains(&name);
+        if !valid || taken {
+            return Err(config_err(self.key, name, ALLOWED));
+        }
+        factories.insert(Box::leak(name.to_string().into_boxed_str()), factory);
+        Ok(())
+    }
+
+    /// The factory registered as `name`, or a configuration error.
+    fn factory(&self, name: &str) -> Result<Arc<F>> {
+        self.read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| config_err(self.key, name, "a registered backend"))
+    }
+
+    /// Every name usable now: the built-in ones compiled in, then the registered ones.
+    fn usable(&self) -> Vec<&'static str> {
+        let mut names = if self.compiled {
+            self.built_in.to_vec()
+        } else {
+            Vec::new()
+        };
+        names.extend(self.read().keys());
+        names
+    }
+
+    /// The error for a name no backend answers to: every accepted name listed.
+    pub fn unknown(&self, given: &str) -> Error {
+        let mut names = self.built_in.to_vec();
+        names.extend(self.read().keys());
+        config_err(self.key, given, format!("one of: {}", names.join(", ")))
+    }
 }
 
 /// Registers an L2 backend under `name`: `factory` makes one for each cache
@@ -93,14 +154,8 @@ where
     B: CacheBackend<Value = Vec<u8>, Stats = L2Stats>,
     F: Fn(&L2Config) -> Result<B> + Send + Sync + 'static,
 {
-    let mut registry = L2_REGISTRY.write().unwrap_or_else(|p| p.into_inner());
-    let taken = registry.contains_key(name) || registered_l1(name).is_some();
-    let name = new_name(name, keys::L2_BACKEND, taken)?;
-    registry.insert(
-        name,
-        Arc::new(move |config: &L2Config| factory(config).map(RegisteredL2::new)),
-    );
-    Ok(())
+    let factory = move |config: &L2Config| factory(config).map(RegisteredL2::new);
+    L2.insert(name, Arc::new(factory), &L1)
 }
 
 /// Registers an L1 backend under `name`: `factory` makes one for each cache
@@ -124,55 +179,22 @@ where
     B: CacheBackend<Value = AnyValue, Stats = L1Stats>,
     F: Fn(&L1Config) -> Result<B> + Send + Sync + 'static,
 {
-    let mut registry = L1_REGISTRY.write().unwrap_or_else(|p| p.into_inner());
-    let taken = registry.contains_key(name) || registered_l2(name).is_some();
-    let name = new_name(name, keys::L1_BACKEND, taken)?;
-    registry.insert(
-        name,
-        Arc::new(move |config: &L1Config| factory(config).map(Registered::new)),
-    );
-    Ok(())
-}
-
-/// The registered L2 name equal to `name`, if any.
-pub(crate) fn registered_l2(name: &str) -> Option<&'static str> {
-    let registry = L2_REGISTRY.read().unwrap_or_else(|p| p.into_inner());
-    registry.get_key_value(name).map(|(k, _)| *k)
-}
-
-/// The registered L1 name equal to `name`, if any.
-pub(crate) fn registered_l1(name: &str) -> Option<&'static str> {
-    let registry = L1_REGISTRY.read().unwrap_or_else(|p| p.into_inner());
-    registry.get_key_value(name).map(|(k, _)| *k)
+    let factory = move |config: &L1Config| factory(config).map(Registered::new);
+    L1.insert(name, Arc::new(factory), &L2)
 }
 
 /// Builds the registered L2 backend `name` for one cache.
 pub(crate) fn build_l2(name: &str, config: &L2Config) -> Result<RegisteredL2> {
-    let factory = L2_REGISTRY
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(name)
-        .cloned();
-    match factory {
-        Some(factory) => factory(config),
-        None => Err(config_err(keys::L2_BACKEND, name, "a registered backend")),
-    }
+    L2.factory(name)?(config)
 }
 
 /// Builds the registered L1 backend `name` for one cache of `V` values.
 pub(crate) fn build_l1<V: Send + Sync + 'static>(name: &str, config: &L1Config) -> Result<RegisteredL1<V>> {
-    let factory = L1_REGISTRY
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(name)
-        .cloned();
-    match factory {
-        Some(factory) => factory(config).map(|inner| RegisteredL1 {
-            inner,
-            values: PhantomData,
-        }),
-        None => Err(config_err(keys::L1_BACKEND, name, "a registered backend")),
-    }
+    let inner = L1.factory(name)?(config)?;
+    Ok(RegisteredL1 {
+        inner,
+        values: PhantomData,
+    })
 }
 
 /// The backend names a configuration may use in this process.
@@ -186,54 +208,9 @@ pub struct BackendNames {
 
 /// Every backend name usable now.
 pub fn list_backends() -> BackendNames {
-    let mut l1 = if cfg!(feature = "l1") {
-        BUILT_IN_L1.to_vec()
-    } else {
-        Vec::new()
-    };
-    l1.extend(L1_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
-    let mut l2 = if cfg!(feature = "redis") {
-        BUILT_IN_L2.to_vec()
-    } else {
-        Vec::new()
-    };
-    l2.extend(L2_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
-    BackendNames { l1, l2 }
-}
-
-/// A `CACHE_L2_BACKEND` value: trimmed and lower-cased, a built-in name or a
-/// registered one; otherwise an error listing every accepted name.
-impl FromStr for L2BackendKind {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "redis" => Ok(Self::Redis),
-            "valkey" => Ok(Self::Valkey),
-            other => registered_l2(other).map(Self::Registered).ok_or_else(|| {
-                let mut names = BUILT_IN_L2.to_vec();
-                names.extend(L2_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
-                config_err(keys::L2_BACKEND, s, format!("one of: {}", names.join(", ")))
-            }),
-        }
-    }
-}
-
-/// A `CACHE_L1_BACKEND` value: trimmed and lower-cased, a built-in name or a
-/// registered one; otherwise an error listing every accepted name.
-impl FromStr for L1BackendKind {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "ttl" => Ok(Self::Ttl),
-            "lru" => Ok(Self::Lru),
-            other => registered_l1(other).map(Self::Registered).ok_or_else(|| {
-                let mut names = BUILT_IN_L1.to_vec();
-                names.extend(L1_REGISTRY.read().unwrap_or_else(|p| p.into_inner()).keys());
-                config_err(keys::L1_BACKEND, s, format!("one of: {}", names.join(", ")))
-            }),
-        }
+    BackendNames {
+        l1: L1.usable(),
+        l2: L2.usable(),
     }
 }
 

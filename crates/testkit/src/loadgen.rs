@@ -47,6 +47,14 @@ pub struct LoadParams {
     pub concurrencies: Vec<usize>,
     pub mixed_keys: usize,
     pub bytes_entries: usize,
+    /// Scenarios to run (all when empty).
+    pub only: Vec<String>,
+}
+
+impl LoadParams {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
 }
 
 impl Default for LoadParams {
@@ -58,6 +66,7 @@ impl Default for LoadParams {
             concurrencies: vec![1, 64],
             mixed_keys: 100_000,
             bytes_entries: 100_000,
+            only: Vec::new(),
         }
     }
 }
@@ -209,6 +218,9 @@ fn keys(n: usize, prefix: &str) -> Arc<Vec<String>> {
     Arc::new((0..n).map(|i| format!("{prefix}{i}")).collect())
 }
 
+/// Keys per `set_many` batch in the `set_many` scenario.
+const SET_MANY: usize = 100;
+
 /// A Zipf-like index in 0..n (exponent ~1): rank r has weight ~1/r.
 fn zipf(i: u64, n: usize) -> usize {
     let u = ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64) / ((1u64 << 53) as f64);
@@ -283,25 +295,27 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             Box::leak(hot.to_vec().into_boxed_slice()),
         );
         let raw = raw_l1;
-        scenarios.push(
-            compare(
-                &p,
-                "l1_hit",
-                c,
-                64,
-                // 1024 keys: a mask, not a division, so the harness costs ~nothing.
-                move |i| async move {
-                    std::hint::black_box(cache.get(&ks[i as usize & 1023]).await);
-                },
-                move |i| {
-                    let v = raw.get(ks[i as usize & 1023].as_str());
-                    async move {
-                        std::hint::black_box(v);
-                    }
-                },
-            )
-            .await,
-        );
+        if p.wants("l1_hit") {
+            scenarios.push(
+                compare(
+                    &p,
+                    "l1_hit",
+                    c,
+                    64,
+                    // 1024 keys: a mask, not a division, so the harness costs ~nothing.
+                    move |i| async move {
+                        std::hint::black_box(cache.get(&ks[i as usize & 1023]).await);
+                    },
+                    move |i| {
+                        let v = raw.get(ks[i as usize & 1023].as_str());
+                        async move {
+                            std::hint::black_box(v);
+                        }
+                    },
+                )
+                .await,
+            );
+        }
 
         let (cache, ks, conn, rk, ser) = (
             l2.clone(),
@@ -310,56 +324,63 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             raw_keys.clone(),
             msgpack.clone(),
         );
-        scenarios.push(
-            compare(
-                &p,
-                "l2_hit",
-                c,
-                1,
-                move |i| {
-                    let (cache, ks) = (cache.clone(), ks.clone());
-                    async move {
-                        assert!(cache.get(&ks[i as usize % ks.len()]).await.is_some());
-                    }
-                },
-                move |i| {
-                    let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
-                    async move {
-                        let b = raw_get(&mut conn, &rk[i as usize % rk.len()]).await;
-                        assert!(ser.decode::<User>(&b.unwrap()).is_ok());
-                    }
-                },
-            )
-            .await,
-        );
+        if p.wants("l2_hit") {
+            scenarios.push(
+                compare(
+                    &p,
+                    "l2_hit",
+                    c,
+                    1,
+                    move |i| {
+                        let (cache, ks) = (cache.clone(), ks.clone());
+                        async move {
+                            assert!(cache.get(&ks[i as usize % ks.len()]).await.is_some());
+                        }
+                    },
+                    move |i| {
+                        let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
+                        async move {
+                            let b = raw_get(&mut conn, &rk[i as usize % rk.len()]).await;
+                            assert!(ser.decode::<User>(&b.unwrap()).is_ok());
+                        }
+                    },
+                )
+                .await,
+            );
+        }
 
         let (cache, ks, conn, rk) = (l1.clone(), absent.clone(), raw_conn.clone(), raw_absent.clone());
-        scenarios.push(
-            compare(
-                &p,
-                "miss",
-                c,
-                1,
-                move |i| {
-                    let (cache, ks) = (cache.clone(), ks.clone());
-                    async move {
-                        assert!(cache.get(&ks[i as usize % ks.len()]).await.is_none());
-                    }
-                },
-                move |i| {
-                    let (mut conn, rk) = (conn.clone(), rk.clone());
-                    async move {
-                        let b = raw_get(&mut conn, &rk[i as usize % rk.len()]).await;
-                        assert!(b.is_none());
-                    }
-                },
-            )
-            .await,
-        );
+        if p.wants("miss") {
+            scenarios.push(
+                compare(
+                    &p,
+                    "miss",
+                    c,
+                    1,
+                    move |i| {
+                        let (cache, ks) = (cache.clone(), ks.clone());
+                        async move {
+                            assert!(cache.get(&ks[i as usize % ks.len()]).await.is_none());
+                        }
+                    },
+                    move |i| {
+                        let (mut conn, rk) = (conn.clone(), rk.clone());
+                        async move {
+                            let b = raw_get(&mut conn, &rk[i as usize % rk.len()]).await;
+                            assert!(b.is_none());
+                        }
+                    },
+                )
+                .await,
+            );
+        }
 
         // `set` as configured by default (backplane announcement + lease fence),
         // then `set_plain` without either: what those two cost.
         for (name, cache) in [("set", l1.clone()), ("set_plain", plain.clone())] {
+            if !p.wants(name) {
+                continue;
+            }
             let (ks, conn, rk, ser) = (
                 hot.clone(),
                 raw_conn.clone(),
@@ -391,7 +412,56 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             );
         }
 
+        // `set_many` of 100 keys (default cache: fence and backplane on) vs
+        // one raw pipeline of the same 100 `SET PX`.
+        if p.wants("set_many") {
+            let (cache, ks, conn, rk, ser) = (
+                l1.clone(),
+                hot.clone(),
+                raw_conn.clone(),
+                keys(1024, "lg-l1:"),
+                msgpack.clone(),
+            );
+            scenarios.push(
+                compare(
+                    &p,
+                    "set_many",
+                    c,
+                    1,
+                    move |i| {
+                        let (cache, ks) = (cache.clone(), ks.clone());
+                        async move {
+                            let first = (i as usize * SET_MANY) % (ks.len() - SET_MANY);
+                            let entries = (first..first + SET_MANY).map(|n| (&ks[n], user(n as u64)));
+                            cache.set_many(entries).await;
+                        }
+                    },
+                    move |i| {
+                        let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
+                        async move {
+                            let first = (i as usize * SET_MANY) % (rk.len() - SET_MANY);
+                            let mut pipe = redis::pipe();
+                            for n in first..first + SET_MANY {
+                                let bytes = ser.encode(&user(n as u64)).unwrap();
+                                pipe.cmd("SET")
+                                    .arg(&rk[n])
+                                    .arg(bytes)
+                                    .arg("PX")
+                                    .arg(600_000)
+                                    .ignore();
+                            }
+                            let _: () = pipe.query_async(&mut conn).await.unwrap();
+                        }
+                    },
+                )
+                .await,
+            );
+        }
+
         // Mixed: 90 % get / 10 % set over many keys, Zipf-like; ours has L1 in front.
+        if !p.wants("mixed") {
+            continue;
+        }
         let mixed: Cache<User> = service
             .create_cache(
                 CacheOptions::new("lg-mixed")
@@ -446,8 +516,8 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
     }
 
     let (l1_bytes_per_entry, raw_l1_bytes_per_entry) = match allocated {
-        Some(counter) => bytes_per_entry(&service, counter, p.bytes_entries).await,
-        None => (f64::NAN, f64::NAN),
+        Some(counter) if p.only.is_empty() => bytes_per_entry(&service, counter, p.bytes_entries).await,
+        _ => (f64::NAN, f64::NAN),
     };
     let find = |name: &str, c: usize| {
         scenarios
