@@ -330,7 +330,7 @@ async fn overlapping_batches_and_single_calls_load_each_key_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_many_while_a_batch_loads_leaves_nothing_stale() {
+async fn a_delete_many_or_set_many_while_a_batch_loads_leaves_nothing_stale() {
     let redis = RedisServer::start();
     let service = CacheService::new(redis.config()).await.unwrap();
     let c = service.create_cache::<String>(opts("race")).unwrap();
@@ -340,7 +340,7 @@ async fn a_delete_many_while_a_batch_loads_leaves_nothing_stale() {
     let started = Arc::new(AtomicUsize::new(0));
     let (c1, g1, s1) = (c.clone(), gate.clone(), started.clone());
     let load = tokio::spawn(async move {
-        c1.get_or_load_many(["x", "y", "z"], move |keys: Vec<String>| async move {
+        c1.get_or_load_many(["x", "y", "z", "w"], move |keys: Vec<String>| async move {
             s1.fetch_add(1, SeqCst);
             g1.notified().await;
             // Read from the source before the delete: now out of date.
@@ -356,9 +356,15 @@ async fn a_delete_many_while_a_batch_loads_leaves_nothing_stale() {
     // Here: on this instance, and on another one (the lease fence).
     c.delete_many(["x"]).await;
     other.delete_many(["y"]).await;
+    other.set_many([("w", "fresh".to_string())]).await;
     gate.notify_waiters();
     let got = load.await.unwrap().unwrap();
-    assert_eq!(got.len(), 3, "the callers of the load still get its values");
+    assert_eq!(got.len(), 4, "the callers of the load still get its values");
+    assert_eq!(
+        redis.get_raw("race:w"),
+        Some(b"\"fresh\"".to_vec()),
+        "not stored over another instance's set_many"
+    );
     assert_eq!(redis.get_raw("race:x"), None, "not stored over a local delete");
     assert_eq!(
         redis.get_raw("race:y"),
@@ -372,7 +378,7 @@ async fn a_delete_many_while_a_batch_loads_leaves_nothing_stale() {
     );
     assert_eq!(c.get("x").await, None);
     assert_eq!(c.get("y").await, None);
-    assert!(c.loader_stats().stale_writes_prevented >= 2);
+    assert!(c.loader_stats().stale_writes_prevented >= 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

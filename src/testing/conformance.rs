@@ -507,12 +507,26 @@ where
     ensure(got.as_ref() == Some(&v(1)), || {
         format!("the leased store is not readable: get returned {got:?}")
     })?;
-    for (token, write) in [(3, "set"), (4, "delete"), (5, "clear")] {
+    let writes = [
+        (3, "set"),
+        (4, "delete"),
+        (5, "clear"),
+        (10, "set_many"),
+        (11, "delete_many"),
+    ];
+    for (token, write) in writes {
         call("lease", b.lease("l", token, hold, false).await)?;
         match write {
             "set" => call("set", b.set("l", v(2), None).await)?,
             "delete" => {
                 call("delete", b.delete("l").await)?;
+            }
+            "set_many" => call(
+                "set_many",
+                b.set_many(vec![("l2", v(4), None), ("l", v(2), None)]).await,
+            )?,
+            "delete_many" => {
+                call("delete_many", b.delete_many(&["l2", "l"]).await)?;
             }
             _ => {
                 call("clear", b.clear().await)?;
@@ -525,7 +539,7 @@ where
         ensure(stored == Some(false), || {
             format!(
                 "a value loaded under a lease was stored after a {write} of its key ({stored:?}): \
-                 every set, delete and clear ends the key's lease"
+                 every set, delete and clear (and their batch forms) ends the key's lease"
             )
         })?;
     }

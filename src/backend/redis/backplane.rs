@@ -209,13 +209,14 @@ impl Backplane {
         let Some(prefix) = channel.strip_prefix(CHANNEL_PREFIX.as_bytes()) else {
             return;
         };
-        let (Ok(prefix), Some((id, entries))) = (std::str::from_utf8(prefix), Self::decode(payload)) else {
-            return;
-        };
-        if id == self.instance_id {
+        // Own messages are recognised by their first 8 bytes, before any decoding.
+        if payload.get(..8) == Some(&self.instance_id.to_be_bytes()[..]) {
             self.own_ignored.incr();
             return;
         }
+        let (Ok(prefix), Some((_, entries))) = (std::str::from_utf8(prefix), Self::decode(payload)) else {
+            return;
+        };
         self.received.incr();
         self.last_message_ms.store(now_ms().max(1), Relaxed);
         let targets = self.caches.of(prefix);
