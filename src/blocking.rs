@@ -105,9 +105,10 @@ impl<V: CacheValue> Cache<V> {
     /// lookup steps as the async `get`, in the same order.
     pub fn get(&self, key: impl AsRef<str>) -> Option<Arc<V>> {
         let key = key.as_ref();
-        match self.inner.lookup_now(key, false) {
-            LookupStep::Done(found) => found.fresh(),
-            step => self
+        match self.inner.get_now(key) {
+            Ok(value) => Some(value),
+            Err(LookupStep::Done(found)) => found.fresh(),
+            Err(step) => self
                 .rt
                 .block_on(self.inner.lookup_on(key, step, &mut NoBudget))
                 .fresh(),

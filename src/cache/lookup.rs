@@ -92,11 +92,31 @@ where
         let key = key.as_ref();
         // `lookup`'s two steps, spelled out, and a hit returned from inside
         // the match: see "Performance notes" in the module docs of `cache`.
-        let step = match self.lookup_now(key, false) {
-            LookupStep::Done(found) => return found.fresh(),
-            step => step,
+        let step = match self.get_now(key) {
+            Ok(value) => return Some(value),
+            Err(LookupStep::Done(found)) => return found.fresh(),
+            Err(step) => step,
         };
         self.lookup_on(key, step, &mut NoBudget).await.fresh()
+    }
+
+    /// `get`'s first step: an L1 hit as the value itself (`Ok`), else the
+    /// lookup's next step. In a cache without fail-safe (no logical TTL to
+    /// check), a hit never builds a `Found`, so what `get` reads back is one
+    /// pointer.
+    #[inline(always)]
+    pub(crate) fn get_now(&self, key: &str) -> Result<Arc<V>, LookupStep<V>> {
+        if self.inner.fail_safe.is_some() || self.check_key(key).is_err() {
+            return Err(self.lookup_now(key, false));
+        }
+        match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
+            Some(Some(Some((value, _)))) => {
+                self.observe_l1_hit(key);
+                Ok(value)
+            }
+            Some(Some(None)) => Err(self.after_l1(key, false, None)),
+            _ => Err(self.lookup_now(key, false)),
+        }
     }
 
     /// What the cache holds for `key`: fresh, stale (fail-safe caches only),
@@ -122,7 +142,9 @@ where
         let stale = match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
             Some(Some(read)) => match self.l1_verdict(read, want_ttl) {
                 Ok(found) => {
-                    self.observe(key, &found, Level::L1);
+                    // Told without a reference to `found`, which would keep
+                    // it in memory (see "Performance notes" in `cache`).
+                    self.observe_l1_hit(key);
                     return LookupStep::Done(found);
                 }
                 Err(stale) => stale,
@@ -130,6 +152,13 @@ where
             Some(None) => return LookupStep::AwaitL1 { want_ttl },
             None => None,
         };
+        self.after_l1(key, want_ttl, stale)
+    }
+
+    /// The step after L1 had no fresh entry for `key` (`stale` is its
+    /// fail-safe entry, if any): the answer when there is no L2, else ask L2.
+    #[inline]
+    fn after_l1(&self, key: &str, want_ttl: bool, stale: Option<Arc<V>>) -> LookupStep<V> {
         if self.inner.l2.is_none() {
             let found = stale.map_or(Found::Miss, Found::Stale);
             self.observe(key, &found, Level::L1);
@@ -208,6 +237,15 @@ where
                 key: key.to_string(),
                 level: asked,
             },
+        });
+    }
+
+    /// Tells subscribers that L1 answered with a fresh entry.
+    #[inline(always)]
+    pub(super) fn observe_l1_hit(&self, key: &str) {
+        self.inner.events.emit(|| CacheEvent::Hit {
+            key: key.to_string(),
+            level: Level::L1,
         });
     }
 

@@ -501,7 +501,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                     .l1_ttl(Duration::from_secs(30)),
             )
             .unwrap();
-        let (mk, rmk) = (keys(p.mixed_keys, ""), keys(p.mixed_keys, "lg-mixed:"));
+        let (mk, rmk) = (keys(p.mixed_keys, ""), keys(p.mixed_keys, "raw-mixed:"));
         let (cache, ks, conn, rk, ser) = (
             mixed.clone(),
             mk.clone(),
