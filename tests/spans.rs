@@ -1,59 +1,36 @@
 //! L2 calls and loads are `tracing` spans with OpenTelemetry's field names,
 //! so a service that bridges `tracing` to OpenTelemetry gets client spans
-//! for its cache with no glue. A real server; the subscriber below records
-//! each span's name and fields.
+//! for its cache with no glue. Checked through OpenTelemetry's own SDK
+//! (`tracing-opentelemetry` into an in-memory exporter), against a real server.
 
 use resilient_cache_testkit as common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::RedisServer;
+use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use resilient_cache::{CacheOptions, CacheService};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::layer::SubscriberExt;
 
-type Spans = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
-
-/// Records every new span: its name and its fields as text.
-struct Recorder(Spans);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-}
-
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let mut spans = self.0.lock().unwrap();
-        spans.push((attrs.metadata().name().to_string(), fields));
-        Id::from_u64(spans.len() as u64)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &Event<'_>) {}
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
+fn attributes(span: &SpanData) -> BTreeMap<String, String> {
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.as_str().to_string(), kv.value.to_string()))
+        .collect()
 }
 
 #[test]
-fn l2_calls_and_loads_are_spans_with_opentelemetry_fields() {
+fn l2_calls_and_loads_are_opentelemetry_client_spans() {
     let redis = RedisServer::start();
-    let spans: Spans = Arc::default();
-    let _guard = tracing::subscriber::set_default(Recorder(spans.clone()));
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("spans-test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
     // One thread: every task runs under the subscriber set above.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -65,37 +42,57 @@ fn l2_calls_and_loads_are_spans_with_opentelemetry_fields() {
             .create_cache::<String>(CacheOptions::new("spans").l2_ttl(Duration::from_secs(60)))
             .unwrap();
         c.set("k", "v".into()).await;
-        c.get_or_load("loaded", async || Ok::<_, std::io::Error>("l".to_string()))
-            .await
-            .unwrap();
+        // The caller's own span (a request, say): the load is its child.
+        let request = tracing::info_span!("request");
+        tracing::Instrument::instrument(
+            c.get_or_load("loaded", async || Ok::<_, std::io::Error>("l".to_string())),
+            request,
+        )
+        .await
+        .unwrap();
     });
-    let spans = spans.lock().unwrap();
-    let client: Vec<&BTreeMap<String, String>> = spans
-        .iter()
-        .filter(|(name, _)| name == "redis")
-        .map(|(_, f)| f)
-        .collect();
-    assert!(!client.is_empty(), "no L2 span among {spans:?}");
-    for f in &client {
-        assert_eq!(f["db.system"], "redis");
-        assert_eq!(f["otel.kind"], "client");
-        assert_eq!(f["db.namespace"], "0");
-        assert!(f["server.address"].contains("127.0.0.1"), "{f:?}");
+    drop(rt);
+    let spans = exporter.get_finished_spans().unwrap();
+    let client: Vec<&SpanData> = spans.iter().filter(|s| s.span_kind == SpanKind::Client).collect();
+    assert!(!client.is_empty(), "no client span among {spans:?}");
+    for span in &client {
+        let a = attributes(span);
+        assert_eq!(a["db.system"], "redis", "{a:?}");
+        assert_eq!(a["db.namespace"], "0", "{a:?}");
+        assert_eq!(
+            a["db.operation.name"], span.name,
+            "the span is named by its operation"
+        );
+        assert!(a["server.address"].contains("127.0.0.1"), "{a:?}");
     }
-    let operations: Vec<&str> = client.iter().map(|f| f["db.operation.name"].as_str()).collect();
-    assert!(
-        operations.contains(&"SET"),
-        "the write is a SET span: {operations:?}"
-    );
-    assert!(
-        operations.contains(&"EVALSHA"),
-        "the load's fenced store: {operations:?}"
-    );
+    let names: Vec<&str> = client.iter().map(|s| s.name.as_ref()).collect();
+    assert!(names.contains(&"SET"), "the write is a SET span: {names:?}");
     let load = spans
         .iter()
-        .find(|(name, _)| name == "resilient_cache.load")
-        .map(|(_, f)| f)
+        .find(|s| s.name == "resilient_cache.load")
         .expect("a load span");
-    assert_eq!(load["cache.namespace"], "spans");
-    assert_eq!(load["cache.keys"], "1");
+    let a = attributes(load);
+    assert_eq!(
+        (a["cache.namespace"].as_str(), a["cache.keys"].as_str()),
+        ("spans", "1")
+    );
+    let store = client
+        .iter()
+        .find(|s| s.name == "EVALSHA")
+        .expect("the load's fenced store is a span");
+    assert_eq!(
+        store.parent_span_id,
+        load.span_context.span_id(),
+        "the store is a child of its load: one trace"
+    );
+    assert_eq!(store.span_context.trace_id(), load.span_context.trace_id());
+    let request = spans
+        .iter()
+        .find(|s| s.name == "request")
+        .expect("the caller's span");
+    assert_eq!(
+        load.parent_span_id,
+        request.span_context.span_id(),
+        "the load is a child of the caller's span"
+    );
 }

@@ -247,7 +247,7 @@ impl RedisConnection {
             otel.kind = "client",
             db.system = "redis",
             db.operation.name = operation,
-            db.namespace = self.db,
+            db.namespace = %self.db,
             server.address = %self.endpoint,
         )
     }

@@ -277,14 +277,23 @@ where
         let this = self.clone();
         let opts = opts.clone();
         let flights: Vec<Arc<Flight>> = ends.iter().map(|e| e.flight.clone()).collect();
-        let task = tokio::spawn(async move {
+        // One span for the batch (see `launch`): a child of the caller's
+        // span, covering leases, the loader and the stores.
+        let span = tracing::info_span!(
+            "resilient_cache.load",
+            otel.kind = "internal",
+            cache.namespace = %self.inner.prefix,
+            cache.keys = loads.len(),
+        );
+        let batch = async move {
             let settled = this.load_batch(loads, &opts, loader).await;
             for (end, result) in ends.iter().zip(settled) {
                 let _ = end.flight.result.set(result);
             }
             // Dropping the ends wakes every waiter.
             drop(ends);
-        });
+        };
+        let task = tokio::spawn(tracing::Instrument::instrument(batch, span));
         for flight in flights {
             let _ = flight.abort.set(task.abort_handle());
         }
@@ -355,17 +364,10 @@ where
         if !todo.is_empty() {
             bump(&counters.loads);
             let keys: Vec<String> = todo.iter().map(|&i| loads[i].key.clone()).collect();
-            let span = tracing::info_span!(
-                "resilient_cache.load",
-                otel.kind = "internal",
-                cache.namespace = %self.inner.prefix,
-                cache.keys = keys.len(),
-            );
             // What the loader found, in our own types before anything else is awaited.
-            let answer: Result<HashMap<String, Loaded<V>>, E> =
-                tracing::Instrument::instrument(loader(keys), span)
-                    .await
-                    .map(|found| found.into_iter().map(|(k, l)| (k, l.into())).collect());
+            let answer: Result<HashMap<String, Loaded<V>>, E> = loader(keys)
+                .await
+                .map(|found| found.into_iter().map(|(k, l)| (k, l.into())).collect());
             match answer {
                 Ok(mut found) => {
                     let kept = in_order(todo.iter().map(|&i| {

@@ -397,7 +397,16 @@ where
         };
         let opts = opts.clone();
         let flight = end.flight.clone();
-        let task = tokio::spawn(async move {
+        // A span per load, with OpenTelemetry's field names (no key: keys may
+        // be personal data), made here so that it is a child of the caller's
+        // span, and covering the whole load: lease, loader, store.
+        let span = tracing::info_span!(
+            "resilient_cache.load",
+            otel.kind = "internal",
+            cache.namespace = %self.inner.prefix,
+            cache.keys = 1,
+        );
+        let load = async move {
             let this = &end.cache;
             let key = end.key.as_str();
             let counters = &this.flights().counters;
@@ -439,15 +448,7 @@ where
                 only_if_absent: start == Start::Miss,
                 written_us,
             };
-            // A span per load, with OpenTelemetry's field names (no key: keys
-            // may be personal data).
-            let span = tracing::info_span!(
-                "resilient_cache.load",
-                otel.kind = "internal",
-                cache.namespace = %this.inner.prefix,
-                cache.keys = 1,
-            );
-            let result = match tracing::Instrument::instrument(loader(ctx), span).await {
+            let result = match loader(ctx).await {
                 Ok(loaded) => match this
                     .keep_loaded(key, loaded, held_value, &opts, fence, budget)
                     .await
@@ -465,7 +466,8 @@ where
                 }
             };
             let _ = end.flight.result.set(Box::new(result));
-        });
+        };
+        let task = tokio::spawn(tracing::Instrument::instrument(load, span));
         let _ = flight.abort.set(task.abort_handle());
     }
 
