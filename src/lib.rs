@@ -114,7 +114,7 @@
 //! | leaves | [`error`] (one error type; config errors name key, value and what is allowed), `clock` (cheap monotonic time), [`serializer`] (named formats), `counter` (striped counters, log limiter), [`keys`] (`CACHE_*` names, the namespace rule, redaction), [`tags`] (what a tag may be, the tagged layout, invalidation markers) |
 //! | parts | [`breaker`] (the breaker and its config); [`backend`] (the [`CacheBackend`] trait, backend config and stats, [`backend::memory`] for L1, [`backend::redis`] for L2: connection, topology, error mapping, the backplane worker; [`backend::registry`] for L2 backends registered by name); [`backplane`] (the invalidation contract the cache sees) |
 //! | composition | [`cache`]: [`TwoLevelCache`], one file per concern (reads, writes, the L2 gate, the promotion guard, TTLs, the outage replay, invalidation by key and by marker, events, stats) and [`cache::load`] (`get_or_load`) |
-//! | on top | [`config`] ([`CacheFactoryConfig`], [`CacheOptions`]), [`factory`], [`service`], [`blocking`] (the same API without async), and, behind features, `axum`, `metrics` and `testing` (the backend conformance suite, an in-memory L2 with fault injection) |
+//! | on top | [`config`] ([`CacheFactoryConfig`], [`CacheOptions`]), [`factory`], [`service`], [`blocking`] (the same API without async), and, behind features, `axum`, `metrics` and `testing` (the backend conformance suite, an in-memory L2 and backplane with fault injection, a clock tests move) |
 //!
 //! The 0.1 paths [`two_level`], [`load`] and [`stats`] remain as re-exports.
 //! The test helpers and harnesses (real `redis-server` processes, chaos,
@@ -130,7 +130,7 @@
 //! | `tls` | no | `rediss://` for L2 (rustls, ring provider) |
 //! | `axum` | no | stats/health handlers and `ResponseCacheLayer` for axum |
 //! | `metrics` | no | metrics through the `metrics` facade |
-//! | `testing` | no | `testing`: the backend conformance suite and `MemoryL2` (fault injection) |
+//! | `testing` | no | `testing`: the backend conformance suite, `MemoryL2` and `MemoryBackplane` (fault injection), the test clock |
 //! | `full` | no | everything above |
 
 #![warn(missing_docs)]
