@@ -156,15 +156,29 @@ mod backplane {
         assert!(b.holds(key).await, "{key} is in the L1");
     }
 
-    #[tokio::test]
-    async fn a_write_evicts_the_other_instances_copy_and_not_its_own() {
+    /// Two instances over one L2 on a new backplane.
+    fn two_instances() -> (MemoryBackplane, Instance, Instance) {
         let l2 = Arc::new(MemoryL2::new());
         let backplane = MemoryBackplane::new();
-        let a = instance(&l2, &backplane);
-        let b = instance(&l2, &backplane);
-        a.set("k", 1).await;
+        let (a, b) = (instance(&l2, &backplane), instance(&l2, &backplane));
+        (backplane, a, b)
+    }
+
+    /// `a` writes `entries`, the backplane settles, and `b` reads each into its L1.
+    async fn shared(backplane: &MemoryBackplane, a: &Instance, b: &Instance, entries: &[(&str, u32)]) {
+        for (key, value) in entries {
+            a.set(*key, *value).await;
+        }
         backplane.settle().await;
-        held(&b, "k", 1).await;
+        for (key, value) in entries {
+            held(b, key, *value).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_evicts_the_other_instances_copy_and_not_its_own() {
+        let (backplane, a, b) = two_instances();
+        shared(&backplane, &a, &b, &[("k", 1)]).await;
         a.set("k", 2).await;
         backplane.settle().await;
         assert!(!b.holds("k").await, "a's write evicted b's copy");
@@ -178,13 +192,8 @@ mod backplane {
 
     #[tokio::test]
     async fn a_frozen_backplane_holds_messages_until_released() {
-        let l2 = Arc::new(MemoryL2::new());
-        let backplane = MemoryBackplane::new();
-        let a = instance(&l2, &backplane);
-        let b = instance(&l2, &backplane);
-        a.set("k", 1).await;
-        backplane.settle().await;
-        held(&b, "k", 1).await;
+        let (backplane, a, b) = two_instances();
+        shared(&backplane, &a, &b, &[("k", 1)]).await;
         backplane.freeze();
         a.delete("k").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -201,14 +210,9 @@ mod backplane {
 
     #[tokio::test(start_paused = true)]
     async fn latency_delays_delivery_on_the_test_clock() {
-        let l2 = Arc::new(MemoryL2::new());
-        let backplane = MemoryBackplane::new();
+        let (backplane, a, b) = two_instances();
+        shared(&backplane, &a, &b, &[("k", 1)]).await;
         backplane.set_latency(Duration::from_secs(5));
-        let a = instance(&l2, &backplane);
-        let b = instance(&l2, &backplane);
-        a.set("k", 1).await;
-        backplane.settle().await;
-        held(&b, "k", 1).await;
         a.set("k", 2).await;
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(b.holds("k").await, "4 s of 5: not delivered yet");
@@ -219,15 +223,8 @@ mod backplane {
 
     #[tokio::test]
     async fn a_lost_connection_loses_messages_and_the_reconnect_clears_every_l1() {
-        let l2 = Arc::new(MemoryL2::new());
-        let backplane = MemoryBackplane::new();
-        let a = instance(&l2, &backplane);
-        let b = instance(&l2, &backplane);
-        a.set("k", 1).await;
-        a.set("other", 5).await;
-        backplane.settle().await;
-        held(&b, "k", 1).await;
-        held(&b, "other", 5).await;
+        let (backplane, a, b) = two_instances();
+        shared(&backplane, &a, &b, &[("k", 1), ("other", 5)]).await;
         backplane.disconnect();
         assert!(!b.bus.stats().connected);
         a.set("k", 2).await;
@@ -253,15 +250,8 @@ mod backplane {
 
     #[tokio::test]
     async fn a_dropped_message_clears_the_receivers_l1_instead() {
-        let l2 = Arc::new(MemoryL2::new());
-        let backplane = MemoryBackplane::new();
-        let a = instance(&l2, &backplane);
-        let b = instance(&l2, &backplane);
-        a.set("k", 1).await;
-        a.set("other", 5).await;
-        backplane.settle().await;
-        held(&b, "k", 1).await;
-        held(&b, "other", 5).await;
+        let (backplane, a, b) = two_instances();
+        shared(&backplane, &a, &b, &[("k", 1), ("other", 5)]).await;
         backplane.drop_next(1);
         a.set("k", 2).await;
         backplane.settle().await;
@@ -276,10 +266,7 @@ mod backplane {
 
     #[tokio::test]
     async fn batches_clears_and_tag_removals_travel_too() {
-        let l2 = Arc::new(MemoryL2::new());
-        let backplane = MemoryBackplane::new();
-        let a = instance(&l2, &backplane);
-        let b = instance(&l2, &backplane);
+        let (backplane, a, b) = two_instances();
         a.set_many([("x", 1), ("y", 2)]).await;
         backplane.settle().await;
         held(&b, "x", 1).await;
