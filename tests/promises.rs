@@ -141,6 +141,12 @@ async fn an_over_long_key_is_logged_not_dropped_in_silence() {
         "keys' contents are never logged: {text}"
     );
     assert_eq!(c.get_stats().await.errors.invalid_key, 1);
+    assert_eq!(c.get("a-key-longer-than-8").await, None);
+    assert_eq!(
+        c.get_stats().await.errors.invalid_key,
+        2,
+        "one refused read counts once"
+    );
 }
 
 #[tokio::test]

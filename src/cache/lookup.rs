@@ -106,17 +106,12 @@ where
     /// pointer.
     #[inline(always)]
     pub(crate) fn get_now(&self, key: &str) -> Result<Arc<V>, LookupStep<V>> {
-        if self.inner.fail_safe.is_some() || self.check_key(key).is_err() {
+        if self.inner.fail_safe.is_some() {
             return Err(self.lookup_now(key, false));
         }
-        match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
-            Some(Some(Some((value, _)))) => {
-                self.observe_l1_hit(key);
-                Ok(value)
-            }
-            Some(Some(None)) => Err(self.after_l1(key, false, None)),
-            _ => Err(self.lookup_now(key, false)),
-        }
+        let (value, _) = self.l1_now(key, false)?;
+        self.observe_l1_hit(key);
+        Ok(value)
     }
 
     /// What the cache holds for `key`: fresh, stale (fail-safe caches only),
@@ -135,24 +130,34 @@ where
     /// rest is [`lookup_on`](Self::lookup_on).
     #[inline(always)]
     pub(crate) fn lookup_now(&self, key: &str, want_ttl: bool) -> LookupStep<V> {
-        if self.check_key(key).is_err() {
-            return LookupStep::Done(Found::Miss);
-        }
         let want_ttl = want_ttl || self.inner.fail_safe.is_some();
-        let stale = match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
-            Some(Some(read)) => match self.l1_verdict(read, want_ttl) {
-                Ok(found) => {
-                    // Told without a reference to `found`, which would keep
-                    // it in memory (see "Performance notes" in `cache`).
-                    self.observe_l1_hit(key);
-                    return LookupStep::Done(found);
-                }
-                Err(stale) => stale,
-            },
-            Some(None) => return LookupStep::AwaitL1 { want_ttl },
-            None => None,
+        let read = match self.l1_now(key, want_ttl) {
+            Ok(read) => read,
+            Err(step) => return step,
         };
-        self.after_l1(key, want_ttl, stale)
+        match self.l1_verdict(Some(read), want_ttl) {
+            Ok(found) => {
+                self.observe_l1_hit(key);
+                LookupStep::Done(found)
+            }
+            Err(stale) => self.after_l1(key, want_ttl, stale),
+        }
+    }
+
+    /// The part of a first step both `lookup_now` and `get_now` take: the
+    /// key checked (a refused key is a miss), then L1 asked at once. `Ok`:
+    /// the entry L1 holds, before any logical-TTL verdict; `Err`: the next
+    /// step (L1 has nothing, must be awaited, or there is no L1).
+    #[inline(always)]
+    fn l1_now(&self, key: &str, want_ttl: bool) -> Result<(Arc<V>, Option<Duration>), LookupStep<V>> {
+        if self.check_key(key).is_err() {
+            return Err(LookupStep::Done(Found::Miss));
+        }
+        match self.inner.l1.as_ref().map(|l1| l1.get_with_ttl_now(key)) {
+            Some(Some(Some(read))) => Ok(read),
+            Some(None) => Err(LookupStep::AwaitL1 { want_ttl }),
+            Some(Some(None)) | None => Err(self.after_l1(key, want_ttl, None)),
+        }
     }
 
     /// The step after L1 had no fresh entry for `key` (`stale` is its
