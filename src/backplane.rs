@@ -7,10 +7,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
 
+use crate::clock::now_ms;
+use crate::counter::Counter;
 use crate::tags::Mark;
 
 /// Channel prefix; the namespace follows.
@@ -134,11 +137,56 @@ impl Targets {
     }
 }
 
+/// What every bus counts (the figures of [`BackplaneStats`] but its
+/// identity and connection), and how it takes in another instance's message.
+#[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
+#[derive(Default)]
+pub(crate) struct BusCounters {
+    pub sent: Counter,
+    pub received: Counter,
+    pub applied: Counter,
+    pub own_ignored: Counter,
+    pub reconnect_clears: Counter,
+    pub overflow_clears: Counter,
+    last_message_ms: AtomicU64,
+}
+
+#[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
+impl BusCounters {
+    /// Another instance's message for `prefix`, counted and applied to
+    /// `caches`' targets for that namespace.
+    pub async fn receive(&self, caches: &Targets, prefix: &str, notices: &[Notice]) {
+        self.received.incr();
+        self.last_message_ms.store(now_ms().max(1), Relaxed);
+        let targets = caches.of(prefix);
+        if !targets.is_empty() {
+            self.applied.incr();
+        }
+        apply_notices(targets, notices).await;
+    }
+
+    /// The figures, for a bus with this identity and connection state.
+    pub fn stats(&self, instance_id: u64, connected: bool) -> BackplaneStats {
+        let last = self.last_message_ms.load(Relaxed);
+        BackplaneStats {
+            instance_id: format!("{instance_id:016x}"),
+            connected,
+            messages_sent: self.sent.get(),
+            messages_received: self.received.get(),
+            messages_applied: self.applied.get(),
+            own_ignored: self.own_ignored.get(),
+            reconnect_clears: self.reconnect_clears.get(),
+            overflow_clears: self.overflow_clears.get(),
+            last_message_age_s: (last != 0).then(|| now_ms().saturating_sub(last) as f64 / 1000.0),
+        }
+    }
+}
+
 /// Applies one message from another instance to `targets`: markers always
 /// (a clear does not cover later writes they judge), then the keys, or
 /// everything when the message holds a clear.
 #[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
-pub(crate) async fn apply_notices(targets: Vec<Arc<dyn Invalidate>>, notices: &[Notice]) {
+async fn apply_notices(targets: Vec<Arc<dyn Invalidate>>, notices: &[Notice]) {
     let clear = notices.contains(&Notice::Clear);
     for cache in targets {
         for notice in notices {
@@ -179,6 +227,19 @@ pub(crate) enum Notice {
     Clear,
     /// An invalidation marker.
     Mark(Mark),
+}
+
+#[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
+impl Notice {
+    /// What [`InvalidationBus::publish`] announces: `key`, or a clear.
+    pub fn of_key(key: Option<&str>) -> Self {
+        key.map_or(Notice::Clear, |k| Notice::Key(k.to_string()))
+    }
+
+    /// What [`InvalidationBus::publish_keys`] announces.
+    pub fn of_keys(keys: &[&str]) -> Self {
+        Notice::Keys(keys.iter().map(|k| k.to_string()).collect())
+    }
 }
 
 /// Backplane figures (service-wide).

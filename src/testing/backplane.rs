@@ -7,10 +7,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::CacheBackend;
-use crate::backplane::{apply_notices, BackplaneStats, InvalidatedBy, InvalidationBus, Notice, Targets};
+use crate::backplane::{BackplaneStats, BusCounters, InvalidatedBy, InvalidationBus, Notice, Targets};
 use crate::cache::{CacheValue, TwoLevelCache};
-use crate::clock::now_ms;
-use crate::counter::Counter;
 use crate::tags::Mark;
 
 /// A backplane inside one process: several caches, each standing for an
@@ -121,12 +119,7 @@ impl MemoryBackplane {
             id: self.0.next_id.fetch_add(1, Relaxed),
             hub: self.0.clone(),
             caches: Targets::default(),
-            sent: Counter::default(),
-            received: Counter::default(),
-            applied: Counter::default(),
-            reconnect_clears: Counter::default(),
-            overflow_clears: Counter::default(),
-            last_message_ms: AtomicU64::new(0),
+            counters: BusCounters::default(),
         });
         let mut members = self.0.members.lock().unwrap_or_else(|p| p.into_inner());
         members.retain(|m| m.strong_count() > 0);
@@ -211,16 +204,16 @@ async fn deliver(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
                     .is_ok();
                 for member in hub.members().into_iter().filter(|m| m.id != from) {
                     if lost {
-                        member.overflow_clears.incr();
+                        member.counters.overflow_clears.incr();
                         member.caches.clear_all(InvalidatedBy::Backplane).await;
                     } else {
-                        member.receive(&prefix, &notices).await;
+                        member.counters.receive(&member.caches, &prefix, &notices).await;
                     }
                 }
             }
             Delivery::Reconnected => {
                 for member in hub.members() {
-                    member.reconnect_clears.incr();
+                    member.counters.reconnect_clears.incr();
                     member.caches.clear_all(InvalidatedBy::Backplane).await;
                 }
             }
@@ -238,12 +231,7 @@ pub struct MemoryBus {
     id: u64,
     hub: Arc<Hub>,
     caches: Targets,
-    sent: Counter,
-    received: Counter,
-    applied: Counter,
-    reconnect_clears: Counter,
-    overflow_clears: Counter,
-    last_message_ms: AtomicU64,
+    counters: BusCounters,
 }
 
 impl std::fmt::Debug for MemoryBus {
@@ -269,7 +257,7 @@ impl MemoryBus {
     }
 
     fn send(&self, prefix: &str, notices: Vec<Notice>) {
-        self.sent.incr();
+        self.counters.sent.incr();
         if self.hub.down.load(Relaxed) {
             return;
         }
@@ -280,29 +268,15 @@ impl MemoryBus {
             at: tokio::time::Instant::now(),
         });
     }
-
-    async fn receive(&self, prefix: &str, notices: &[Notice]) {
-        self.received.incr();
-        self.last_message_ms.store(now_ms().max(1), Relaxed);
-        let targets = self.caches.of(prefix);
-        if !targets.is_empty() {
-            self.applied.incr();
-        }
-        apply_notices(targets, notices).await;
-    }
 }
 
 impl InvalidationBus for MemoryBus {
     fn publish(&self, prefix: &str, key: Option<&str>) {
-        let notice = key.map_or(Notice::Clear, |k| Notice::Key(k.to_string()));
-        self.send(prefix, vec![notice]);
+        self.send(prefix, vec![Notice::of_key(key)]);
     }
 
     fn publish_keys(&self, prefix: &str, keys: &[&str]) {
-        self.send(
-            prefix,
-            vec![Notice::Keys(keys.iter().map(|k| k.to_string()).collect())],
-        );
+        self.send(prefix, vec![Notice::of_keys(keys)]);
     }
 
     fn publish_mark(&self, prefix: &str, mark: &Mark) {
@@ -310,17 +284,6 @@ impl InvalidationBus for MemoryBus {
     }
 
     fn stats(&self) -> BackplaneStats {
-        let last = self.last_message_ms.load(Relaxed);
-        BackplaneStats {
-            instance_id: format!("{:016x}", self.id),
-            connected: !self.hub.down.load(Relaxed),
-            messages_sent: self.sent.get(),
-            messages_received: self.received.get(),
-            messages_applied: self.applied.get(),
-            own_ignored: 0,
-            reconnect_clears: self.reconnect_clears.get(),
-            overflow_clears: self.overflow_clears.get(),
-            last_message_age_s: (last > 0).then(|| now_ms().saturating_sub(last) as f64 / 1000.0),
-        }
+        self.counters.stats(self.id, !self.hub.down.load(Relaxed))
     }
 }

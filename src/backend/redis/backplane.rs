@@ -22,7 +22,7 @@
 //! bounded by the L1 TTL.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
@@ -30,12 +30,10 @@ use std::time::Duration;
 use super::push::{backoff, PushConnection};
 use super::RedisConnection;
 use crate::backplane::{
-    apply_notices, BackplaneStats, Invalidate, InvalidatedBy, InvalidationBus, Notice, Targets,
-    CHANNEL_PREFIX,
+    BackplaneStats, BusCounters, Invalidate, InvalidatedBy, InvalidationBus, Notice, Targets, CHANNEL_PREFIX,
 };
 use crate::breaker::CircuitBreaker;
 use crate::clock::now_ms;
-use crate::counter::Counter;
 use crate::tags::{Mark, MarkKind, Scope};
 
 /// Announcements waiting for the publisher task; beyond this, a write
@@ -52,13 +50,7 @@ pub(crate) struct Backplane {
     publisher: RedisConnection,
     outbox: tokio::sync::mpsc::Sender<(String, Notice)>,
     caches: Targets,
-    sent: Counter,
-    received: Counter,
-    applied: Counter,
-    own_ignored: Counter,
-    reconnect_clears: Counter,
-    overflow_clears: Counter,
-    last_message_ms: AtomicU64,
+    counters: BusCounters,
     connected: AtomicBool,
 }
 
@@ -85,13 +77,7 @@ impl Backplane {
             outbox,
             publisher,
             caches: Targets::default(),
-            sent: Counter::default(),
-            received: Counter::default(),
-            applied: Counter::default(),
-            own_ignored: Counter::default(),
-            reconnect_clears: Counter::default(),
-            overflow_clears: Counter::default(),
-            last_message_ms: AtomicU64::new(0),
+            counters: BusCounters::default(),
             connected: AtomicBool::new(false),
         })
     }
@@ -109,7 +95,7 @@ impl Backplane {
     async fn settle_overflow(&self, lost: bool) {
         if lost {
             self.clear_all().await;
-            self.overflow_clears.incr();
+            self.counters.overflow_clears.incr();
         }
     }
 
@@ -211,19 +197,13 @@ impl Backplane {
         };
         // Own messages are recognised by their first 8 bytes, before any decoding.
         if payload.get(..8) == Some(&self.instance_id.to_be_bytes()[..]) {
-            self.own_ignored.incr();
+            self.counters.own_ignored.incr();
             return;
         }
         let (Ok(prefix), Some((_, entries))) = (std::str::from_utf8(prefix), Self::decode(payload)) else {
             return;
         };
-        self.received.incr();
-        self.last_message_ms.store(now_ms().max(1), Relaxed);
-        let targets = self.caches.of(prefix);
-        if !targets.is_empty() {
-            self.applied.incr();
-        }
-        apply_notices(targets, &entries).await;
+        self.counters.receive(&self.caches, prefix, &entries).await;
     }
 
     /// Hands `notice` to the publisher task; the caller does not wait. The
@@ -267,34 +247,23 @@ impl Backplane {
 
 impl InvalidationBus for Backplane {
     fn publish(&self, prefix: &str, key: Option<&str>) {
-        self.sent.incr();
-        let notice = key.map_or(Notice::Clear, |k| Notice::Key(k.to_string()));
-        self.send(prefix, notice);
+        self.counters.sent.incr();
+        self.send(prefix, Notice::of_key(key));
     }
 
     fn publish_keys(&self, prefix: &str, keys: &[&str]) {
-        self.sent.incr();
-        self.send(prefix, Notice::Keys(keys.iter().map(|k| k.to_string()).collect()));
+        self.counters.sent.incr();
+        self.send(prefix, Notice::of_keys(keys));
     }
 
     fn publish_mark(&self, prefix: &str, mark: &Mark) {
-        self.sent.incr();
+        self.counters.sent.incr();
         self.send(prefix, Notice::Mark(mark.clone()));
     }
 
     fn stats(&self) -> BackplaneStats {
-        let last = self.last_message_ms.load(Relaxed);
-        BackplaneStats {
-            instance_id: format!("{:016x}", self.instance_id),
-            connected: self.connected.load(Relaxed),
-            messages_sent: self.sent.get(),
-            messages_received: self.received.get(),
-            messages_applied: self.applied.get(),
-            own_ignored: self.own_ignored.get(),
-            reconnect_clears: self.reconnect_clears.get(),
-            overflow_clears: self.overflow_clears.get(),
-            last_message_age_s: (last != 0).then(|| now_ms().saturating_sub(last) as f64 / 1000.0),
-        }
+        self.counters
+            .stats(self.instance_id, self.connected.load(Relaxed))
     }
 }
 
@@ -385,7 +354,7 @@ async fn subscriber(
         if ever_connected || failures > 0 {
             // Messages may have been missed while disconnected.
             bp.clear_all().await;
-            bp.reconnect_clears.incr();
+            bp.counters.reconnect_clears.incr();
         }
         // Connected once caught up: whoever waits for it sees the clear done.
         bp.connected.store(true, Relaxed);
@@ -434,6 +403,7 @@ mod tests {
     use super::super::push::forward;
     use super::*;
     use crate::backplane::Evict;
+    use std::sync::atomic::AtomicU64;
 
     /// Counts what the backplane asks of it.
     #[derive(Default)]
