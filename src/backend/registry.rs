@@ -98,6 +98,13 @@ impl<F: ?Sized> Registry<F> {
     fn insert<G: ?Sized>(&self, name: &str, factory: Arc<F>, other: &Registry<G>) -> Result<()> {
         const ALLOWED: &str = "a new name: lowercase ASCII letters, digits, '_' or '-', at most 64, \
                                not a built-in backend's name nor one registered already";
+        // Registrations one at a time, so that a name is checked against
+        // the other level and inserted in this one without holding both
+        // levels' locks at once (two registrations of opposite levels would
+        // otherwise wait on each other).
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let in_other = other.name(name).is_some();
         let mut factories = self.factories.write().unwrap_or_else(|p| p.into_inner());
         let valid = !name.is_empty()
             && name.len() <= 64
@@ -105,7 +112,7 @@ impl<F: ?Sized> Registry<F> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         let taken = factories.contains_key(name)
-            || other.name(name).is_some()
+            || in_other
             || self.built_in.contains(&name)
             || other.built_in.contains(&name);
         if !valid || taken {
