@@ -277,14 +277,7 @@ where
         let this = self.clone();
         let opts = opts.clone();
         let flights: Vec<Arc<Flight>> = ends.iter().map(|e| e.flight.clone()).collect();
-        // One span for the batch (see `launch`): a child of the caller's
-        // span, covering leases, the loader and the stores.
-        let span = tracing::info_span!(
-            "resilient_cache.load",
-            otel.kind = "internal",
-            cache.namespace = %self.inner.prefix,
-            cache.keys = loads.len(),
-        );
+        let span = self.load_span(loads.len());
         let batch = async move {
             let settled = this.load_batch(loads, &opts, loader).await;
             for (end, result) in ends.iter().zip(settled) {

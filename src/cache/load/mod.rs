@@ -397,15 +397,7 @@ where
         };
         let opts = opts.clone();
         let flight = end.flight.clone();
-        // A span per load, with OpenTelemetry's field names (no key: keys may
-        // be personal data), made here so that it is a child of the caller's
-        // span, and covering the whole load: lease, loader, store.
-        let span = tracing::info_span!(
-            "resilient_cache.load",
-            otel.kind = "internal",
-            cache.namespace = %self.inner.prefix,
-            cache.keys = 1,
-        );
+        let span = self.load_span(1);
         let load = async move {
             let this = &end.cache;
             let key = end.key.as_str();
@@ -469,6 +461,19 @@ where
         };
         let task = tokio::spawn(tracing::Instrument::instrument(load, span));
         let _ = flight.abort.set(task.abort_handle());
+    }
+
+    /// The span of one load of `keys` keys, with OpenTelemetry's field names
+    /// (no key: keys may be personal data). Made before the load's task is
+    /// spawned, so that it is a child of the caller's span, and instrumenting
+    /// the whole task: lease, loader, store.
+    pub(super) fn load_span(&self, keys: usize) -> tracing::Span {
+        tracing::info_span!(
+            "resilient_cache.load",
+            otel.kind = "internal",
+            cache.namespace = %self.inner.prefix,
+            cache.keys = keys,
+        )
     }
 
     /// Keeps what a loader produced for `key` as it asks (its own TTLs and
