@@ -14,7 +14,7 @@
 //! make room and tell each one to the [`EvictionHook`] a cache installs
 //! (its `Evicted` event); a read never touches either.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::backend::config::L1Config;
@@ -28,21 +28,21 @@ use crate::error::Result;
 #[derive(Default)]
 struct Evictions {
     count: Counter,
-    hook: RwLock<Option<EvictionHook>>,
+    /// Set once: evictions happen under the map's lock, so the hook is read
+    /// with one load, not a lock.
+    hook: OnceLock<EvictionHook>,
 }
 
 impl Evictions {
     fn evicted(&self, key: String) {
         self.count.incr();
-        let hook = self.hook.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(hook) = hook.as_ref() {
+        if let Some(hook) = self.hook.get() {
             hook(key);
         }
     }
 
     fn install(&self, hook: EvictionHook) -> bool {
-        *self.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
-        true
+        self.hook.set(hook).is_ok()
     }
 }
 

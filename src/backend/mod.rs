@@ -177,8 +177,10 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// Asks an L1 backend to call `hook` with each key it drops to make
     /// room, from now on (the two-level cache installs one when it is
     /// built, to tell its event subscribers). `false` (the default): this
-    /// backend does not report evictions. A backend calls the hook at most
-    /// once per evicted entry and keeps only the last hook installed.
+    /// backend does not report evictions, or already has a hook (the
+    /// built-in ones keep the first: an L1 shared by two caches tells the
+    /// first one's subscribers). A backend calls the hook at most once per
+    /// evicted entry.
     fn on_evict(&self, hook: EvictionHook) -> bool {
         let _ = hook;
         false
