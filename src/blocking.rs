@@ -115,6 +115,21 @@ impl<V: CacheValue> Cache<V> {
         }
     }
 
+    /// [`get`](Self::get) when it can answer without waiting: `Some(answer)`
+    /// when L1 settles it on the calling thread (a hit, or a miss of a cache
+    /// with nothing behind L1), `None` when `get` would have to go on to L2.
+    ///
+    /// For callers that hold something they must let go of before they block
+    /// and would rather keep on a hit: a Python extension releases the GIL
+    /// only when the answer is not at hand.
+    pub fn try_get_now(&self, key: impl AsRef<str>) -> Option<Option<Arc<V>>> {
+        match self.inner.get_now(key.as_ref()) {
+            Ok(value) => Some(Some(value)),
+            Err(LookupStep::Done(found)) => Some(found.fresh()),
+            Err(_) => None,
+        }
+    }
+
     /// See [`crate::TwoLevelCache::set`].
     pub fn set(&self, key: impl AsRef<str>, value: V) {
         let key = key.as_ref();

@@ -100,8 +100,9 @@ static RECENT: Recent = Recent {
 };
 
 #[cfg(feature = "l1")]
-/// The ticker's thread, started on first use; `None` if it could not start.
-static TICKER: OnceLock<Option<Thread>> = OnceLock::new();
+/// The ticker's thread (`None` if it could not start), with the process it
+/// was started in: a child made by `fork` has no such thread and starts its own.
+static TICKER: std::sync::Mutex<Option<(u32, Option<Thread>)>> = std::sync::Mutex::new(None);
 
 #[cfg(feature = "l1")]
 /// The coarse clock itself moves in steps of a kernel tick (1–4 ms, usually
@@ -129,20 +130,43 @@ pub(crate) fn recent_ms() -> u64 {
 /// The ticker is parked or not started yet: read the clock, wake the ticker.
 #[cold]
 fn recent_slow() -> u64 {
-    let ticker = TICKER.get_or_init(|| {
-        std::thread::Builder::new()
+    let mut ticker = TICKER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pid = std::process::id();
+    if ticker.as_ref().map(|(started_in, _)| *started_in) != Some(pid) {
+        forget_ticker_in_forked_children();
+        let thread = std::thread::Builder::new()
             .name("resilient-cache-clock".into())
             .stack_size(64 * 1024)
             .spawn(tick)
             .ok()
-            .map(|handle| handle.thread().clone())
-    });
-    if let Some(thread) = ticker {
+            .map(|handle| handle.thread().clone());
+        *ticker = Some((pid, thread));
+    }
+    if let Some((_, Some(thread))) = ticker.as_ref() {
         // Unparking a running ticker only makes its next park return at once.
         thread.unpark();
     }
     now_ms()
 }
+
+/// A child made by `fork` inherits the last tick but not the ticker: its
+/// clock would stand still. After a fork the child reads 0 ("parked"), so its
+/// first read starts a ticker of its own.
+#[cfg(all(feature = "l1", target_os = "linux"))]
+fn forget_ticker_in_forked_children() {
+    extern "C" fn in_child() {
+        RECENT.ms.store(0, Relaxed);
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: `in_child` is async-signal-safe (one atomic store) and lives
+        // as long as the program; no prepare or parent handler is given.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
+}
+
+#[cfg(all(feature = "l1", not(target_os = "linux")))]
+fn forget_ticker_in_forked_children() {}
 
 #[cfg(feature = "l1")]
 fn tick() {
@@ -216,6 +240,33 @@ pub(crate) fn unit_random() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    /// A child made by `fork` must not read its parent's last tick forever.
+    #[cfg(all(feature = "l1", target_os = "linux"))]
+    #[test]
+    fn a_forked_child_has_a_clock_that_moves() {
+        use std::time::Duration;
+        super::recent_ms();
+        std::thread::sleep(Duration::from_millis(20));
+        super::recent_ms();
+        // SAFETY: the child only reads clocks, sleeps, starts a thread and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let before = super::recent_ms();
+            std::thread::sleep(Duration::from_millis(100));
+            let after = super::recent_ms();
+            // SAFETY: ends the child at once, without the test harness's exit path.
+            unsafe { libc::_exit(if after >= before + 50 { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child made above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's clock stood still (status {status})"
+        );
+    }
+
     #[test]
     fn stamps_strictly_increase() {
         let mut last = 0;

@@ -97,6 +97,7 @@ enum Kind {
     MessagePack,
     Postcard,
     Custom(Arc<dyn CacheSerializer>),
+    Passthrough(Arc<str>),
 }
 
 impl fmt::Debug for Serializer {
@@ -126,6 +127,52 @@ impl Serializer {
         Self(Kind::Custom(inner))
     }
 
+    /// Values that arrive encoded: a value's serde form is one byte string
+    /// (it calls `serialize_bytes`), stored in L2 as it is and handed back as
+    /// it is (its `Deserialize` is given the bytes through `visit_bytes`).
+    /// `name` is what stats report as the format.
+    ///
+    /// For front ends that encode values in their own language, with their
+    /// own serializers (the Python front stores what its `json` or `pickle`
+    /// serializer produced, byte for byte). A value of any other serde shape
+    /// is an encoding error.
+    ///
+    /// ```
+    /// use resilient_cache::serializer::Serializer;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// struct Encoded(Vec<u8>);
+    /// impl serde::Serialize for Encoded {
+    ///     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+    ///         s.serialize_bytes(&self.0)
+    ///     }
+    /// }
+    /// impl<'de> serde::Deserialize<'de> for Encoded {
+    ///     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    ///         serde_bytes_visit(d)
+    ///     }
+    /// }
+    /// # fn serde_bytes_visit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Encoded, D::Error> {
+    /// #     struct V;
+    /// #     impl<'de> serde::de::Visitor<'de> for V {
+    /// #         type Value = Encoded;
+    /// #         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { f.write_str("bytes") }
+    /// #         fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Encoded, E> { Ok(Encoded(b.to_vec())) }
+    /// #     }
+    /// #     d.deserialize_bytes(V)
+    /// # }
+    ///
+    /// let s = Serializer::passthrough("json");
+    /// assert_eq!(s.name(), "json");
+    /// let bytes = s.encode(&Encoded(b"[1, 2]".to_vec())).unwrap();
+    /// assert_eq!(bytes, b"[1, 2]");
+    /// assert_eq!(s.decode::<Encoded>(&bytes).unwrap(), Encoded(b"[1, 2]".to_vec()));
+    /// assert!(s.encode(&42).is_err());
+    /// ```
+    pub fn passthrough(name: impl Into<Arc<str>>) -> Self {
+        Self(Kind::Passthrough(name.into()))
+    }
+
     /// The format's name.
     pub fn name(&self) -> &str {
         match &self.0 {
@@ -133,6 +180,7 @@ impl Serializer {
             Kind::MessagePack => "msgpack",
             Kind::Postcard => "postcard",
             Kind::Custom(c) => c.name(),
+            Kind::Passthrough(name) => name,
         }
     }
 
@@ -152,6 +200,7 @@ impl Serializer {
                 let tree = serde_json::to_value(value).map_err(|e| ser_err(c.name(), "encode", e))?;
                 return c.encode(&tree);
             }
+            Kind::Passthrough(_) => value.serialize(passthrough::Bytes).map_err(|e| e.to_string()),
         };
         r.map_err(|e| ser_err(self.name(), "encode", e))
     }
@@ -177,6 +226,10 @@ impl Serializer {
             Kind::Custom(c) => {
                 let tree = c.decode(bytes)?;
                 return serde_json::from_value(tree).map_err(|e| ser_err(c.name(), "decode", e));
+            }
+            Kind::Passthrough(_) => {
+                let de = serde::de::value::BytesDeserializer::<serde::de::value::Error>::new(bytes);
+                V::deserialize(de).map_err(|e| e.to_string())
             }
         };
         r.map_err(|e| ser_err(self.name(), "decode", e))
@@ -313,6 +366,106 @@ pub fn get_serializer(name: &str) -> Result<Serializer> {
 /// Names of every registered format, sorted.
 pub fn list_serializers() -> Vec<String> {
     registry_read().keys().cloned().collect()
+}
+
+/// The serde side of [`Serializer::passthrough`]: a serializer that takes
+/// one byte string and refuses every other shape.
+mod passthrough {
+    use serde::ser::{self, Impossible};
+    use std::fmt;
+
+    pub(super) struct Bytes;
+
+    #[derive(Debug)]
+    pub(super) struct NotBytes(String);
+
+    impl fmt::Display for NotBytes {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for NotBytes {}
+    impl ser::Error for NotBytes {
+        fn custom<T: fmt::Display>(msg: T) -> Self {
+            Self(msg.to_string())
+        }
+    }
+
+    fn refuse<T>(shape: &str) -> Result<T, NotBytes> {
+        Err(NotBytes(format!(
+            "a passthrough value must serialize as one byte string, not {shape}"
+        )))
+    }
+
+    /// Every method but `serialize_bytes` refuses, naming the shape it was given.
+    macro_rules! refuse {
+        ($($name:ident($($arg:ty),*) -> $ret:ty: $shape:literal;)*) => {
+            $(fn $name(self, $(_: $arg),*) -> Result<$ret, NotBytes> { refuse($shape) })*
+        };
+    }
+
+    impl ser::Serializer for Bytes {
+        type Ok = Vec<u8>;
+        type Error = NotBytes;
+        type SerializeSeq = Impossible<Vec<u8>, NotBytes>;
+        type SerializeTuple = Impossible<Vec<u8>, NotBytes>;
+        type SerializeTupleStruct = Impossible<Vec<u8>, NotBytes>;
+        type SerializeTupleVariant = Impossible<Vec<u8>, NotBytes>;
+        type SerializeMap = Impossible<Vec<u8>, NotBytes>;
+        type SerializeStruct = Impossible<Vec<u8>, NotBytes>;
+        type SerializeStructVariant = Impossible<Vec<u8>, NotBytes>;
+
+        fn serialize_bytes(self, v: &[u8]) -> Result<Vec<u8>, NotBytes> {
+            Ok(v.to_vec())
+        }
+
+        refuse! {
+            serialize_bool(bool) -> Vec<u8>: "a bool";
+            serialize_i8(i8) -> Vec<u8>: "a number";
+            serialize_i16(i16) -> Vec<u8>: "a number";
+            serialize_i32(i32) -> Vec<u8>: "a number";
+            serialize_i64(i64) -> Vec<u8>: "a number";
+            serialize_u8(u8) -> Vec<u8>: "a number";
+            serialize_u16(u16) -> Vec<u8>: "a number";
+            serialize_u32(u32) -> Vec<u8>: "a number";
+            serialize_u64(u64) -> Vec<u8>: "a number";
+            serialize_f32(f32) -> Vec<u8>: "a number";
+            serialize_f64(f64) -> Vec<u8>: "a number";
+            serialize_char(char) -> Vec<u8>: "a char";
+            serialize_str(&str) -> Vec<u8>: "a string";
+            serialize_none() -> Vec<u8>: "an option";
+            serialize_unit() -> Vec<u8>: "a unit";
+            serialize_unit_struct(&'static str) -> Vec<u8>: "a unit struct";
+            serialize_unit_variant(&'static str, u32, &'static str) -> Vec<u8>: "an enum";
+            serialize_seq(Option<usize>) -> Self::SerializeSeq: "a sequence";
+            serialize_tuple(usize) -> Self::SerializeTuple: "a tuple";
+            serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct: "a tuple struct";
+            serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant: "an enum";
+            serialize_map(Option<usize>) -> Self::SerializeMap: "a map";
+            serialize_struct(&'static str, usize) -> Self::SerializeStruct: "a struct";
+            serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant: "an enum";
+        }
+
+        fn serialize_some<T: ?Sized + serde::Serialize>(self, _: &T) -> Result<Vec<u8>, NotBytes> {
+            refuse("an option")
+        }
+        fn serialize_newtype_struct<T: ?Sized + serde::Serialize>(
+            self,
+            _: &'static str,
+            value: &T,
+        ) -> Result<Vec<u8>, NotBytes> {
+            value.serialize(self)
+        }
+        fn serialize_newtype_variant<T: ?Sized + serde::Serialize>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<Vec<u8>, NotBytes> {
+            refuse("an enum")
+        }
+    }
 }
 
 #[cfg(test)]

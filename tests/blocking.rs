@@ -59,13 +59,23 @@ fn blocking_get_falls_through_to_l2_and_promotes_into_l1() {
         let s = c.get_stats();
         (s.l1.unwrap().hits, s.l2_hits, s.l2_misses)
     };
-    // Not in this L1: answered by L2, then by L1; an absent key is a miss.
+    // Not in this L1: `try_get_now` cannot answer without L2 and says so.
+    assert_eq!(c.try_get_now("k"), None);
+    assert_eq!(counts(), (0, 0, 0));
+    // Answered by L2, then by L1; an absent key is a miss.
     assert_eq!(c.get("k").as_deref(), Some(&7));
     assert_eq!(counts(), (0, 1, 0));
     assert_eq!(c.get("k").as_deref(), Some(&7));
     assert_eq!(counts(), (1, 1, 0));
+    assert_eq!(c.try_get_now("k").flatten().as_deref(), Some(&7));
+    assert_eq!(counts(), (2, 1, 0));
     assert_eq!(c.get("absent"), None);
-    assert_eq!(counts(), (1, 1, 1));
+    assert_eq!(counts(), (2, 1, 1));
+    // A cache with nothing behind L1 answers a miss at once.
+    let l1_only = reader
+        .create_cache::<u32>(CacheOptions::new("blk-l1").l2_enabled(false).l1_enabled(true))
+        .unwrap();
+    assert_eq!(l1_only.try_get_now("k"), Some(None));
 }
 
 #[test]
