@@ -162,6 +162,13 @@ impl CacheOptions {
         self
     }
 
+    /// A serializer handle: a built-in format, or one made by
+    /// [`Serializer::passthrough`] for values that arrive encoded.
+    pub fn serializer_handle(mut self, serializer: Serializer) -> Self {
+        self.serializer = Some(SerializerChoice::Instance(serializer));
+        self
+    }
+
     /// Turns this cache's circuit breaker on or off.
     pub fn circuit_breaker_enabled(mut self, enabled: bool) -> Self {
         self.breaker_enabled = Some(enabled);
