@@ -1,6 +1,7 @@
 //! `resilient_cache.ResilientTwoLevelCache`: one namespace of the engine,
 //! holding Python objects (see `value.rs` for how they are kept).
 
+use std::borrow::Cow;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,7 +10,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PyString};
 use resilient_cache::cache::load::LoadError;
 use resilient_cache::serializer::Serializer;
 use resilient_cache::{blocking, CacheOptions};
@@ -159,6 +160,16 @@ fn json_to_py(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> 
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
 
+/// A key as the original took it: a `str`, or anything `str()` turns into
+/// one (`42` is the key `"42"` in both levels).
+#[inline]
+fn key_of<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, str>> {
+    match key.cast::<PyString>() {
+        Ok(s) => s.to_cow(),
+        Err(_) => Ok(Cow::Owned(key.str()?.to_cow()?.into_owned())),
+    }
+}
+
 fn ttl_arg(ttl: Option<f64>) -> PyResult<Option<Duration>> {
     ttl.map(|t| seconds("ttl", t)).transpose()
 }
@@ -227,7 +238,8 @@ impl Cache {
     }
 
     /// The value of `key`, or `None`: L1, then L2 (promoted into L1).
-    fn get(&self, py: Python<'_>, key: &str) -> PyResult<Py<PyAny>> {
+    fn get(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let key = &*key_of(key)?;
         let built = self.current(py)?;
         let found = match built.cache.try_get_now(key) {
             Some(answer) => answer,
@@ -238,7 +250,14 @@ impl Cache {
 
     /// Stores `value` in L1 and L2 (L2 with `ttl` seconds, or the cache's L2 TTL).
     #[pyo3(signature = (key, value, ttl=None))]
-    fn set(&self, py: Python<'_>, key: &str, value: &Bound<'_, PyAny>, ttl: Option<f64>) -> PyResult<()> {
+    fn set(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+    ) -> PyResult<()> {
+        let key = &*key_of(key)?;
         let ttl = ttl_arg(ttl)?;
         let built = self.current(py)?;
         let value = self.wrap(py, &built, key, value)?;
@@ -252,10 +271,11 @@ impl Cache {
     fn set_if_not_exist(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
         ttl: Option<f64>,
     ) -> PyResult<bool> {
+        let key = &*key_of(key)?;
         let ttl = ttl_arg(ttl)?;
         let built = self.current(py)?;
         let value = self.wrap(py, &built, key, value)?;
@@ -263,7 +283,8 @@ impl Cache {
     }
 
     /// Removes `key` from L2, then L1; returns whether L2 had it.
-    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = &*key_of(key)?;
         let built = self.current(py)?;
         Ok(py.detach(|| built.cache.delete(key)))
     }
@@ -278,13 +299,15 @@ impl Cache {
     }
 
     /// Whether `key` is in L1 or L2.
-    fn is_on_cache(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+    fn is_on_cache(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = &*key_of(key)?;
         let built = self.current(py)?;
         Ok(py.detach(|| built.cache.is_on_cache(key)))
     }
 
     /// Seconds `key` has left (L1's own, else L2's), or `None`.
-    fn get_ttl(&self, py: Python<'_>, key: &str) -> PyResult<Option<u64>> {
+    fn get_ttl(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
+        let key = &*key_of(key)?;
         let built = self.current(py)?;
         let left = py.detach(|| built.cache.get_ttl(key));
         Ok(left.map(|d| (d.as_millis() as u64).div_ceil(1000)))
@@ -334,12 +357,13 @@ impl Cache {
     fn get_or_load(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyAny>,
         loader: Py<PyAny>,
         ttl: Option<f64>,
         soft_timeout: Option<f64>,
         hard_timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
+        let key = &*key_of(key)?;
         let built = self.current(py)?;
         if let Some(Some(v)) = built.cache.try_get_now(key) {
             return self.object(py, &built, key, &v);
@@ -387,11 +411,12 @@ impl Cache {
     fn set_with_tags(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
         tags: Vec<String>,
         ttl: Option<f64>,
     ) -> PyResult<()> {
+        let key = &*key_of(key)?;
         let ttl = ttl_arg(ttl)?;
         let built = self.current(py)?;
         let value = self.wrap(py, &built, key, value)?;
@@ -409,7 +434,8 @@ impl Cache {
     }
 
     /// Marks `key` stale (a fail-safe fallback stays) or, without fail-safe, removes it.
-    fn expire(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+    fn expire(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = &*key_of(key)?;
         let built = self.current(py)?;
         Ok(py.detach(|| built.cache.expire(key)))
     }

@@ -371,3 +371,12 @@ def test_tags_batches_and_expire(redis, service):
     assert c.delete_many(["m1", "m2", "nope"]) == 2
     with pytest.raises(CacheInputError):
         c.set_with_tags("u4", 1, ["bad\ntag"])
+
+
+def test_keys_that_are_not_str_are_used_as_str_as_the_original_did(redis, service):
+    c = make_cache(service, "ik")
+    c.set(42, "answer")
+    assert c.get("42") == "answer" and c.get(42) == "answer"
+    assert redis.get_raw("ik:42") == b'"answer"'
+    assert c.is_on_cache(42) and c.get_ttl(42) is not None
+    assert c.delete(42) and c.get("42") is None
