@@ -204,7 +204,10 @@ def interop(ours, original, port: int, peer_exe: str, rounds: int) -> dict:
             if peer.read() != "evicted":
                 raise SystemExit("the Rust peer's L1 was not invalidated")
             to_rust.append((time.perf_counter_ns() - start) / 1000)
-        # Rust write -> Python L1 evicted (polled until Python reads the new value).
+        # Rust write -> Python L1 evicted (polled until Python reads the new
+        # value; each poll sleeps 20 us, so that a spinning poller does not
+        # keep the peer, Redis and the runtime off a CPU: on 2 cores that
+        # cost a scheduler tick, 4 ms, per round).
         to_python = []
         for i in range(rounds):
             py.set("j", -1)
@@ -212,7 +215,7 @@ def interop(ours, original, port: int, peer_exe: str, rounds: int) -> dict:
             start = time.perf_counter_ns()
             peer.send(f"set j {i}")
             while py.get("j") != i:
-                pass
+                time.sleep(0.00002)
             to_python.append((time.perf_counter_ns() - start) / 1000)
             assert peer.read() == "ok"
         return {
