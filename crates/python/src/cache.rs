@@ -2,9 +2,8 @@
 //! holding Python objects (see `value.rs` for how they are kept).
 
 use std::borrow::Cow;
-use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError};
@@ -16,14 +15,11 @@ use resilient_cache::serializer::Serializer;
 use resilient_cache::{blocking, CacheOptions};
 
 use crate::errors::{from_engine, raise};
+use crate::fork::PerFork;
 use crate::service::Service;
 use crate::value::PyValue;
 
-/// The engine's cache built in one fork generation.
-struct Built {
-    generation: u64,
-    cache: blocking::Cache<PyValue>,
-}
+type Built = blocking::Cache<PyValue>;
 
 /// A two-level cache of Python objects. Made by `CacheService.create_cache`.
 ///
@@ -34,8 +30,7 @@ struct Built {
 pub struct Cache {
     service: Py<Service>,
     options: CacheOptions,
-    // Locked only with the GIL held and never across a wait (see `Service`).
-    built: ManuallyDrop<Mutex<Arc<Built>>>,
+    built: PerFork<Built>,
     serializer: Py<PyAny>,
     serializer_name: String,
     /// Whether values are encoded on `set` (only caches with L2 need bytes).
@@ -51,26 +46,17 @@ fn seconds(name: &str, s: f64) -> PyResult<Duration> {
 
 fn build(py: Python<'_>, service: &Service, options: &CacheOptions) -> PyResult<Arc<Built>> {
     let svc = service.current(py)?;
-    let cache = svc
-        .service
-        .create_cache::<PyValue>(options.clone())
-        .map_err(|e| from_engine(py, &e))?;
-    Ok(Arc::new(Built {
-        generation: svc.generation,
-        cache,
-    }))
+    svc.create_cache::<PyValue>(options.clone())
+        .map(Arc::new)
+        .map_err(|e| from_engine(py, &e))
 }
 
 impl Cache {
     /// The engine cache of this fork generation, built again after a fork.
     #[inline]
     fn current(&self, py: Python<'_>) -> PyResult<Arc<Built>> {
-        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
-        if built.generation != crate::generation() {
-            let fresh = build(py, self.service.get(), &self.options)?;
-            std::mem::forget(std::mem::replace(&mut *built, fresh));
-        }
-        Ok(built.clone())
+        self.built
+            .current(|| build(py, self.service.get(), &self.options))
     }
 
     /// `value` as the engine keeps it: with its bytes when there is an L2.
@@ -84,7 +70,7 @@ impl Cache {
             Ok(bytes) => Ok(PyValue::new(value.clone().unbind(), Some(bytes))),
             Err(e) => {
                 self.encode_errors.fetch_add(1, Relaxed);
-                py.detach(|| built.cache.delete(key));
+                py.detach(|| built.delete(key));
                 Err(raise(
                     py,
                     "CacheSerializationError",
@@ -116,7 +102,7 @@ impl Cache {
                     self.options.key_prefix(),
                     self.serializer_name
                 ));
-                py.detach(|| built.cache.delete(key));
+                py.detach(|| built.delete(key));
                 Ok(py.None())
             }
         }
@@ -228,7 +214,7 @@ impl Cache {
         Ok(Self {
             service,
             options,
-            built: ManuallyDrop::new(Mutex::new(built)),
+            built: PerFork::new(built),
             serializer,
             serializer_name,
             encodes: l2_enabled,
@@ -241,27 +227,30 @@ impl Cache {
     fn get(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let key = &*key_of(key)?;
         let built = self.current(py)?;
-        let found = match built.cache.try_get_now(key) {
+        let found = match built.try_get_now(key) {
             Some(answer) => answer,
-            None => py.detach(|| built.cache.get(key)),
+            None => py.detach(|| built.get(key)),
         };
         self.optional_object(py, &built, key, found)
     }
 
-    /// Stores `value` in L1 and L2 (L2 with `ttl` seconds, or the cache's L2 TTL).
-    #[pyo3(signature = (key, value, ttl=None))]
+    /// Stores `value` in L1 and L2 (L2 with `ttl` seconds, or the cache's
+    /// L2 TTL), with `tags` for `remove_by_tag` if given.
+    #[pyo3(signature = (key, value, ttl=None, tags=None))]
     fn set(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
         ttl: Option<f64>,
+        tags: Option<Vec<String>>,
     ) -> PyResult<()> {
         let key = &*key_of(key)?;
         let ttl = ttl_arg(ttl)?;
         let built = self.current(py)?;
         let value = self.wrap(py, &built, key, value)?;
-        py.detach(|| built.cache.try_set_with_ttl(key, value, ttl))
+        let tags: Vec<&str> = tags.iter().flatten().map(String::as_str).collect();
+        py.detach(|| built.try_set_with_tags(key, value, ttl, &tags))
             .map_err(|e| from_engine(py, &e))
     }
 
@@ -279,21 +268,21 @@ impl Cache {
         let ttl = ttl_arg(ttl)?;
         let built = self.current(py)?;
         let value = self.wrap(py, &built, key, value)?;
-        Ok(py.detach(|| built.cache.set_if_not_exist(key, value, ttl)))
+        Ok(py.detach(|| built.set_if_not_exist(key, value, ttl)))
     }
 
     /// Removes `key` from L2, then L1; returns whether L2 had it.
     fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let key = &*key_of(key)?;
         let built = self.current(py)?;
-        Ok(py.detach(|| built.cache.delete(key)))
+        Ok(py.detach(|| built.delete(key)))
     }
 
     /// Empties this namespace in both levels:
     /// `{l1_items_removed, l2_items_removed, l2_cleared, l2_status, timestamp}`.
     fn clear(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let built = self.current(py)?;
-        let report = py.detach(|| built.cache.clear());
+        let report = py.detach(|| built.clear());
         let json = serde_json::to_value(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         json_to_py(py, &json)
     }
@@ -302,14 +291,14 @@ impl Cache {
     fn is_on_cache(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let key = &*key_of(key)?;
         let built = self.current(py)?;
-        Ok(py.detach(|| built.cache.is_on_cache(key)))
+        Ok(py.detach(|| built.is_on_cache(key)))
     }
 
     /// Seconds `key` has left (L1's own, else L2's), or `None`.
     fn get_ttl(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
         let key = &*key_of(key)?;
         let built = self.current(py)?;
-        let left = py.detach(|| built.cache.get_ttl(key));
+        let left = py.detach(|| built.get_ttl(key));
         Ok(left.map(|d| (d.as_millis() as u64).div_ceil(1000)))
     }
 
@@ -318,14 +307,14 @@ impl Cache {
     #[pyo3(signature = (prefix=None))]
     fn list_keys(&self, py: Python<'_>, prefix: Option<&str>) -> PyResult<Vec<String>> {
         let built = self.current(py)?;
-        Ok(py.detach(|| built.cache.list_keys(prefix)))
+        Ok(py.detach(|| built.list_keys(prefix)))
     }
 
     /// What the cache reports: `enabled`, `l1`, `l2`, `circuit_breaker`,
     /// `errors`, and the engine's other counters.
     fn get_stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let built = self.current(py)?;
-        let stats = py.detach(|| built.cache.get_stats());
+        let stats = py.detach(|| built.get_stats());
         let mut json = serde_json::to_value(&stats).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         if let Some(map) = json.as_object_mut() {
             map.insert("enabled".into(), true.into());
@@ -365,10 +354,10 @@ impl Cache {
     ) -> PyResult<Py<PyAny>> {
         let key = &*key_of(key)?;
         let built = self.current(py)?;
-        if let Some(Some(v)) = built.cache.try_get_now(key) {
+        if let Some(Some(v)) = built.try_get_now(key) {
             return self.object(py, &built, key, &v);
         }
-        let mut opts = built.cache.as_async().load_defaults().clone();
+        let mut opts = built.as_async().load_defaults().clone();
         if let Some(t) = ttl_arg(ttl)? {
             opts = opts.ttl(t);
         }
@@ -391,7 +380,7 @@ impl Cache {
                 Ok::<_, PyErr>(PyValue::new(object, bytes))
             })
         };
-        let loaded = py.detach(|| built.cache.get_or_load_with(key, &opts, load));
+        let loaded = py.detach(|| built.get_or_load_with(key, &opts, load));
         match loaded {
             Ok(v) => self.object(py, &built, key, &v),
             Err(LoadError::Loader(e)) => Err(e.clone_ref(py)),
@@ -406,7 +395,7 @@ impl Cache {
         }
     }
 
-    /// Stores `value` with tags, for `remove_by_tag`.
+    /// [`set`](Self::set) with tags.
     #[pyo3(signature = (key, value, tags, ttl=None))]
     fn set_with_tags(
         &self,
@@ -416,19 +405,13 @@ impl Cache {
         tags: Vec<String>,
         ttl: Option<f64>,
     ) -> PyResult<()> {
-        let key = &*key_of(key)?;
-        let ttl = ttl_arg(ttl)?;
-        let built = self.current(py)?;
-        let value = self.wrap(py, &built, key, value)?;
-        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        py.detach(|| built.cache.try_set_with_tags(key, value, ttl, &tags))
-            .map_err(|e| from_engine(py, &e))
+        self.set(py, key, value, ttl, Some(tags))
     }
 
     /// Removes every entry written with `tag`, in every instance.
     fn remove_by_tag(&self, py: Python<'_>, tag: &str) -> PyResult<()> {
         let built = self.current(py)?;
-        py.detach(|| built.cache.remove_by_tag(tag))
+        py.detach(|| built.remove_by_tag(tag))
             .map(|_| ())
             .map_err(|e| from_engine(py, &e))
     }
@@ -437,13 +420,13 @@ impl Cache {
     fn expire(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let key = &*key_of(key)?;
         let built = self.current(py)?;
-        Ok(py.detach(|| built.cache.expire(key)))
+        Ok(py.detach(|| built.expire(key)))
     }
 
     /// The values of `keys` (`None` for each miss), L2 asked once for all misses of L1.
     fn get_many(&self, py: Python<'_>, keys: Vec<String>) -> PyResult<Py<PyList>> {
         let built = self.current(py)?;
-        let found = py.detach(|| built.cache.get_many(&keys));
+        let found = py.detach(|| built.get_many(&keys));
         let out = PyList::empty(py);
         for (key, v) in keys.iter().zip(found) {
             out.append(self.optional_object(py, &built, key, v)?)?;
@@ -464,14 +447,14 @@ impl Cache {
             let v = self.wrap(py, &built, &key, &value)?;
             entries.push((key, v));
         }
-        py.detach(|| built.cache.set_many(entries));
+        py.detach(|| built.set_many(entries));
         Ok(())
     }
 
     /// Removes `keys`; returns how many L2 had.
     fn delete_many(&self, py: Python<'_>, keys: Vec<String>) -> PyResult<u64> {
         let built = self.current(py)?;
-        Ok(py.detach(|| built.cache.delete_many(&keys)))
+        Ok(py.detach(|| built.delete_many(&keys)))
     }
 
     /// The namespace (`l2_key_prefix`).
@@ -489,7 +472,7 @@ impl Cache {
     /// `"closed"`, `"open"` or `"half_open"`.
     fn breaker_state(&self, py: Python<'_>) -> PyResult<&'static str> {
         let built = self.current(py)?;
-        Ok(built.cache.breaker_state().as_str())
+        Ok(built.breaker_state().as_str())
     }
 
     fn __repr__(&self) -> String {
@@ -498,18 +481,5 @@ impl Cache {
             self.options.key_prefix(),
             self.serializer_name
         )
-    }
-}
-
-impl Drop for Cache {
-    fn drop(&mut self) {
-        let built = self.built.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if built.generation != crate::generation() {
-            // Built before a fork: its runtime's threads are not in this process.
-            return;
-        }
-        // SAFETY: dropped once, here, and never used again.
-        let built = unsafe { ManuallyDrop::take(&mut self.built) };
-        Python::attach(|py| py.detach(move || drop(built)));
     }
 }

@@ -14,40 +14,21 @@
 //!
 //! # fork
 //!
-//! A child made by `fork` has none of its parent's threads, so the
-//! parent's runtime and connections are unusable there. The package
-//! registers [`after_fork_in_child`] with `os.register_at_fork`; it moves
-//! the fork generation on, and every service and cache built in an older
-//! generation is rebuilt on its next use. The old ones are leaked, never
-//! dropped: dropping a runtime would wait for threads that do not exist.
-
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+//! Services and caches are rebuilt in a child after `fork`, on first use
+//! (see [`fork`]).
 
 use pyo3::prelude::*;
 
 mod cache;
 mod errors;
+mod fork;
 mod service;
 mod value;
-
-/// Moved on in a child after each `fork`.
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// The current fork generation.
-fn generation() -> u64 {
-    FORK_GENERATION.load(Relaxed)
-}
-
-/// Called by `os.register_at_fork(after_in_child=...)`.
-#[pyfunction]
-fn after_fork_in_child() {
-    FORK_GENERATION.fetch_add(1, Relaxed);
-}
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<service::Service>()?;
     m.add_class::<cache::Cache>()?;
-    m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(fork::after_fork_in_child, m)?)?;
     Ok(())
 }

@@ -380,3 +380,21 @@ def test_keys_that_are_not_str_are_used_as_str_as_the_original_did(redis, servic
     assert redis.get_raw("ik:42") == b'"answer"'
     assert c.is_on_cache(42) and c.get_ttl(42) is not None
     assert c.delete(42) and c.get("42") is None
+
+
+def test_service_create_cache_has_the_factorys_signature():
+    import inspect
+
+    params = list(inspect.signature(CacheService.create_cache).parameters)
+    assert params[:11] == [
+        "self", "l2_key_prefix", "l2_ttl", "l2_enabled", "l1_enabled", "l1_maxsize", "l1_ttl",
+        "serializer", "circuit_breaker_enabled", "circuit_breaker_threshold", "circuit_breaker_timeout",
+    ]
+
+
+def test_set_takes_tags_too(service):
+    c = make_cache(service, "st")
+    c.set("a", 1, tags=["g"])
+    c.set("b", 2)
+    c.remove_by_tag("g")
+    assert (c.get("a"), c.get("b")) == (None, 2)

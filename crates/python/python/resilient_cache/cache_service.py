@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Optional, Union
+from typing import Optional
 
 from .cache_factory import CacheFactory, ResilientTwoLevelCache
 from .config import CacheFactoryConfig
-from .serializers import CacheSerializer
 
 
 class CacheService:
@@ -36,34 +36,9 @@ class CacheService:
             raise RuntimeError("CacheService not initialized. Call init_config(config) first.")
         return self._factory
 
-    def create_cache(
-        self,
-        l2_key_prefix: str,
-        l2_ttl: int,
-        l2_enabled: bool,
-        l1_enabled: bool = False,
-        l1_maxsize: int = 0,
-        l1_ttl: int = 0,
-        serializer: Optional[Union[str, CacheSerializer]] = None,
-        circuit_breaker_enabled: Optional[bool] = None,
-        circuit_breaker_threshold: Optional[int] = None,
-        circuit_breaker_timeout: Optional[int] = None,
-        **extras,
-    ) -> ResilientTwoLevelCache:
-        """See ``CacheFactory.create_cache``."""
-        return self.factory.create_cache(
-            l2_key_prefix=l2_key_prefix,
-            l2_ttl=l2_ttl,
-            l2_enabled=l2_enabled,
-            l1_enabled=l1_enabled,
-            l1_maxsize=l1_maxsize,
-            l1_ttl=l1_ttl,
-            serializer=serializer,
-            circuit_breaker_enabled=circuit_breaker_enabled,
-            circuit_breaker_threshold=circuit_breaker_threshold,
-            circuit_breaker_timeout=circuit_breaker_timeout,
-            **extras,
-        )
+    @functools.wraps(CacheFactory.create_cache)
+    def create_cache(self, *args, **kwargs) -> ResilientTwoLevelCache:
+        return self.factory.create_cache(*args, **kwargs)
 
     def get_stats(self) -> dict:
         """The factory's stats."""
