@@ -141,7 +141,8 @@ fn warn(py: Python<'_>, message: &str) {
         .and_then(|l| l.call_method1("warning", (message,)));
 }
 
-fn json_to_py(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> {
+/// A report of the engine as Python data (dicts, lists, numbers, strings).
+fn to_py<T: serde::Serialize>(py: Python<'_>, value: &T) -> PyResult<Py<PyAny>> {
     let text = serde_json::to_string(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
@@ -283,8 +284,7 @@ impl Cache {
     fn clear(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let built = self.current(py)?;
         let report = py.detach(|| built.clear());
-        let json = serde_json::to_value(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        json_to_py(py, &json)
+        to_py(py, &report)
     }
 
     /// Whether `key` is in L1 or L2.
@@ -335,7 +335,7 @@ impl Cache {
                 }
             }
         }
-        json_to_py(py, &json)
+        to_py(py, &json)
     }
 
     /// The value of `key`; on a miss, `loader()` is called once for all
@@ -408,12 +408,40 @@ impl Cache {
         self.set(py, key, value, ttl, Some(tags))
     }
 
-    /// Removes every entry written with `tag`, in every instance.
-    fn remove_by_tag(&self, py: Python<'_>, tag: &str) -> PyResult<()> {
+    /// Removes every entry written with `tag`, in every instance and in L2
+    /// (one marker); returns what was done
+    /// (`{scope, tag, kind, l1_entries, l2, stamp_us}`).
+    fn remove_by_tag(&self, py: Python<'_>, tag: &str) -> PyResult<Py<PyAny>> {
         let built = self.current(py)?;
-        py.detach(|| built.remove_by_tag(tag))
-            .map(|_| ())
-            .map_err(|e| from_engine(py, &e))
+        let done = py
+            .detach(|| built.remove_by_tag(tag))
+            .map_err(|e| from_engine(py, &e))?;
+        to_py(py, &done)
+    }
+
+    /// Makes every entry written with `tag` stale: kept only as a fail-safe
+    /// fallback; returns what was done.
+    fn expire_by_tag(&self, py: Python<'_>, tag: &str) -> PyResult<Py<PyAny>> {
+        let built = self.current(py)?;
+        let done = py
+            .detach(|| built.expire_by_tag(tag))
+            .map_err(|e| from_engine(py, &e))?;
+        to_py(py, &done)
+    }
+
+    /// Invalidates every entry of the namespace, in every instance, in
+    /// constant time (one marker; `clear` deletes the keys instead).
+    fn invalidate_all(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let built = self.current(py)?;
+        let done = py.detach(|| built.invalidate_all());
+        to_py(py, &done)
+    }
+
+    /// Makes every entry of the namespace stale, in constant time.
+    fn expire_all(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let built = self.current(py)?;
+        let done = py.detach(|| built.expire_all());
+        to_py(py, &done)
     }
 
     /// Marks `key` stale (a fail-safe fallback stays) or, without fail-safe, removes it.

@@ -55,11 +55,4 @@ impl Service {
         let built = self.current(py)?;
         Ok(py.detach(|| built.health().is_healthy()))
     }
-
-    /// The service's stats (every cache, the backplane, the L2 server) as JSON text.
-    fn stats_json(&self, py: Python<'_>) -> PyResult<String> {
-        let built = self.current(py)?;
-        let stats = py.detach(|| built.get_stats());
-        serde_json::to_string(&stats).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
-    }
 }

@@ -362,7 +362,7 @@ def test_tags_batches_and_expire(redis, service):
     c.set_with_tags("u1", {"id": 1}, ["team:a"])
     c.set_with_tags("u2", {"id": 2}, ["team:a"])
     c.set("u3", {"id": 3})
-    c.remove_by_tag("team:a")
+    assert c.remove_by_tag("team:a")["l1_entries"] == 2
     assert c.get_many(["u1", "u2", "u3"]) == [None, None, {"id": 3}]
     c.set_many({"m1": 1, "m2": [2]})
     c.set_many([("m3", "x")])
@@ -398,3 +398,24 @@ def test_set_takes_tags_too(service):
     c.set("b", 2)
     c.remove_by_tag("g")
     assert (c.get("a"), c.get("b")) == (None, 2)
+
+
+def test_invalidation_reports_reach_every_instance(redis, service):
+    a = make_cache(service, "inv", fail_safe_max_duration=60)
+    b = make_cache(CacheService(redis.config()), "inv", fail_safe_max_duration=60)
+    a.set("t1", "v1", tags=["blue"])
+    assert b.get("t1") == "v1"  # now in b's L1
+    done = a.expire_by_tag("blue")
+    assert (done["scope"], done["tag"], done["kind"]) == ("tag", "blue", "expire")
+    # Stale in both instances: a loader is asked, and its failure is answered with the old value.
+    assert eventually(lambda: b.get("t1") is None, what="b to see the tag expired")
+    assert b.get_or_load("t1", lambda: 1 / 0) == "v1"
+    a.set("n1", 1)
+    a.set("n2", 2)
+    assert b.get("n1") == 1
+    done = a.invalidate_all()
+    assert (done["scope"], done["kind"]) == ("namespace", "remove")
+    assert eventually(lambda: b.get("n1") is None and b.get("n2") is None, what="b to drop the namespace")
+    a.set("n3", 3)
+    assert a.expire_all()["kind"] == "expire"
+    assert a.get("n3") is None and a.get_or_load("n3", lambda: 1 / 0) == 3
