@@ -419,3 +419,14 @@ def test_invalidation_reports_reach_every_instance(redis, service):
     a.set("n3", 3)
     assert a.expire_all()["kind"] == "expire"
     assert a.get("n3") is None and a.get_or_load("n3", lambda: 1 / 0) == 3
+
+
+def test_the_type_stub_lists_every_method_of_the_cache():
+    import ast
+    from pathlib import Path
+
+    stub = ast.parse((Path(resilient_cache.__file__).parent / "_native.pyi").read_text())
+    cls = next(n for n in stub.body if isinstance(n, ast.ClassDef) and n.name == "ResilientTwoLevelCache")
+    typed = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    public = {n for n in dir(ResilientTwoLevelCache) if not n.startswith("_")}
+    assert public <= typed, public - typed
