@@ -39,9 +39,26 @@ pub struct Cache {
     encode_errors: AtomicU64,
 }
 
-fn seconds(name: &str, s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| PyTypeError::new_err(format!("{name} = {s} is not allowed: a number of seconds >= 0")))
+/// `s` seconds, or `class` (an exception of the package) naming `name`.
+fn seconds(py: Python<'_>, class: &str, name: &str, s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        raise(
+            py,
+            class,
+            format!("{name} = {s} is not allowed: a number of seconds >= 0"),
+            &[],
+        )
+    })
+}
+
+/// A duration given to `create_cache`.
+fn setting(py: Python<'_>, name: &str, s: f64) -> PyResult<Duration> {
+    seconds(py, "CacheConfigurationError", name, s)
+}
+
+/// A duration given to one call.
+fn argument(py: Python<'_>, name: &str, s: f64) -> PyResult<Duration> {
+    seconds(py, "CacheInputError", name, s)
 }
 
 fn build(py: Python<'_>, service: &Service, options: &CacheOptions) -> PyResult<Arc<Built>> {
@@ -157,8 +174,8 @@ fn key_of<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, str>> {
     }
 }
 
-fn ttl_arg(ttl: Option<f64>) -> PyResult<Option<Duration>> {
-    ttl.map(|t| seconds("ttl", t)).transpose()
+fn ttl_arg(py: Python<'_>, ttl: Option<f64>) -> PyResult<Option<Duration>> {
+    ttl.map(|t| argument(py, "ttl", t)).transpose()
 }
 
 #[pymethods]
@@ -190,11 +207,11 @@ impl Cache {
         fail_safe_max_duration: Option<f64>,
     ) -> PyResult<Self> {
         let mut options = CacheOptions::new(l2_key_prefix)
-            .l2_ttl(seconds("l2_ttl", l2_ttl)?)
+            .l2_ttl(setting(py, "l2_ttl", l2_ttl)?)
             .l2_enabled(l2_enabled)
             .l1_enabled(l1_enabled)
             .l1_maxsize(l1_maxsize)
-            .l1_ttl(seconds("l1_ttl", l1_ttl)?)
+            .l1_ttl(setting(py, "l1_ttl", l1_ttl)?)
             .serializer_handle(Serializer::passthrough(serializer_name.as_str()));
         if let Some(on) = circuit_breaker_enabled {
             options = options.circuit_breaker_enabled(on);
@@ -203,13 +220,13 @@ impl Cache {
             options = options.circuit_breaker_threshold(n);
         }
         if let Some(t) = circuit_breaker_timeout {
-            options = options.circuit_breaker_timeout(seconds("circuit_breaker_timeout", t)?);
+            options = options.circuit_breaker_timeout(setting(py, "circuit_breaker_timeout", t)?);
         }
         if let Some(on) = backplane {
             options = options.backplane(on);
         }
         if let Some(t) = fail_safe_max_duration {
-            options = options.fail_safe_max_duration(seconds("fail_safe_max_duration", t)?);
+            options = options.fail_safe_max_duration(setting(py, "fail_safe_max_duration", t)?);
         }
         let built = build(py, service.get(), &options)?;
         Ok(Self {
@@ -247,7 +264,7 @@ impl Cache {
         tags: Option<Vec<String>>,
     ) -> PyResult<()> {
         let key = &*key_of(key)?;
-        let ttl = ttl_arg(ttl)?;
+        let ttl = ttl_arg(py, ttl)?;
         let built = self.current(py)?;
         let value = self.wrap(py, &built, key, value)?;
         let tags: Vec<&str> = tags.iter().flatten().map(String::as_str).collect();
@@ -266,7 +283,7 @@ impl Cache {
         ttl: Option<f64>,
     ) -> PyResult<bool> {
         let key = &*key_of(key)?;
-        let ttl = ttl_arg(ttl)?;
+        let ttl = ttl_arg(py, ttl)?;
         let built = self.current(py)?;
         let value = self.wrap(py, &built, key, value)?;
         Ok(py.detach(|| built.set_if_not_exist(key, value, ttl)))
@@ -358,14 +375,14 @@ impl Cache {
             return self.object(py, &built, key, &v);
         }
         let mut opts = built.as_async().load_defaults().clone();
-        if let Some(t) = ttl_arg(ttl)? {
+        if let Some(t) = ttl_arg(py, ttl)? {
             opts = opts.ttl(t);
         }
         if let Some(t) = soft_timeout {
-            opts = opts.soft_timeout(seconds("soft_timeout", t)?);
+            opts = opts.soft_timeout(argument(py, "soft_timeout", t)?);
         }
         if let Some(t) = hard_timeout {
-            opts = opts.hard_timeout(seconds("hard_timeout", t)?);
+            opts = opts.hard_timeout(argument(py, "hard_timeout", t)?);
         }
         let serializer = self.serializer.clone_ref(py);
         let encodes = self.encodes;

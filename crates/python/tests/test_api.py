@@ -430,3 +430,18 @@ def test_the_type_stub_lists_every_method_of_the_cache():
     typed = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
     public = {n for n in dir(ResilientTwoLevelCache) if not n.startswith("_")}
     assert public <= typed, public - typed
+
+
+def test_bad_durations_name_themselves(service):
+    c = make_cache(service, "dur")
+    with pytest.raises(CacheInputError, match="ttl = -1"):
+        c.set("k", 1, ttl=-1)
+    with pytest.raises(CacheInputError, match="hard_timeout"):
+        c.get_or_load("k", lambda: 1, hard_timeout=float("nan"))
+    with pytest.raises(CacheConfigurationError, match="circuit_breaker_timeout"):
+        make_cache(service, "dur2", circuit_breaker_timeout=-5)
+    with pytest.raises(CacheConfigurationError, match="circuit_breaker_threshold = -1"):
+        make_cache(service, "dur4", circuit_breaker_threshold=-1)
+    with pytest.raises(CacheConfigurationError, match="fail_safe_max_duration"):
+        make_cache(service, "dur3", fail_safe_max_duration=-1)
+    assert c.get("k") is None

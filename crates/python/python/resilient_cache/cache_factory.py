@@ -73,6 +73,16 @@ class CacheFactory:
                 raise CacheConfigurationError(
                     f"{key} = {value!r} is not allowed: a number >= 0", config_key=key, config_value=value
                 )
+        if circuit_breaker_threshold is not None and (
+            isinstance(circuit_breaker_threshold, bool)
+            or not isinstance(circuit_breaker_threshold, int)
+            or circuit_breaker_threshold < 1
+        ):
+            raise CacheConfigurationError(
+                f"circuit_breaker_threshold = {circuit_breaker_threshold!r} is not allowed: an integer >= 1",
+                config_key="circuit_breaker_threshold",
+                config_value=circuit_breaker_threshold,
+            )
         cache = ResilientTwoLevelCache(
             self._service,
             l2_key_prefix,
