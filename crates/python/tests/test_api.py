@@ -445,3 +445,16 @@ def test_bad_durations_name_themselves(service):
     with pytest.raises(CacheConfigurationError, match="fail_safe_max_duration"):
         make_cache(service, "dur3", fail_safe_max_duration=-1)
     assert c.get("k") is None
+
+
+def test_cache_factory_used_directly_as_the_original_shows(redis):
+    factory = CacheFactory(CacheFactoryConfig(l2_host="127.0.0.1", l2_port=redis.port))
+    cache = factory.create_cache(
+        l2_key_prefix="users", l2_ttl=3600, l2_enabled=True, l1_enabled=True, l1_maxsize=1000, l1_ttl=60
+    )
+    cache.set("1", "x")
+    assert cache.get("1") == "x" and redis.get_raw("users:1") == b'"x"'
+    assert factory.ping() is not None and factory.is_healthy()
+    assert factory.get_stats()["dependencies"] == {"l1": True, "l2": True, "flask": True}
+    with pytest.raises(TypeError):
+        CacheFactory({"l2_host": "x"})

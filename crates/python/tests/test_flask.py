@@ -62,3 +62,14 @@ def test_get_cache_service_before_init_app():
     app = Flask("bare")
     with pytest.raises(RuntimeError, match="init_app"):
         get_cache_service(app)
+
+
+def test_flask_cache_service_given_the_app(redis):
+    app = Flask("direct")
+    app.config["CACHE_REDIS_HOST"] = "127.0.0.1"
+    app.config["CACHE_REDIS_PORT"] = str(redis.port)  # as read from the environment
+    service = FlaskCacheService(app)
+    assert get_cache_service(app) is service
+    c = service.create_cache(l2_key_prefix="direct", l2_ttl=60, l2_enabled=True)
+    c.set("k", [1])
+    assert redis.get_raw("direct:k") == b"[1]"
