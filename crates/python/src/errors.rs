@@ -26,6 +26,7 @@ pub fn from_engine(py: Python<'_>, e: &Error) -> PyErr {
         Error::Serialization(_) => "CacheSerializationError",
         Error::InvalidInput(_) => "CacheInputError",
         Error::Connection(_) => "CacheConnectionError",
+        Error::CircuitBreakerOpen => "CircuitBreakerOpenError",
         _ => "CacheError",
     };
     raise(py, class, e.to_string(), &[])
