@@ -19,6 +19,15 @@ class CacheError(Exception):
         return self.message
 
 
+def _details(original_error: Optional[BaseException] = None, **given: Any) -> dict[str, Any]:
+    """The details of an error: the given fields that are set, then the original error."""
+    details = {k: v for k, v in given.items() if v is not None and v != ""}
+    if original_error is not None:
+        details["original_error"] = str(original_error)
+        details["error_type"] = type(original_error).__name__
+    return details
+
+
 class CacheConnectionError(CacheError):
     """L2 could not be reached (never raised by get/set: they degrade to L1)."""
 
@@ -28,13 +37,7 @@ class CacheConnectionError(CacheError):
         backend: Optional[str] = None,
         original_error: Optional[BaseException] = None,
     ) -> None:
-        details: dict[str, Any] = {}
-        if backend:
-            details["backend"] = backend
-        if original_error is not None:
-            details["original_error"] = str(original_error)
-            details["error_type"] = type(original_error).__name__
-        super().__init__(message, details)
+        super().__init__(message, _details(original_error, backend=backend))
         self.backend = backend
         self.original_error = original_error
 
@@ -49,15 +52,7 @@ class CacheSerializationError(CacheError):
         serializer: Optional[str] = None,
         original_error: Optional[BaseException] = None,
     ) -> None:
-        details: dict[str, Any] = {}
-        if key:
-            details["key"] = key
-        if serializer:
-            details["serializer"] = serializer
-        if original_error is not None:
-            details["original_error"] = str(original_error)
-            details["error_type"] = type(original_error).__name__
-        super().__init__(message, details)
+        super().__init__(message, _details(original_error, key=key, serializer=serializer))
         self.key = key
         self.serializer = serializer
         self.original_error = original_error
@@ -75,12 +70,8 @@ class CacheConfigurationError(CacheError, ValueError):
         config_key: Optional[str] = None,
         config_value: Optional[Any] = None,
     ) -> None:
-        details: dict[str, Any] = {}
-        if config_key:
-            details["config_key"] = config_key
-        if config_value is not None:
-            details["config_value"] = str(config_value)
-        super().__init__(message, details)
+        shown = None if config_value is None else str(config_value)
+        super().__init__(message, _details(config_key=config_key, config_value=shown))
         self.config_key = config_key
         self.config_value = config_value
 
@@ -98,11 +89,6 @@ class CircuitBreakerOpenError(CacheError):
         backend: Optional[str] = None,
         failure_count: Optional[int] = None,
     ) -> None:
-        details: dict[str, Any] = {}
-        if backend:
-            details["backend"] = backend
-        if failure_count is not None:
-            details["failure_count"] = failure_count
-        super().__init__(message, details)
+        super().__init__(message, _details(backend=backend, failure_count=failure_count))
         self.backend = backend
         self.failure_count = failure_count
