@@ -130,7 +130,14 @@ pub(crate) fn recent_ms() -> u64 {
 /// The ticker is parked or not started yet: read the clock, wake the ticker.
 #[cold]
 fn recent_slow() -> u64 {
-    let mut ticker = TICKER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut ticker = match TICKER.try_lock() {
+        Ok(ticker) => ticker,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        // Another thread is starting or waking the ticker; or, in a child
+        // made by fork, was doing so when its parent forked, and that lock
+        // is never released here. Either way the clock itself answers.
+        Err(std::sync::TryLockError::WouldBlock) => return now_ms(),
+    };
     let pid = std::process::id();
     if ticker.as_ref().map(|(started_in, _)| *started_in) != Some(pid) {
         forget_ticker_in_forked_children();
