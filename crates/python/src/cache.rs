@@ -61,9 +61,11 @@ fn argument(py: Python<'_>, name: &str, s: f64) -> PyResult<Duration> {
     seconds(py, "CacheInputError", name, s)
 }
 
-fn build(py: Python<'_>, service: &Service, options: &CacheOptions) -> PyResult<Arc<Built>> {
-    let svc = service.current(py)?;
-    svc.create_cache::<PyValue>(options.clone())
+/// The engine's cache for `options` in `service` (which must not be
+/// rebuilt meanwhile: see [`PerFork::current`]).
+fn build(py: Python<'_>, service: &blocking::CacheService, options: &CacheOptions) -> PyResult<Arc<Built>> {
+    service
+        .create_cache::<PyValue>(options.clone())
         .map(Arc::new)
         .map_err(|e| from_engine(py, &e))
 }
@@ -72,8 +74,10 @@ impl Cache {
     /// The engine cache of this fork generation, built again after a fork.
     #[inline]
     fn current(&self, py: Python<'_>) -> PyResult<Arc<Built>> {
-        self.built
-            .current(|| build(py, self.service.get(), &self.options))
+        self.built.current(
+            || self.service.get().current(py),
+            |service| build(py, &service, &self.options),
+        )
     }
 
     /// `value` as the engine keeps it: with its bytes when there is an L2.
@@ -228,7 +232,7 @@ impl Cache {
         if let Some(t) = fail_safe_max_duration {
             options = options.fail_safe_max_duration(setting(py, "fail_safe_max_duration", t)?);
         }
-        let built = build(py, service.get(), &options)?;
+        let built = build(py, &*service.get().current(py)?, &options)?;
         Ok(Self {
             service,
             options,

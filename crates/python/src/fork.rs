@@ -24,8 +24,8 @@ pub fn after_fork_in_child() {
 
 /// A value of this process: the one built in the current fork generation.
 pub struct PerFork<T: Send + Sync> {
-    // Locked only with the GIL held and never across a wait, so no thread
-    // can hold it when another forks.
+    // Locked only with the GIL held and never across a wait or a GIL
+    // release, so no thread can hold it when another forks.
     slot: ManuallyDrop<Mutex<(u64, Arc<T>)>>,
 }
 
@@ -38,17 +38,56 @@ impl<T: Send + Sync> PerFork<T> {
     }
 
     /// The value of this generation: the one held, or, after a fork, one
-    /// made by `rebuild` (the old one is leaked).
+    /// made by `build` from what `prepare` gives (the old one is leaked).
+    ///
+    /// `prepare` runs without the lock: it may release the GIL (a service
+    /// connects), and a thread that held the GIL while waiting for this lock
+    /// would then never let it finish. `build` runs under the lock and must
+    /// not release the GIL: one value per generation is ever built (a
+    /// service refuses a second cache of the same namespace). What
+    /// `prepare` made for nothing, when another thread built first, is
+    /// dropped after the lock is let go, without the GIL.
     #[inline]
-    pub fn current(&self, rebuild: impl FnOnce() -> PyResult<Arc<T>>) -> PyResult<Arc<T>> {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn current<P: Send>(
+        &self,
+        prepare: impl FnOnce() -> PyResult<P>,
+        build: impl FnOnce(P) -> PyResult<Arc<T>>,
+    ) -> PyResult<Arc<T>> {
         let now = GENERATION.load(Relaxed);
-        if slot.0 != now {
-            let fresh = rebuild()?;
-            std::mem::forget(std::mem::replace(&mut *slot, (now, fresh)));
+        {
+            let slot = self.lock();
+            if slot.0 == now {
+                return Ok(slot.1.clone());
+            }
         }
-        Ok(slot.1.clone())
+        let prepared = prepare()?;
+        let (current, unused) = {
+            let mut slot = self.lock();
+            if slot.0 == now {
+                (Ok(slot.1.clone()), Some(prepared))
+            } else {
+                let current = build(prepared).map(|fresh| {
+                    std::mem::forget(std::mem::replace(&mut *slot, (now, fresh)));
+                    slot.1.clone()
+                });
+                (current, None)
+            }
+        };
+        if let Some(unused) = unused {
+            drop_without_gil(unused);
+        }
+        current
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<T>)> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Drops `value` with the GIL released: a runtime waits for its threads as
+/// it drops, and one of them may be waiting for the GIL.
+fn drop_without_gil<T: Send>(value: T) {
+    Python::attach(|py| py.detach(move || drop(value)));
 }
 
 impl<T: Send + Sync> Drop for PerFork<T> {
@@ -59,9 +98,6 @@ impl<T: Send + Sync> Drop for PerFork<T> {
             return;
         }
         // SAFETY: taken once, here, and never used again.
-        let value = unsafe { ManuallyDrop::take(&mut self.slot) };
-        // A runtime waits for its threads as it drops: without the GIL, so
-        // that a thread waiting for the GIL can finish.
-        Python::attach(|py| py.detach(move || drop(value)));
+        drop_without_gil(unsafe { ManuallyDrop::take(&mut self.slot) });
     }
 }

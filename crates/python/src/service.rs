@@ -28,7 +28,7 @@ fn build(py: Python<'_>, config: &CacheFactoryConfig) -> PyResult<Arc<blocking::
 impl Service {
     /// The service of this fork generation, built again after a fork.
     pub fn current(&self, py: Python<'_>) -> PyResult<Arc<blocking::CacheService>> {
-        self.built.current(|| build(py, &self.config))
+        self.built.current(|| build(py, &self.config), Ok)
     }
 }
 

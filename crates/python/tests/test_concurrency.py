@@ -95,3 +95,43 @@ def test_a_forked_child_builds_its_own_runtime_and_connections(redis):
     c.set("after-fork", 2)
     assert redis.get_raw("fork:after-fork") == b"2"
     assert c.get_stats()["backplane"]["instance_id"] == parent_id
+
+
+def test_threads_of_a_forked_child_first_use_the_cache_together(redis):
+    # gunicorn's threaded workers after --preload: the first requests of a
+    # child arrive together, each the first use of the parent's cache there.
+    service = CacheService(redis.config())
+    c = make_cache(service, "fork-threads")
+    c.set("k", "v")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            results = []
+            start = threading.Barrier(8)
+
+            def first_use(n):
+                start.wait()
+                c.set(f"t{n}", n)
+                results.append(c.get("k") == "v" and c.get(f"t{n}") == n)
+
+            threads = [threading.Thread(target=first_use, args=(n,)) for n in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            code = 0 if results == [True] * 8 else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child's threads hung on their first use of the cache")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert [c.get(f"t{n}") for n in range(8)] == list(range(8))
