@@ -11,6 +11,21 @@ from resilient_cache import CacheService
 from conftest import make_cache
 
 
+def wait_for_child(pid: int, hung: str) -> int:
+    """The child's wait status; a child still running after 60 s (stuck on
+    its parent's runtime, or on a lock) is killed and fails the test with `hung`."""
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError(hung)
+        time.sleep(0.05)
+
+
 def test_threads_hammering_one_cache(redis, service):
     c = make_cache(service, "ham", l1_maxsize=100)  # small L1: evictions and L2 reads too
     errors: list[BaseException] = []
@@ -78,16 +93,7 @@ def test_a_forked_child_builds_its_own_runtime_and_connections(redis):
         finally:
             os._exit(code)
     os.close(write)
-    deadline = time.monotonic() + 60
-    while True:  # a child stuck on its parent's runtime must fail the test, not hang it
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            raise AssertionError("the forked child hung")
-        time.sleep(0.05)
+    status = wait_for_child(pid, "the forked child hung")
     report = os.read(read, 16)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
     # The parent goes on with its own runtime and sees the child's write.
@@ -123,15 +129,6 @@ def test_threads_of_a_forked_child_first_use_the_cache_together(redis):
             code = 0 if results == [True] * 8 else 1
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 60
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            raise AssertionError("the forked child's threads hung on their first use of the cache")
-        time.sleep(0.05)
+    status = wait_for_child(pid, "the forked child's threads hung on their first use of the cache")
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert [c.get(f"t{n}") for n in range(8)] == list(range(8))
