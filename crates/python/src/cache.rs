@@ -17,7 +17,7 @@ use resilient_cache::{blocking, CacheOptions};
 use crate::errors::{from_engine, raise};
 use crate::fork::PerFork;
 use crate::service::Service;
-use crate::value::PyValue;
+use crate::value::{Encoded, PyValue};
 
 type Built = blocking::Cache<PyValue>;
 
@@ -36,7 +36,6 @@ pub struct Cache {
     /// Whether values are encoded on `set` (only caches with L2 need bytes).
     encodes: bool,
     decode_errors: AtomicU64,
-    encode_errors: AtomicU64,
 }
 
 /// `s` seconds, or `class` (an exception of the package) naming `name`.
@@ -80,25 +79,32 @@ impl Cache {
         )
     }
 
-    /// `value` as the engine keeps it: with its bytes when there is an L2.
-    /// A value the serializer refuses is counted and raised, and the key is
-    /// removed from both levels (no level keeps serving an older value).
-    fn wrap(&self, py: Python<'_>, built: &Built, key: &str, value: &Bound<'_, PyAny>) -> PyResult<PyValue> {
-        if !self.encodes {
-            return Ok(PyValue::new(value.clone().unbind(), None));
-        }
-        match encode(py, &self.serializer, value) {
-            Ok(bytes) => Ok(PyValue::new(value.clone().unbind(), Some(bytes))),
-            Err(e) => {
-                self.encode_errors.fetch_add(1, Relaxed);
-                py.detach(|| built.delete(key));
-                Err(raise(
-                    py,
-                    "CacheSerializationError",
-                    format!("cannot encode the value of {key:?}: {e}"),
-                    &[("key", key), ("serializer", &self.serializer_name)],
-                ))
+    /// `value` as the engine keeps it: with its bytes when there is an L2,
+    /// or the serializer's refusal, which the engine treats as it treats
+    /// any value it cannot encode.
+    fn value(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyValue {
+        let encoded = if !self.encodes {
+            Encoded::Unneeded
+        } else {
+            match encode(py, &self.serializer, value) {
+                Ok(bytes) => Encoded::Bytes(bytes),
+                Err(e) => Encoded::Refused(e.to_string()),
             }
+        };
+        PyValue::new(value.clone().unbind(), encoded)
+    }
+
+    /// An engine error of a write of `key`, raised; an encoding error names
+    /// the key and the serializer.
+    fn write_error(&self, py: Python<'_>, key: &str, e: &resilient_cache::Error) -> PyErr {
+        match e {
+            resilient_cache::Error::Serialization(message) => raise(
+                py,
+                "CacheSerializationError",
+                format!("cannot encode the value of {key:?}: {message}"),
+                &[("key", key), ("serializer", &self.serializer_name)],
+            ),
+            e => from_engine(py, e),
         }
     }
 
@@ -241,7 +247,6 @@ impl Cache {
             serializer_name,
             encodes: l2_enabled,
             decode_errors: AtomicU64::new(0),
-            encode_errors: AtomicU64::new(0),
         })
     }
 
@@ -270,14 +275,15 @@ impl Cache {
         let key = &*key_of(key)?;
         let ttl = ttl_arg(py, ttl)?;
         let built = self.current(py)?;
-        let value = self.wrap(py, &built, key, value)?;
+        let value = self.value(py, value);
         let tags: Vec<&str> = tags.iter().flatten().map(String::as_str).collect();
         py.detach(|| built.try_set_with_tags(key, value, ttl, &tags))
-            .map_err(|e| from_engine(py, &e))
+            .map_err(|e| self.write_error(py, key, &e))
     }
 
     /// Stores `value` only if `key` is absent (L2 decides, atomically);
-    /// returns whether it was stored.
+    /// returns whether it was stored. A value the serializer refuses is
+    /// stored nowhere and raised; the key's current value stays.
     #[pyo3(signature = (key, value, ttl=None))]
     fn set_if_not_exist(
         &self,
@@ -289,8 +295,13 @@ impl Cache {
         let key = &*key_of(key)?;
         let ttl = ttl_arg(py, ttl)?;
         let built = self.current(py)?;
-        let value = self.wrap(py, &built, key, value)?;
-        Ok(py.detach(|| built.set_if_not_exist(key, value, ttl)))
+        let value = self.value(py, value);
+        let refused = value.refused().map(str::to_owned);
+        let stored = py.detach(|| built.set_if_not_exist(key, value, ttl));
+        match refused {
+            Some(why) => Err(self.write_error(py, key, &resilient_cache::Error::Serialization(why))),
+            None => Ok(stored),
+        }
     }
 
     /// Removes `key` from L2, then L1; returns whether L2 had it.
@@ -350,10 +361,12 @@ impl Cache {
                 }
             }
             if let Some(errors) = map.get_mut("errors").and_then(|v| v.as_object_mut()) {
-                for (name, ours) in [("decode", &self.decode_errors), ("encode", &self.encode_errors)] {
-                    let engine = errors.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
-                    errors.insert(name.into(), (engine + ours.load(Relaxed)).into());
-                }
+                // Values are decoded here, on first read, not by the engine.
+                let engine = errors.get("decode").and_then(|v| v.as_u64()).unwrap_or(0);
+                errors.insert(
+                    "decode".into(),
+                    (engine + self.decode_errors.load(Relaxed)).into(),
+                );
             }
         }
         to_py(py, &json)
@@ -393,12 +406,12 @@ impl Cache {
         let load = move || {
             Python::attach(|py| {
                 let object = loader.call0(py)?;
-                let bytes = if encodes {
-                    Some(encode(py, &serializer, object.bind(py))?)
+                let encoded = if encodes {
+                    Encoded::Bytes(encode(py, &serializer, object.bind(py))?)
                 } else {
-                    None
+                    Encoded::Unneeded
                 };
-                Ok::<_, PyErr>(PyValue::new(object, bytes))
+                Ok::<_, PyErr>(PyValue::new(object, encoded))
             })
         };
         let loaded = py.detach(|| built.get_or_load_with(key, &opts, load));
@@ -483,7 +496,9 @@ impl Cache {
         Ok(out.unbind())
     }
 
-    /// Stores every `(key, value)` of `items` (a dict or pairs), L2 written once for all.
+    /// Stores every `(key, value)` of `items` (a dict or pairs), L2 written
+    /// once for all. A value the serializer refuses is counted and skipped,
+    /// as a refused key is; the others are stored.
     fn set_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<()> {
         let built = self.current(py)?;
         let pairs = match items.cast::<pyo3::types::PyDict>() {
@@ -493,7 +508,7 @@ impl Cache {
         let mut entries = Vec::new();
         for pair in pairs.try_iter()? {
             let (key, value): (String, Bound<'_, PyAny>) = pair?.extract()?;
-            let v = self.wrap(py, &built, &key, &value)?;
+            let v = self.value(py, &value);
             entries.push((key, v));
         }
         py.detach(|| built.set_many(entries));

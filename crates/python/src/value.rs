@@ -17,17 +17,39 @@ use serde::{Deserializer, Serialize, Serializer};
 /// One cached value. The engine stores it through
 /// `Serializer::passthrough`, so its serde form is its bytes.
 pub struct PyValue {
-    /// The serializer's bytes; `None` for caches without L2, which never encode.
-    bytes: Option<Vec<u8>>,
+    encoded: Encoded,
     object: OnceLock<Py<PyAny>>,
 }
 
+/// A value's L2 form, as the Python serializer gave it.
+pub enum Encoded {
+    /// The cache has no L2: nothing is ever encoded.
+    Unneeded,
+    /// The serializer's bytes.
+    Bytes(Vec<u8>),
+    /// Why the serializer refused the value. The engine meets it as an
+    /// encoding error and applies its rule for one (counted, logged,
+    /// stored in neither level).
+    Refused(String),
+}
+
 impl PyValue {
-    /// A value written from Python: the object, and its bytes if L2 needs them.
-    pub fn new(object: Py<PyAny>, bytes: Option<Vec<u8>>) -> Self {
+    /// A value written from Python: the object, and its L2 form.
+    pub fn new(object: Py<PyAny>, encoded: Encoded) -> Self {
         let cell = OnceLock::new();
         let _ = cell.set(object);
-        Self { bytes, object: cell }
+        Self {
+            encoded,
+            object: cell,
+        }
+    }
+
+    /// Why the serializer refused this value, if it did.
+    pub fn refused(&self) -> Option<&str> {
+        match &self.encoded {
+            Encoded::Refused(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// The object, if this value was written from Python or already decoded.
@@ -37,7 +59,10 @@ impl PyValue {
 
     /// The encoded bytes (present for every value read from L2).
     pub fn bytes(&self) -> Option<&[u8]> {
-        self.bytes.as_deref()
+        match &self.encoded {
+            Encoded::Bytes(bytes) => Some(bytes),
+            _ => None,
+        }
     }
 
     /// Keeps the decoded object; when another thread decoded it first, theirs
@@ -52,9 +77,10 @@ impl PyValue {
 
 impl Serialize for PyValue {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.bytes {
-            Some(bytes) => s.serialize_bytes(bytes),
-            None => Err(serde::ser::Error::custom(
+        match &self.encoded {
+            Encoded::Bytes(bytes) => s.serialize_bytes(bytes),
+            Encoded::Refused(why) => Err(serde::ser::Error::custom(why)),
+            Encoded::Unneeded => Err(serde::ser::Error::custom(
                 "this value was written to a cache without L2 and has no encoded form",
             )),
         }
@@ -71,13 +97,13 @@ impl<'de> serde::Deserialize<'de> for PyValue {
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<PyValue, E> {
                 Ok(PyValue {
-                    bytes: Some(v.to_vec()),
+                    encoded: Encoded::Bytes(v.to_vec()),
                     object: OnceLock::new(),
                 })
             }
             fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<PyValue, E> {
                 Ok(PyValue {
-                    bytes: Some(v),
+                    encoded: Encoded::Bytes(v),
                     object: OnceLock::new(),
                 })
             }

@@ -225,6 +225,25 @@ def test_a_value_the_serializer_refuses_raises_and_stores_nothing(redis, service
     assert c.get_stats()["errors"]["encode"] == 1
 
 
+def test_set_if_not_exist_of_a_refused_value_raises_and_keeps_the_current_one(redis, service):
+    c = make_cache(service, "enc2")
+    c.set("k", "old")
+    with pytest.raises(CacheSerializationError) as e:
+        c.set_if_not_exist("k", {1, 2})
+    assert e.value.key == "k"
+    assert c.get("k") == "old" and redis.get_raw("enc2:k") == b'"old"'
+    with pytest.raises(CacheSerializationError):
+        c.set_if_not_exist("new", {3})
+    assert c.get("new") is None and redis.get_raw("enc2:new") is None
+
+
+def test_set_many_skips_a_refused_value_and_stores_the_others(redis, service):
+    c = make_cache(service, "enc3")
+    c.set_many({"a": 1, "b": {2}, "c": 3})
+    assert c.get_many(["a", "b", "c"]) == [1, None, 3]
+    assert c.get_stats()["errors"]["encode"] == 1
+
+
 def test_an_l1_only_cache_keeps_any_object(service):
     c = service.create_cache(l2_key_prefix="mem", l2_ttl=60, l2_enabled=False, l1_enabled=True)
     obj = object()

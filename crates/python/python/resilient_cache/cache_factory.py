@@ -6,7 +6,7 @@ import logging
 from typing import Optional, Union
 
 from . import _native
-from .config import CacheFactoryConfig
+from .config import CacheFactoryConfig, _int, _seconds
 from .exceptions import CacheConfigurationError
 from .serializers import CacheSerializer, get_serializer, serializer_name
 
@@ -68,29 +68,19 @@ class CacheFactory:
             instance, name = chosen, serializer_name(chosen)
         else:
             raise TypeError(f"serializer must be str or CacheSerializer, got {type(chosen).__name__}")
-        for key, value in (("l1_maxsize", l1_maxsize), ("l1_ttl", l1_ttl), ("l2_ttl", l2_ttl)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise CacheConfigurationError(
-                    f"{key} = {value!r} is not allowed: a number >= 0", config_key=key, config_value=value
-                )
-        if circuit_breaker_threshold is not None and (
-            isinstance(circuit_breaker_threshold, bool)
-            or not isinstance(circuit_breaker_threshold, int)
-            or circuit_breaker_threshold < 1
-        ):
-            raise CacheConfigurationError(
-                f"circuit_breaker_threshold = {circuit_breaker_threshold!r} is not allowed: an integer >= 1",
-                config_key="circuit_breaker_threshold",
-                config_value=circuit_breaker_threshold,
-            )
+        l1_maxsize = _int("l1_maxsize", l1_maxsize, 0)
+        l1_ttl = _seconds("l1_ttl", l1_ttl, 0)
+        l2_ttl = _seconds("l2_ttl", l2_ttl, 0)
+        if circuit_breaker_threshold is not None:
+            circuit_breaker_threshold = _int("circuit_breaker_threshold", circuit_breaker_threshold, 1)
         cache = ResilientTwoLevelCache(
             self._service,
             l2_key_prefix,
-            float(l2_ttl),
+            l2_ttl,
             bool(l2_enabled),
             bool(l1_enabled),
-            int(l1_maxsize) if l1_maxsize > 0 else 1000,
-            float(l1_ttl) if l1_ttl > 0 else 60.0,
+            l1_maxsize or 1000,
+            l1_ttl or 60.0,
             instance,
             name,
             circuit_breaker_enabled,
