@@ -9,6 +9,10 @@
 //! (90 % get / 10 % set over 100,000 keys, Zipf-like, L1 + L2, vs raw Redis).
 //! Starts its own `redis-server` unless `--redis-url` is given.
 //!
+//! Beside throughput and latency, each side's CPU time per op (this process
+//! and `redis-server`) and their ratio: steadier than throughput on a shared
+//! machine.
+//!
 //! Options: `--json PATH`, `--redis-url URL`, `--run-ms N` (1500),
 //! `--repeats N` (3; medians are reported), `--concurrency 1,64`,
 //! `--only l1_hit,set,…` (those scenarios only).
@@ -53,6 +57,11 @@ fn live() -> usize {
     LIVE.load(Relaxed)
 }
 
+/// CPU µs per op as `client+redis`.
+fn cpu([client, redis]: [f64; 2]) -> String {
+    format!("{client:.1}+{redis:.1}")
+}
+
 fn main() {
     let mut args =
         Args::new("loadgen [--json PATH] [--redis-url URL] [--run-ms N] [--repeats N] [--concurrency 1,64] [--only SCENARIO,...]");
@@ -89,12 +98,24 @@ fn main() {
     let report = cli::run(run(p, Some(live)));
     cli::write_json(&args, json.as_deref(), &report);
     println!(
-        "{:<9} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8}",
-        "scenario", "c", "ops/s", "p50 us", "p99 us", "p999 us", "raw ops/s", "raw p50", "ops x", "p50 x"
+        "{:<9} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8} {:>13} {:>13} {:>6}",
+        "scenario",
+        "c",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "raw ops/s",
+        "raw p50",
+        "ops x",
+        "p50 x",
+        "cpu us/op",
+        "raw cpu",
+        "cpu x"
     );
     for s in &report.scenarios {
         println!(
-            "{:<9} {:>4} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>13.0} {:>9.3} {:>8.2} {:>8.2}",
+            "{:<9} {:>4} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>13.0} {:>9.3} {:>8.2} {:>8.2} {:>13} {:>13} {:>6.2}",
             s.name,
             s.concurrency,
             s.ops_per_sec,
@@ -104,7 +125,10 @@ fn main() {
             s.baseline_ops_per_sec,
             s.baseline_p50_us,
             s.ops_ratio,
-            s.p50_ratio
+            s.p50_ratio,
+            cpu(s.cpu_us_per_op),
+            cpu(s.baseline_cpu_us_per_op),
+            s.cpu_ratio
         );
     }
     println!(

@@ -36,6 +36,19 @@ async fn loadgen_smoke() {
     }
     for s in &report.scenarios {
         assert!(s.ops_per_sec > 0.0 && s.baseline_ops_per_sec > 0.0, "{s:?}");
+        // CPU per op, both sides: this process always spends some; the
+        // server's share is measured (a write always costs it some).
+        for [client, server] in [s.cpu_us_per_op, s.baseline_cpu_us_per_op] {
+            assert!(client.is_finite() && client > 0.0, "{s:?}");
+            assert!(server.is_finite() && server >= 0.0, "{s:?}");
+        }
+        if s.name.starts_with("set") {
+            assert!(
+                s.cpu_us_per_op[1] > 0.0 && s.baseline_cpu_us_per_op[1] > 0.0,
+                "{s:?}"
+            );
+        }
+        assert!(s.cpu_ratio.is_finite() && s.cpu_ratio > 0.0, "{s:?}");
     }
     assert_eq!(report.l2_commands_per_get, 1.0);
     assert!(report.vs_original.contains_key("l2_hit_c1"));

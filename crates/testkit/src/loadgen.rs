@@ -88,6 +88,14 @@ pub struct Scenario {
     pub baseline_p50_us: f64,
     pub ops_ratio: f64,
     pub p50_ratio: f64,
+    /// CPU time per op of ours, µs: `[this process, redis-server]`.
+    pub cpu_us_per_op: [f64; 2],
+    /// The same for the baseline.
+    pub baseline_cpu_us_per_op: [f64; 2],
+    /// The baseline's CPU per op over ours (both processes): steadier than
+    /// `ops_ratio` on a shared machine, and what `ops_ratio` tends to where
+    /// the CPU is the limit (64 tasks).
+    pub cpu_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +115,67 @@ struct Measured {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    cpu_us_per_op: [f64; 2],
+}
+
+/// Reads the CPU time spent so far by this process (all its threads, ns
+/// precision) and by the Redis server (`INFO cpu`, µs precision).
+#[derive(Clone)]
+pub struct CpuProbe {
+    redis: Option<redis::aio::MultiplexedConnection>,
+}
+
+impl CpuProbe {
+    /// A probe of this process and the server behind `client` (when given).
+    pub async fn new(client: Option<&redis::Client>) -> Self {
+        let redis = match client {
+            Some(c) => c.get_multiplexed_async_connection().await.ok(),
+            None => None,
+        };
+        Self { redis }
+    }
+
+    /// `[this process, redis-server]` CPU time so far, µs (NaN where unknown).
+    async fn sample(&self) -> [f64; 2] {
+        [process_cpu_us(), self.redis_cpu_us().await]
+    }
+
+    async fn redis_cpu_us(&self) -> f64 {
+        let Some(mut conn) = self.redis.clone() else {
+            return f64::NAN;
+        };
+        let Ok(info) = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async::<String>(&mut conn)
+            .await
+        else {
+            return f64::NAN;
+        };
+        info.lines()
+            .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+            .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+            .sum::<f64>()
+            * 1e6
+    }
+}
+
+/// CPU time of this process so far (every thread, those ended included), µs.
+#[cfg(target_os = "linux")]
+fn process_cpu_us() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } != 0 {
+        return f64::NAN;
+    }
+    t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_cpu_us() -> f64 {
+    f64::NAN
 }
 
 /// Runs `op` from `concurrency` tasks for `run`. Ops that take well under a
@@ -118,12 +187,13 @@ struct Measured {
 /// suspends (an L1 hit) yields once per millisecond so that the other tasks
 /// run too: a yield costs ~12 µs on the multi-thread runtime, which spent
 /// every 1,024 ops would add ~12 ns to a 30 ns op, ours and the baseline alike.
-async fn measure<F, Fut>(concurrency: usize, run: Duration, batch: usize, op: F) -> Measured
+async fn measure<F, Fut>(probe: &CpuProbe, concurrency: usize, run: Duration, batch: usize, op: F) -> Measured
 where
     F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = ()> + Send,
 {
     const YIELD_EVERY: Duration = Duration::from_millis(1);
+    let cpu_before = probe.sample().await;
     let start = Instant::now();
     let deadline = start + run;
     let mut handles = Vec::new();
@@ -164,22 +234,29 @@ where
         hist.add(&h).unwrap();
     }
     let secs = (end - start).as_secs_f64();
+    let cpu_after = probe.sample().await;
     let q = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let per_op = |i: usize| (cpu_after[i] - cpu_before[i]) / total.max(1) as f64;
     Measured {
         ops_per_sec: total as f64 / secs,
         p50_us: q(0.5),
         p99_us: q(0.99),
         p999_us: q(0.999),
+        cpu_us_per_op: [per_op(0), per_op(1)],
     }
 }
 
 fn median(mut v: Vec<Measured>) -> Measured {
     v.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
     let mid = v[v.len() / 2];
-    let mut p50: Vec<f64> = v.iter().map(|m| m.p50_us).collect();
-    p50.sort_by(f64::total_cmp);
+    let mid_of = |f: fn(&Measured) -> f64| {
+        let mut all: Vec<f64> = v.iter().map(f).collect();
+        all.sort_by(f64::total_cmp);
+        all[all.len() / 2]
+    };
     Measured {
-        p50_us: p50[p50.len() / 2],
+        p50_us: mid_of(|m| m.p50_us),
+        cpu_us_per_op: [mid_of(|m| m.cpu_us_per_op[0]), mid_of(|m| m.cpu_us_per_op[1])],
         ..mid
     }
 }
@@ -187,6 +264,7 @@ fn median(mut v: Vec<Measured>) -> Measured {
 /// Alternates ours and the baseline `repeats` times and keeps the medians.
 async fn compare<F1, Fut1, F2, Fut2>(
     p: &LoadParams,
+    probe: &CpuProbe,
     name: &'static str,
     concurrency: usize,
     batch: usize,
@@ -201,8 +279,8 @@ where
 {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..p.repeats {
-        b.push(measure(concurrency, p.run, batch, raw.clone()).await);
-        a.push(measure(concurrency, p.run, batch, ours.clone()).await);
+        b.push(measure(probe, concurrency, p.run, batch, raw.clone()).await);
+        a.push(measure(probe, concurrency, p.run, batch, ours.clone()).await);
     }
     let (a, b) = (median(a), median(b));
     Scenario {
@@ -216,6 +294,9 @@ where
         baseline_p50_us: b.p50_us,
         ops_ratio: a.ops_per_sec / b.ops_per_sec,
         p50_ratio: a.p50_us / b.p50_us,
+        cpu_us_per_op: a.cpu_us_per_op,
+        baseline_cpu_us_per_op: b.cpu_us_per_op,
+        cpu_ratio: b.cpu_us_per_op.iter().sum::<f64>() / a.cpu_us_per_op.iter().sum::<f64>(),
     }
 }
 
@@ -244,6 +325,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
     let client = redis::Client::open(url.as_str()).unwrap();
     let raw_conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
     let msgpack = Serializer::msgpack();
+    let probe = CpuProbe::new(Some(&client)).await;
     let mut scenarios = Vec::new();
 
     // L2 only: our cache vs a raw GET + decode on the same kind of connection.
@@ -318,6 +400,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             scenarios.push(
                 compare(
                     &p,
+                    &probe,
                     "l1_hit",
                     c,
                     64,
@@ -347,6 +430,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             scenarios.push(
                 compare(
                     &p,
+                    &probe,
                     "l2_hit",
                     c,
                     1,
@@ -373,6 +457,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             scenarios.push(
                 compare(
                     &p,
+                    &probe,
                     "miss",
                     c,
                     1,
@@ -421,6 +506,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             scenarios.push(
                 compare(
                     &p,
+                    &probe,
                     name,
                     c,
                     1,
@@ -456,6 +542,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             scenarios.push(
                 compare(
                     &p,
+                    &probe,
                     "set_many",
                     c,
                     1,
@@ -513,6 +600,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
         scenarios.push(
             compare(
                 &p,
+                &probe,
                 "mixed",
                 c,
                 1,
