@@ -156,9 +156,10 @@ where
                     }
                 }
             }
-            let values: std::collections::HashMap<&str, &Arc<V>> =
-                entries.iter().map(|(k, v, _)| (*k, v)).collect();
+            // Looked up only when L2 fails and the writes must be queued.
+            let values = std::sync::OnceLock::<std::collections::HashMap<&str, &Arc<V>>>::new();
             self.write_l2_many(ops, &|key| {
+                let values = values.get_or_init(|| entries.iter().map(|(k, v, _)| (*k, v)).collect());
                 let value = values.get(key)?;
                 self.encode_write(&WriteOf {
                     value: &***value,

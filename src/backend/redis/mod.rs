@@ -74,6 +74,22 @@ pub(crate) fn escape_glob(text: &str) -> String {
     out
 }
 
+/// A key as stored, written straight into a command's argument from its
+/// parts (no `String` built for it: one allocation less per command).
+#[derive(Clone, Copy)]
+struct Stored<'a, const N: usize>([&'a str; N]);
+
+impl<const N: usize> redis::ToRedisArgs for Stored<'_, N> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        for part in self.0 {
+            // Writing into the command's own buffer cannot fail.
+            let _ = arg.write_all(part.as_bytes());
+        }
+    }
+}
+
 /// The `redis` / `valkey` L2 backend of one cache: keys are `"{prefix}:{key}"`.
 pub struct RedisBackend {
     conn: RedisConnection,
@@ -107,6 +123,11 @@ impl RedisBackend {
         k
     }
 
+    /// [`redis_key`](Self::redis_key) as a command argument.
+    fn key_arg<'a>(&'a self, key: &'a str) -> Stored<'a, 2> {
+        Stored([&self.namespace, key])
+    }
+
     /// The shared connection.
     pub fn connection(&self) -> &RedisConnection {
         &self.conn
@@ -122,11 +143,11 @@ impl RedisBackend {
     /// leases. It is outside the namespace (so `list_keys` never sees it) and
     /// hash-tagged with the data key, so both share a cluster slot — except
     /// for keys with braces of their own, which get no lease on a cluster.
-    fn lease_key(&self, key: &str) -> Option<String> {
+    fn lease_key<'a>(&'a self, key: &'a str) -> Option<Stored<'a, 4>> {
         if !self.fence || (self.conn.mode() == RedisMode::Cluster && key.contains(['{', '}'])) {
             return None;
         }
-        Some(format!("{LEASE_PREFIX}{}{key}}}", self.namespace))
+        Some(Stored([LEASE_PREFIX, &self.namespace, key, "}"]))
     }
 
     fn px(&self, ttl: Option<Duration>) -> u64 {
@@ -152,7 +173,7 @@ impl CacheBackend for RedisBackend {
     type Stats = L2Stats;
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.conn.query(redis::cmd("GET").arg(self.redis_key(key))).await
+        self.conn.query(redis::cmd("GET").arg(self.key_arg(key))).await
     }
 
     fn operation_timeout(&self) -> Option<Duration> {
@@ -160,27 +181,28 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        // Sized once: the key's parts, the value and the TTL's digits.
+        let mut set =
+            redis::Cmd::with_capacity(5, 3 + 2 + 20 + self.namespace.len() + key.len() + value.len());
+        set.arg("SET")
+            .arg(self.key_arg(key))
+            .arg(value)
+            .arg("PX")
+            .arg(self.px(ttl));
         let Some(lease) = self.lease_key(key) else {
-            let mut c = redis::cmd("SET");
-            c.arg(self.redis_key(key)).arg(value).arg("PX").arg(self.px(ttl));
-            return self.conn.query::<()>(&c).await;
+            return self.conn.query::<()>(&set).await;
         };
         // Ending the lease first (one round trip) fences out a load in flight:
         // its conditional store can no longer land over this value.
-        let mut p = redis::pipe();
+        let mut p = redis::Pipeline::with_capacity(2);
         p.cmd("DEL").arg(lease).ignore();
-        p.cmd("SET")
-            .arg(self.redis_key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(self.px(ttl))
-            .ignore();
+        p.add_command(set).ignore();
         self.conn.query_pipeline::<()>(&p).await
     }
 
     async fn set_if_not_exist(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<bool> {
         let mut c = redis::cmd("SET");
-        c.arg(self.redis_key(key))
+        c.arg(self.key_arg(key))
             .arg(value)
             .arg("NX")
             .arg("PX")
@@ -192,13 +214,13 @@ impl CacheBackend for RedisBackend {
         let Some(lease) = self.lease_key(key) else {
             let n: u64 = self
                 .conn
-                .query(redis::cmd("UNLINK").arg(self.redis_key(key)))
+                .query(redis::cmd("UNLINK").arg(self.key_arg(key)))
                 .await?;
             return Ok(n > 0);
         };
         let mut p = redis::pipe();
         p.cmd("DEL").arg(lease).ignore();
-        p.cmd("UNLINK").arg(self.redis_key(key));
+        p.cmd("UNLINK").arg(self.key_arg(key));
         let (removed,): (u64,) = self.conn.query_pipeline(&p).await?;
         Ok(removed > 0)
     }
@@ -232,16 +254,13 @@ impl CacheBackend for RedisBackend {
     async fn exists(&self, key: &str) -> Result<bool> {
         Ok(self
             .conn
-            .query::<u64>(redis::cmd("EXISTS").arg(self.redis_key(key)))
+            .query::<u64>(redis::cmd("EXISTS").arg(self.key_arg(key)))
             .await?
             > 0)
     }
 
     async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
-        let ms: i64 = self
-            .conn
-            .query(redis::cmd("PTTL").arg(self.redis_key(key)))
-            .await?;
+        let ms: i64 = self.conn.query(redis::cmd("PTTL").arg(self.key_arg(key))).await?;
         Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
     }
 
@@ -329,18 +348,17 @@ impl CacheBackend for RedisBackend {
         if entries.is_empty() {
             return Ok(());
         }
-        let raw: Vec<String> = entries.iter().map(|e| self.redis_key(e.0)).collect();
         if self.conn.mode() != RedisMode::Cluster {
             // One server: every lease ends in one `DEL`, then the writes, in
             // one round trip (half the commands of a `DEL` per key).
-            let mut p = redis::pipe();
+            let mut p = redis::Pipeline::with_capacity(entries.len() + 1);
             if self.fence {
-                let leases: Vec<String> = entries.iter().filter_map(|e| self.lease_key(e.0)).collect();
+                let leases: Vec<_> = entries.iter().filter_map(|e| self.lease_key(e.0)).collect();
                 p.cmd("DEL").arg(leases).ignore();
             }
-            for (i, (_, value, ttl)) in entries.iter().enumerate() {
+            for (key, value, ttl) in &entries {
                 p.cmd("SET")
-                    .arg(&raw[i])
+                    .arg(self.key_arg(key))
                     .arg(&value[..])
                     .arg("PX")
                     .arg(self.px(*ttl))
@@ -348,6 +366,7 @@ impl CacheBackend for RedisBackend {
             }
             return self.conn.query_pipeline::<()>(&p).await;
         }
+        let raw: Vec<String> = entries.iter().map(|e| self.redis_key(e.0)).collect();
         // Each key's lease ends with its write, as in `set`.
         let per_key = if self.fence { 2 } else { 1 };
         let replies = self
@@ -384,7 +403,7 @@ impl CacheBackend for RedisBackend {
             // One server: the leases in one `DEL`, the keys in one `UNLINK`.
             let mut p = redis::pipe();
             if self.fence {
-                let leases: Vec<String> = keys.iter().filter_map(|k| self.lease_key(k)).collect();
+                let leases: Vec<_> = keys.iter().filter_map(|k| self.lease_key(k)).collect();
                 p.cmd("DEL").arg(leases).ignore();
             }
             p.cmd("UNLINK").arg(&raw);
@@ -521,7 +540,7 @@ return 1",
 
     async fn expire_in(&self, key: &str, ttl: Duration) -> Result<bool> {
         let mut c = redis::cmd("PEXPIRE");
-        c.arg(self.redis_key(key)).arg(self.px(Some(ttl)));
+        c.arg(self.key_arg(key)).arg(self.px(Some(ttl)));
         Ok(self.conn.query::<u8>(&c).await? == 1)
     }
 
@@ -543,6 +562,32 @@ return 1",
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_written_from_its_parts_is_the_joined_key() {
+        let packed = |arg: &dyn Fn(&mut redis::Cmd)| {
+            let mut c = redis::cmd("DEL");
+            arg(&mut c);
+            c.get_packed_command()
+        };
+        assert_eq!(
+            packed(&|c| {
+                c.arg(Stored([LEASE_PREFIX, "users:", "42", "}"]));
+            }),
+            packed(&|c| {
+                c.arg("rc:lease:{users:42}");
+            })
+        );
+        assert_eq!(
+            packed(&|c| {
+                c.arg(vec![Stored(["a:", "1"]), Stored(["a:", ""])]);
+            }),
+            packed(&|c| {
+                c.arg("a:1").arg("a:");
+            }),
+            "one argument per key, an empty part included"
+        );
+    }
 
     #[test]
     fn glob_characters_are_escaped() {
