@@ -304,8 +304,7 @@ async fn publish_batches(
             let payload = Backplane::encode(instance_id, keys.iter());
             pipe.cmd("PUBLISH")
                 .arg(format!("{CHANNEL_PREFIX}{prefix}"))
-                .arg(payload)
-                .ignore();
+                .arg(payload);
         }
         // Lost announcements only leave other instances' L1 stale until their
         // TTL or their subscriber's next reconnect clear; nothing to retry here.

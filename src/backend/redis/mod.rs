@@ -9,6 +9,14 @@
 //!
 //! One command per operation: `GET`, `SET … PX`, `SET … NX PX`, `UNLINK`,
 //! `EXISTS`, `PTTL`; `SCAN` (never `KEYS`) with `UNLINK` for `clear`.
+//!
+//! # Performance notes
+//!
+//! A write allocates as little as the `redis` crate allows: keys are written
+//! into the command from their parts (`Stored`), commands are sized once,
+//! and pipelines mark no command `ignore()`d (the crate keeps those in a
+//! hashed set per pipeline; `()` reads any array of replies, and a server
+//! error in one still fails the call).
 
 //!
 //! Where things are: `connect` opens clients and maps errors, `conn`
@@ -195,8 +203,8 @@ impl CacheBackend for RedisBackend {
         // Ending the lease first (one round trip) fences out a load in flight:
         // its conditional store can no longer land over this value.
         let mut p = redis::Pipeline::with_capacity(2);
-        p.cmd("DEL").arg(lease).ignore();
-        p.add_command(set).ignore();
+        p.cmd("DEL").arg(lease);
+        p.add_command(set);
         self.conn.query_pipeline::<()>(&p).await
     }
 
@@ -218,10 +226,10 @@ impl CacheBackend for RedisBackend {
                 .await?;
             return Ok(n > 0);
         };
-        let mut p = redis::pipe();
-        p.cmd("DEL").arg(lease).ignore();
+        let mut p = redis::Pipeline::with_capacity(2);
+        p.cmd("DEL").arg(lease);
         p.cmd("UNLINK").arg(self.key_arg(key));
-        let (removed,): (u64,) = self.conn.query_pipeline(&p).await?;
+        let ((), removed): ((), u64) = self.conn.query_pipeline(&p).await?;
         Ok(removed > 0)
     }
 
@@ -354,15 +362,14 @@ impl CacheBackend for RedisBackend {
             let mut p = redis::Pipeline::with_capacity(entries.len() + 1);
             if self.fence {
                 let leases: Vec<_> = entries.iter().filter_map(|e| self.lease_key(e.0)).collect();
-                p.cmd("DEL").arg(leases).ignore();
+                p.cmd("DEL").arg(leases);
             }
             for (key, value, ttl) in &entries {
                 p.cmd("SET")
                     .arg(self.key_arg(key))
                     .arg(&value[..])
                     .arg("PX")
-                    .arg(self.px(*ttl))
-                    .ignore();
+                    .arg(self.px(*ttl));
             }
             return self.conn.query_pipeline::<()>(&p).await;
         }
@@ -404,11 +411,11 @@ impl CacheBackend for RedisBackend {
             let mut p = redis::pipe();
             if self.fence {
                 let leases: Vec<_> = keys.iter().filter_map(|k| self.lease_key(k)).collect();
-                p.cmd("DEL").arg(leases).ignore();
+                p.cmd("DEL").arg(leases);
             }
             p.cmd("UNLINK").arg(&raw);
-            let (removed,): (u64,) = self.conn.query_pipeline(&p).await?;
-            return Ok(removed);
+            let mut replies: Vec<redis::Value> = self.conn.query_pipeline(&p).await?;
+            return reply(replies.pop());
         }
         let per_key = if self.fence { 2 } else { 1 };
         let replies = self
