@@ -10,6 +10,12 @@
 //! One command per operation: `GET`, `SET … PX`, `SET … NX PX`, `UNLINK`,
 //! `EXISTS`, `PTTL`; `SCAN` (never `KEYS`) with `UNLINK` for `clear`.
 //!
+//! Where things are: `connect` opens clients and maps errors, `conn`
+//! is the shared connection, `topology` follows single servers, clusters and
+//! sentinels, `backplane` is the pub/sub worker, `tracking` the worker of
+//! Redis-assisted invalidation, `push` the connections both of them read; this file is the backend of
+//! one cache (namespacing, leases, the commands of each operation).
+//!
 //! # Performance notes
 //!
 //! A write allocates as little as the `redis` crate allows: keys are written
@@ -17,13 +23,6 @@
 //! and pipelines mark no command `ignore()`d (the crate keeps those in a
 //! hashed set per pipeline; `()` reads any array of replies, and a server
 //! error in one still fails the call).
-
-//!
-//! Where things are: `connect` opens clients and maps errors, `conn`
-//! is the shared connection, `topology` follows single servers, clusters and
-//! sentinels, `backplane` is the pub/sub worker, `tracking` the worker of
-//! Redis-assisted invalidation, `push` the connections both of them read; this file is the backend of
-//! one cache (namespacing, leases, the commands of each operation).
 
 use std::time::Duration;
 
