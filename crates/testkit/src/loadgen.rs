@@ -120,18 +120,14 @@ struct Measured {
 
 /// Reads the CPU time spent so far by this process (all its threads, ns
 /// precision) and by the Redis server (`INFO cpu`, µs precision).
-#[derive(Clone)]
-pub struct CpuProbe {
+struct CpuProbe {
     redis: Option<redis::aio::MultiplexedConnection>,
 }
 
 impl CpuProbe {
-    /// A probe of this process and the server behind `client` (when given).
-    pub async fn new(client: Option<&redis::Client>) -> Self {
-        let redis = match client {
-            Some(c) => c.get_multiplexed_async_connection().await.ok(),
-            None => None,
-        };
+    /// A probe of this process and the server behind `client`.
+    async fn new(client: &redis::Client) -> Self {
+        let redis = client.get_multiplexed_async_connection().await.ok();
         Self { redis }
     }
 
@@ -325,7 +321,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
     let client = redis::Client::open(url.as_str()).unwrap();
     let raw_conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
     let msgpack = Serializer::msgpack();
-    let probe = CpuProbe::new(Some(&client)).await;
+    let probe = CpuProbe::new(&client).await;
     let mut scenarios = Vec::new();
 
     // L2 only: our cache vs a raw GET + decode on the same kind of connection.

@@ -124,10 +124,7 @@ impl RedisBackend {
 
     /// The full Redis key of `key`.
     pub fn redis_key(&self, key: &str) -> String {
-        let mut k = String::with_capacity(self.namespace.len() + key.len());
-        k.push_str(&self.namespace);
-        k.push_str(key);
-        k
+        self.key_arg(key).0.concat()
     }
 
     /// [`redis_key`](Self::redis_key) as a command argument.
