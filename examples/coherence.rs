@@ -6,7 +6,7 @@
 //! from A's `set` returning to B no longer serving the old value; stale reads
 //! are B reads of an old value after that. Halfway, Redis is restarted to check
 //! that B's L1 is cleared when its subscriber reconnects. Then the same with
-//! tracking alone (no backplane); then a foreign writer (a plain Redis
+//! tracking alone (no backplane), and with the backplane alone; then a foreign writer (a plain Redis
 //! client) sets, deletes and expires keys both instances hold in L1; then
 //! the L1 hit ratio of reads after own writes with tracking on and off; then
 //! the tracking connections are killed. Starts its own `redis-server` unless
@@ -35,7 +35,9 @@ fn main() {
     println!(
         "coherence: {} instances, {} updates; propagation p50 {} us, p99 {} us, max {} us; \
          stale reads after propagation {}; L1 cleared on reconnect: {}{}\n\
-         tracking only: propagation p50 {} us, p99 {} us, stale {}; backplane messages per write {:.2}\n\
+         per-key messages per write with both sources {:.2}\n\
+         tracking only: propagation p50 {} us, p99 {} us, stale {}\n\
+         backplane only: propagation p50 {} us, p99 {} us, stale {}; messages per write {:.2}\n\
          foreign writer: {} updates, propagation p50 {} us, p99 {} us, stale {}; \
          own-write L1 hit ratio {:.4} (tracking) vs {:.4} (off); tracking loss cleared L1: {}",
         report.instances,
@@ -50,9 +52,13 @@ fn main() {
         } else {
             " (not checked: external server)"
         },
+        report.default_messages_per_write,
         report.tracking_only_propagation_p50_us,
         report.tracking_only_propagation_p99_us,
         report.tracking_only_stale_reads_after_propagation,
+        report.backplane_only_propagation_p50_us,
+        report.backplane_only_propagation_p99_us,
+        report.backplane_only_stale_reads_after_propagation,
         report.backplane_messages_per_write,
         report.foreign_updates,
         report.foreign_propagation_p50_us,

@@ -2,7 +2,9 @@
 //! cache announces after each L2 write ([`InvalidationBus`]), what a bus
 //! calls back to evict (`Invalidate`), and the figures it reports. The cache
 //! sees only this; the Redis pub/sub worker that fulfils it lives in
-//! `backend::redis::backplane`.
+//! `backend::redis::backplane`. That worker sends per-key announcements only
+//! while some instance asks for them (one whose namespace tracking does not
+//! cover); clears and markers always go out.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -135,6 +137,14 @@ impl Targets {
             cache.invalidate(None, by).await;
         }
     }
+
+    /// Evicts everything from the live caches under `name`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub async fn clear(&self, name: &str, by: InvalidatedBy) {
+        for cache in self.of(name) {
+            cache.invalidate(None, by).await;
+        }
+    }
 }
 
 /// What every bus counts (the figures of [`BackplaneStats`] but its
@@ -148,6 +158,8 @@ pub(crate) struct BusCounters {
     pub own_ignored: Counter,
     pub reconnect_clears: Counter,
     pub overflow_clears: Counter,
+    pub skipped: Counter,
+    pub subscribe_clears: Counter,
     last_message_ms: AtomicU64,
 }
 
@@ -177,6 +189,8 @@ impl BusCounters {
             own_ignored: self.own_ignored.get(),
             reconnect_clears: self.reconnect_clears.get(),
             overflow_clears: self.overflow_clears.get(),
+            messages_skipped: self.skipped.get(),
+            subscribe_clears: self.subscribe_clears.get(),
             last_message_age_s: (last != 0).then(|| now_ms().saturating_sub(last) as f64 / 1000.0),
         }
     }
@@ -247,7 +261,9 @@ impl Notice {
 pub struct BackplaneStats {
     /// This instance's id (hex), carried in its messages.
     pub instance_id: String,
-    /// Whether the subscriber connection is up.
+    /// Whether the subscriber connection is up and every namespace of this
+    /// instance with an L1 hears of other instances' writes: through tracking,
+    /// or through the per-key messages it asked writers for.
     pub connected: bool,
     /// Writes announced by this instance, a batch (`set_many`,
     /// `delete_many`) counting once (announcements close together share one
@@ -263,6 +279,14 @@ pub struct BackplaneStats {
     pub reconnect_clears: u64,
     /// Times every backplane L1 was cleared because messages were dropped (flood).
     pub overflow_clears: u64,
+    /// Writes not announced key by key because no instance asked for such
+    /// messages: every instance with an L1 of the namespace hears of them
+    /// from Redis (tracking). See the backplane's module docs.
+    pub messages_skipped: u64,
+    /// Times a namespace's L1 was cleared after this instance asked writers
+    /// for per-key messages (its namespace not covered by tracking): it
+    /// covers writes made before the writers saw the request.
+    pub subscribe_clears: u64,
     /// Seconds since the last message from another instance, if any.
     pub last_message_age_s: Option<f64>,
 }

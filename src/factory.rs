@@ -269,12 +269,20 @@ impl CacheFactory {
         };
         let cache = TwoLevelCache::new(l1, l2, settings)?;
         #[cfg(feature = "redis")]
-        if let Some(bp) = backplane {
-            bp.register(cache.key_prefix(), cache.invalidation_target());
+        if let Some(t) = &tracker {
+            t.register(cache.key_prefix(), cache.invalidation_target());
         }
         #[cfg(feature = "redis")]
-        if let Some(t) = tracker {
-            t.register(cache.key_prefix(), cache.invalidation_target());
+        if let Some(bp) = backplane {
+            if let Some(t) = &tracker {
+                bp.follow_tracking(t);
+            }
+            bp.register(
+                cache.key_prefix(),
+                cache.invalidation_target(),
+                cache.has_l1(),
+                tracker.is_some(),
+            );
         }
         Ok(cache)
     }

@@ -62,7 +62,9 @@
 //! caches with both levels, see [`backplane`]), every write announces itself
 //! over Redis pub/sub and other instances evict their L1 copy within a few
 //! milliseconds (a lone write in well under one; a stream of writes is
-//! announced once per millisecond). With tracking (also the default, for
+//! announced once per millisecond) — key by key only while some instance
+//! that tracking does not cover asks for it, since tracking tells the
+//! others already. With tracking (also the default, for
 //! caches with L1 over Redis), Redis itself announces every change
 //! to a namespace's keys — by any client, by expiry, by eviction, by
 //! `FLUSHDB` — and the key leaves L1, while a process's own writes keep

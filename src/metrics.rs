@@ -17,6 +17,7 @@
 //!   `_load_waits_total`, `_eager_refreshes_total`,
 //!   `_stale_writes_prevented_total`, backplane counters
 //!   `_backplane_messages_sent_total`, `_backplane_messages_received_total`,
+//!   `_backplane_messages_skipped_total`,
 //!   tracking counters `_tracking_notifications_total`,
 //!   `_tracking_keys_invalidated_total`, `_tracking_flushes_total`,
 //!   `_tracking_loss_clears_total` and gauge `_tracking_connected` (1 or 0),
@@ -69,6 +70,10 @@ pub async fn record(service: &CacheService) {
             total(
                 "resilient_cache_backplane_messages_received_total",
                 b.messages_received,
+            );
+            total(
+                "resilient_cache_backplane_messages_skipped_total",
+                b.messages_skipped,
             );
         }
         if let Some(t) = &c.tracking {

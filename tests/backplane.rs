@@ -245,3 +245,138 @@ async fn a_read_racing_an_invalidation_does_not_promote_the_old_value() {
         "the old value was not promoted into B's L1 after the invalidation"
     );
 }
+
+/// Both sources on (the default): every instance's tracking hears of the
+/// writes, so none asks for per-key messages.
+fn both(prefix: &str) -> CacheOptions {
+    opts(prefix).invalidation(resilient_cache::InvalidationSources::Both)
+}
+
+/// Writes `key` on `c` until one write goes unannounced (its writer has
+/// found that no instance wants per-key messages); returns the value written.
+async fn write_unannounced(c: &Cache<String>, key: &str, tag: &str) -> String {
+    let mut n = 0;
+    loop {
+        n += 1;
+        let value = format!("{tag}{n}");
+        let skipped = c.backplane_stats().unwrap().messages_skipped;
+        c.set(key, value.clone()).await;
+        if c.backplane_stats().unwrap().messages_skipped > skipped {
+            return value;
+        }
+        assert!(
+            n < 500,
+            "writes never went unannounced: {:?}",
+            c.backplane_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tracking_everywhere_writes_go_unannounced_and_every_l1_still_hears_of_them() {
+    let redis = RedisServer::start();
+    let (_a, ca, _b, cb) = pair(&redis, both("quiet")).await;
+    ca.set("k", "v0".into()).await;
+    assert_eq!(cb.get("k").await.as_deref().map(String::as_str), Some("v0")); // in B's L1
+    let v = write_unannounced(&ca, "k", "v").await;
+    assert!(sees(&cb, "k", Some(&v)).await, "tracking told B");
+    ca.delete("k").await;
+    assert!(sees(&cb, "k", None).await, "the delete too");
+    let sa = ca.backplane_stats().unwrap();
+    assert!(sa.messages_skipped >= 2, "{sa:?}");
+    assert_eq!(
+        sa.subscribe_clears, 0,
+        "nobody asked for per-key messages: {sa:?}"
+    );
+    // Clears are always announced.
+    let sent = sa.messages_sent;
+    cb.set("other", "o".into()).await;
+    assert_eq!(ca.get("other").await.as_deref().map(String::as_str), Some("o"));
+    cb.clear().await;
+    assert!(sees(&ca, "other", None).await);
+    assert_eq!(ca.backplane_stats().unwrap().messages_sent, sent);
+    assert!(cb.backplane_stats().unwrap().messages_sent >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_tracking_asks_for_per_key_messages_and_hears_every_write() {
+    let redis = RedisServer::start();
+    let (_a, ca, _b, _cb) = pair(&redis, both("ask")).await;
+    ca.set("k", "v0".into()).await;
+    write_unannounced(&ca, "k", "v").await;
+
+    // C tracks nothing: it asks for per-key messages. What it reads before
+    // writers see the request is cleared once they must have.
+    let c = CacheService::new(redis.config()).await.unwrap();
+    let cc = c.create_cache::<String>(opts("ask")).unwrap();
+    let before = cc.get("k").await.unwrap();
+    let skipped = ca.backplane_stats().unwrap().messages_skipped;
+    ca.set("k", "while-asking".into()).await;
+    let was_skipped = ca.backplane_stats().unwrap().messages_skipped > skipped;
+    assert!(
+        sees(&cc, "k", Some("while-asking")).await,
+        "the write made as C asked reached C (read before: {before}, announced: {})",
+        !was_skipped
+    );
+    let settled = eventually(Duration::from_secs(10), async || {
+        cc.backplane_stats().is_some_and(|b| b.connected)
+    })
+    .await;
+    let sc = cc.backplane_stats().unwrap();
+    assert!(settled && sc.subscribe_clears >= 1, "{sc:?}");
+
+    // From now on A announces: C hears of each write from the backplane.
+    let sent = ca.backplane_stats().unwrap().messages_sent;
+    assert_eq!(
+        cc.get("k").await.as_deref().map(String::as_str),
+        Some("while-asking")
+    );
+    ca.set("k", "announced".into()).await;
+    assert!(sees(&cc, "k", Some("announced")).await);
+    assert!(ca.backplane_stats().unwrap().messages_sent > sent);
+    assert!(cc.backplane_stats().unwrap().messages_applied >= 1);
+
+    // C leaves: A stops announcing again.
+    drop(cc);
+    drop(c);
+    write_unannounced(&ca, "k", "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_tracking_gets_per_key_messages_instead() {
+    const USER: &str = "no-tracking";
+    const PASSWORD: &str = "pw";
+    let redis = RedisServer::start_with(&[
+        "--user",
+        USER,
+        "on",
+        &format!(">{PASSWORD}"),
+        "~*",
+        "&*",
+        "+@all",
+        "-client|tracking",
+    ]);
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let ca = a.create_cache::<String>(both("refused")).unwrap();
+    ca.set("k", "v0".into()).await;
+    write_unannounced(&ca, "k", "v").await;
+
+    let mut limited = redis.config();
+    limited.redis.username = Some(resilient_cache::Secret::new(USER));
+    limited.redis.password = Some(resilient_cache::Secret::new(PASSWORD));
+    let b = CacheService::new(limited).await.unwrap();
+    let cb = b.create_cache::<String>(both("refused")).unwrap();
+    // B's tracking never comes up; after a grace period it asks for per-key messages.
+    let asked = eventually(Duration::from_secs(10), async || {
+        cb.backplane_stats()
+            .is_some_and(|s| s.connected && s.subscribe_clears >= 1)
+    })
+    .await;
+    assert!(asked, "{:?} {:?}", cb.backplane_stats(), cb.tracking_stats());
+    assert!(!cb.tracking_stats().unwrap().connected);
+    assert!(cb.get("k").await.is_some()); // in B's L1
+    ca.set("k", "new".into()).await;
+    assert!(sees(&cb, "k", Some("new")).await, "{:?}", ca.backplane_stats());
+    assert!(cb.backplane_stats().unwrap().messages_applied >= 1);
+}

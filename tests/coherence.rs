@@ -15,7 +15,10 @@ async fn coherence_harness_invariants() {
     let json = serde_json::to_string(&r).unwrap();
     assert_eq!(r.stale_reads_after_propagation, 0, "{json}");
     assert!(r.reconnect_checked && r.reconnect_l1_cleared, "{json}");
-    assert!(r.messages_received_by_b >= 100, "{json}");
+    // The backplane alone: B asked for per-key messages, and got them (an
+    // update B did not hold can share a message with the next one).
+    assert_eq!(r.backplane_only_stale_reads_after_propagation, 0, "{json}");
+    assert!(r.messages_received_by_b >= 50, "{json}");
     assert!(
         r.propagation_max_us < 5_000_000,
         "every update propagated: {json}"

@@ -392,6 +392,13 @@ where
         &self.inner.prefix
     }
 
+    /// Whether the cache has an L1 (and so announces its writes, and hears
+    /// of other instances' writes, key by key).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn has_l1(&self) -> bool {
+        self.inner.l1.is_some()
+    }
+
     /// The breaker guarding L2.
     pub fn circuit_breaker(&self) -> &CircuitBreaker {
         &self.inner.breaker

@@ -218,7 +218,9 @@ async fn loader_calls(config: &CacheFactoryConfig, n: usize) -> (u64, u64, u64) 
 }
 
 /// Round trips of one `set_many` (backplane off, so that only the write
-/// counts), and backplane messages for one `set_many` with it on.
+/// counts), and backplane messages for one `set_many` with it on, for an
+/// instance that wants per-key messages (the backplane without tracking:
+/// with tracking, writes are announced only while such an instance exists).
 async fn set_many_costs(config: &CacheFactoryConfig, keys: &[String]) -> (u64, u64) {
     let s = service(config).await;
     let quiet = s
@@ -233,7 +235,14 @@ async fn set_many_costs(config: &CacheFactoryConfig, keys: &[String]) -> (u64, u
         .await;
     let trips = conn.round_trips() - before;
 
-    let loud = s.create_cache::<String>(options("loud")).unwrap();
+    let loud = s
+        .create_cache::<String>(options("loud").invalidation(resilient_cache::InvalidationSources::Backplane))
+        .unwrap();
+    let asked = super::eventually(Duration::from_secs(10), async || {
+        loud.backplane_stats().is_some_and(|b| b.connected)
+    })
+    .await;
+    assert!(asked, "per-key messages asked for");
     loud.set("warm", value(0)).await;
     let sent = || async { loud.get_stats().await.backplane.map_or(0, |b| b.messages_sent) };
     let before = sent().await;

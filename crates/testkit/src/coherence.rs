@@ -41,8 +41,17 @@ pub struct CoherenceReport {
     pub reconnect_l1_cleared: bool,
     /// False with `--redis-url`: the harness cannot restart a server it did not start.
     pub reconnect_checked: bool,
+    /// Per-key messages A sent per update it made, both sources on (the
+    /// default): none while every instance's tracking covers the namespace.
+    pub default_messages_per_write: f64,
+    /// Updates by A seen by B with the backplane alone (no tracking): B asks
+    /// for per-key messages, A sends them.
+    pub backplane_only_propagation_p50_us: u64,
+    pub backplane_only_propagation_p99_us: u64,
+    pub backplane_only_stale_reads_after_propagation: u64,
+    /// Backplane messages B received in that run.
     pub messages_received_by_b: u64,
-    /// Backplane messages A sent per update it made.
+    /// Backplane messages A sent per update it made in that run.
     pub backplane_messages_per_write: f64,
     /// Updates by A seen by B with tracking alone (no backplane): what the
     /// backplane adds for this crate's own instances.
@@ -150,7 +159,9 @@ pub async fn run(p: CoherenceParams) -> CoherenceReport {
         reconnect_checked = true;
         // B holds keys in L1; a restart may lose messages: B must clear its L1.
         let before = b.get_stats().await.backplane.unwrap().reconnect_clears;
-        assert!(b.get_stats().await.l1.unwrap().size > 0);
+        let held = b.get_stats().await;
+        // Only a clear of the whole L1 (a lost channel) leaves it empty here.
+        assert!(held.l1.as_ref().unwrap().size > 0, "B's L1 is empty: {held:?}");
         server.kill();
         server.restart();
         reconnect_l1_cleared = eventually(Duration::from_secs(15), async || {
@@ -174,7 +185,16 @@ pub async fn run(p: CoherenceParams) -> CoherenceReport {
     hist.add(h2).unwrap();
     stale += s2;
     let sent = a.get_stats().await.backplane.unwrap().messages_sent - sent_before;
-    let backplane_messages_per_write = sent as f64 / (p.updates - half).max(1) as f64;
+    let default_messages_per_write = sent as f64 / (p.updates - half).max(1) as f64;
+
+    // The backplane alone between two instances of this crate.
+    let ba = service(&config, InvalidationSources::Backplane, "coherence-bp").await;
+    let bb = service(&config, InvalidationSources::Backplane, "coherence-bp").await;
+    let sent_before = ba.get_stats().await.backplane.unwrap().messages_sent;
+    let (bp_hist, bp_stale) = updates(&ba, &bb, p.updates / 2, p.keys, 1).await;
+    let sent = ba.get_stats().await.backplane.unwrap().messages_sent - sent_before;
+    let backplane_messages_per_write = sent as f64 / (p.updates / 2).max(1) as f64;
+    let messages_received_by_b = bb.get_stats().await.backplane.unwrap().messages_received;
 
     // Tracking alone between two instances of this crate.
     let ta = service(&config, InvalidationSources::Tracking, "coherence-trk").await;
@@ -247,7 +267,11 @@ pub async fn run(p: CoherenceParams) -> CoherenceReport {
         stale_reads_after_propagation: stale,
         reconnect_l1_cleared,
         reconnect_checked,
-        messages_received_by_b: b.get_stats().await.backplane.unwrap().messages_received,
+        default_messages_per_write,
+        backplane_only_propagation_p50_us: bp_hist.value_at_quantile(0.5),
+        backplane_only_propagation_p99_us: bp_hist.value_at_quantile(0.99),
+        backplane_only_stale_reads_after_propagation: bp_stale,
+        messages_received_by_b,
         backplane_messages_per_write,
         tracking_only_propagation_p50_us: track_hist.value_at_quantile(0.5),
         tracking_only_propagation_p99_us: track_hist.value_at_quantile(0.99),

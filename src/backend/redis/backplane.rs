@@ -20,15 +20,34 @@
 //! and comes back, messages may have been lost: the same clear happens, and is
 //! counted. While Redis is unreachable there is no backplane: staleness is then
 //! bounded by the L1 TTL.
+//!
+//! # Per-key messages only where they are needed
+//!
+//! An instance whose namespace is tracked (the default) hears of every write
+//! to it from Redis itself, so a per-key message would tell it twice. Per-key
+//! messages are therefore sent only while some instance asks for them: an
+//! instance with an L1 namespace that tracking does not cover
+//! (`CACHE_INVALIDATION=backplane`, or tracking down for more than
+//! [`GRACE`], or refused by the server) subscribes to `rc:want:{prefix}`.
+//! Every writer reads the number of such subscribers for its namespaces
+//! (`PUBSUB NUMSUB`) every [`POLL`], and leaves per-key messages out only
+//! while its last answer was "none" and was asked less than [`TRUST`] ago;
+//! a failed or late answer means they are sent. Markers and clears are
+//! always sent. Writes a writer left out just before it saw a new subscriber
+//! are covered by the subscriber itself: it clears that namespace's L1
+//! [`SETTLE`] after subscribing (counted in `subscribe_clears`), and only
+//! then counts as connected. On a Redis Cluster subscribers are counted per
+//! node, so writers there always send per-key messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
-use std::sync::Weak;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use super::push::{backoff, PushConnection};
+use super::tracking::Tracker;
 use super::RedisConnection;
+use crate::backend::config::RedisMode;
 use crate::backplane::{
     BackplaneStats, BusCounters, Invalidate, InvalidatedBy, InvalidationBus, Notice, Targets, CHANNEL_PREFIX,
 };
@@ -43,6 +62,22 @@ const OUTBOX: usize = 65_536;
 const BATCH: usize = 256;
 /// How long the publisher gathers announcements under a stream of writes.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+/// How often a writer asks whether any instance wants per-key messages.
+pub(crate) const POLL: Duration = Duration::from_millis(100);
+/// How long a writer trusts an answer of "no one", from when it asked.
+pub(crate) const TRUST: Duration = Duration::from_millis(300);
+/// How long after subscribing for per-key messages an instance clears that
+/// namespace's L1 (beyond [`TRUST`]: every writer has seen it by then).
+pub(crate) const SETTLE: Duration = Duration::from_millis(500);
+/// How long tracking may be down for a namespace before its instance asks
+/// for per-key messages (tracking clears what it missed when it comes back).
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
+/// How often the subscriber looks at what it should ask for.
+const WANT_CHECK: Duration = Duration::from_millis(250);
+/// How often the subscriber checks that its connection answers.
+const PING: Duration = Duration::from_secs(1);
+/// Channel an instance subscribes to when it wants per-key messages for a namespace.
+const WANT_PREFIX: &str = "rc:want:";
 
 /// The service's backplane.
 pub(crate) struct Backplane {
@@ -52,6 +87,35 @@ pub(crate) struct Backplane {
     caches: Targets,
     counters: BusCounters,
     connected: AtomicBool,
+    /// The namespaces with an L1 (those announced and listened for, key by
+    /// key), each with whether all its caches with an L1 are tracked too,
+    /// and a generation bumped when one is added.
+    keyed: Mutex<(Vec<(String, bool)>, u64)>,
+    /// Until when (on [`now_ms`]) writes may go unannounced; 0: announce.
+    skip_keys_until: AtomicU64,
+    /// The service's tracking, when it has one: which namespaces it covers.
+    tracker: OnceLock<Weak<Tracker>>,
+    /// Per-key messages this instance asks for, by namespace.
+    wants: Mutex<HashMap<String, Want>>,
+    /// Namespaces tracked but not covered, and since when.
+    uncovered: Mutex<HashMap<String, Instant>>,
+}
+
+/// A subscription for per-key messages.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// Subscribed at this instant; writers may not have seen it yet.
+    Settling(Instant),
+    /// Every writer has seen it, and the L1 was cleared since.
+    Settled,
+}
+
+fn want_channel(prefix: &str) -> String {
+    format!("{WANT_PREFIX}{prefix}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn new_instance_id() -> u64 {
@@ -68,22 +132,124 @@ impl Backplane {
     pub fn new(publisher: RedisConnection) -> Arc<Self> {
         let (outbox, rx) = tokio::sync::mpsc::channel(OUTBOX);
         let id = new_instance_id();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn(publish_batches(publisher.clone(), rx, id))),
-            Err(_) => tracing::warn!("no Tokio runtime: backplane announcements are not sent"),
-        }
-        Arc::new(Self {
+        let bp = Arc::new(Self {
             instance_id: id,
             outbox,
-            publisher,
+            publisher: publisher.clone(),
             caches: Targets::default(),
             counters: BusCounters::default(),
             connected: AtomicBool::new(false),
+            keyed: Mutex::new((Vec::new(), 0)),
+            skip_keys_until: AtomicU64::new(0),
+            tracker: OnceLock::new(),
+            wants: Mutex::default(),
+            uncovered: Mutex::default(),
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                drop(rt.spawn(publish_batches(publisher.clone(), rx, id)));
+                // Subscribers are counted per node on a cluster: never skip there.
+                if publisher.mode() != RedisMode::Cluster {
+                    drop(rt.spawn(poll_listeners(Arc::downgrade(&bp), publisher)));
+                }
+            }
+            Err(_) => tracing::warn!("no Tokio runtime: backplane announcements are not sent"),
+        }
+        bp
+    }
+
+    /// Adds `cache` under `prefix`. `keyed`: it has an L1, so it announces
+    /// its writes and listens for other instances' writes key by key;
+    /// `tracked`: it is also registered with the service's tracking.
+    pub fn register(&self, prefix: &str, cache: Weak<dyn Invalidate>, keyed: bool, tracked: bool) {
+        self.caches.add(prefix.to_string(), cache);
+        if !keyed {
+            return;
+        }
+        let mut k = lock(&self.keyed);
+        match k.0.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, all_tracked)) => *all_tracked &= tracked,
+            None => {
+                k.0.push((prefix.to_string(), tracked));
+                k.1 += 1;
+                // Not asked about yet: announced until the next answer.
+                self.skip_keys_until.store(0, Relaxed);
+            }
+        }
+    }
+
+    /// The service's tracking: its namespaces need no per-key messages
+    /// while it covers them.
+    pub fn follow_tracking(&self, tracker: &Arc<Tracker>) {
+        let _ = self.tracker.set(Arc::downgrade(tracker));
+    }
+
+    /// Whether writes may go unannounced key by key now.
+    fn keys_unwanted(&self) -> bool {
+        now_ms() < self.skip_keys_until.load(Relaxed)
+    }
+
+    /// The namespaces this instance should ask per-key messages for: those
+    /// tracking does not track, and those it has not covered for [`GRACE`].
+    fn keys_wanted(&self) -> Vec<String> {
+        let keyed = lock(&self.keyed).0.clone();
+        let tracker = self.tracker.get().and_then(Weak::upgrade);
+        let mut uncovered = lock(&self.uncovered);
+        let now = Instant::now();
+        keyed
+            .into_iter()
+            .filter(|(p, all_tracked)| match &tracker {
+                Some(t) if *all_tracked => {
+                    if t.covers(p) {
+                        uncovered.remove(p);
+                        false
+                    } else {
+                        now.duration_since(*uncovered.entry(p.clone()).or_insert(now)) >= GRACE
+                    }
+                }
+                _ => true,
+            })
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Every keyed namespace hears of other instances' writes: tracking
+    /// covers all its caches, or its request for per-key messages has settled.
+    fn keys_heard(&self) -> bool {
+        let keyed = lock(&self.keyed).0.clone();
+        let tracker = self.tracker.get().and_then(Weak::upgrade);
+        let wants = lock(&self.wants).clone();
+        keyed.iter().all(|(p, all_tracked)| {
+            matches!(wants.get(p), Some(Want::Settled))
+                || (*all_tracked && tracker.as_ref().is_some_and(|t| t.covers(p)))
         })
     }
 
-    pub fn register(&self, prefix: &str, cache: Weak<dyn Invalidate>) {
-        self.caches.add(prefix.to_string(), cache);
+    /// Brings the subscriptions for per-key messages in line with
+    /// [`keys_wanted`](Self::keys_wanted), and clears the L1 of each that
+    /// has been subscribed for [`SETTLE`]. `Err`: the connection failed.
+    async fn update_wants(&self, push: &mut PushConnection) -> redis::RedisResult<()> {
+        let wanted = self.keys_wanted();
+        let current = lock(&self.wants).clone();
+        for p in current.keys().filter(|p| !wanted.contains(p)) {
+            push.conn.unsubscribe(want_channel(p)).await?;
+            lock(&self.wants).remove(p);
+        }
+        for p in wanted.iter().filter(|p| !current.contains_key(*p)) {
+            push.conn.subscribe(want_channel(p)).await?;
+            lock(&self.wants).insert(p.clone(), Want::Settling(Instant::now()));
+        }
+        let due: Vec<String> = lock(&self.wants)
+            .iter()
+            .filter(|(_, w)| matches!(w, Want::Settling(t) if t.elapsed() >= SETTLE))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            self.caches.clear(&p, InvalidatedBy::Backplane).await;
+            self.counters.subscribe_clears.incr();
+            lock(&self.wants).insert(p, Want::Settled);
+        }
+        Ok(())
     }
 
     async fn clear_all(&self) {
@@ -247,11 +413,19 @@ impl Backplane {
 
 impl InvalidationBus for Backplane {
     fn publish(&self, prefix: &str, key: Option<&str>) {
+        if key.is_some() && self.keys_unwanted() {
+            self.counters.skipped.incr();
+            return;
+        }
         self.counters.sent.incr();
         self.send(prefix, Notice::of_key(key));
     }
 
     fn publish_keys(&self, prefix: &str, keys: &[&str]) {
+        if self.keys_unwanted() {
+            self.counters.skipped.incr();
+            return;
+        }
         self.counters.sent.incr();
         self.send(prefix, Notice::of_keys(keys));
     }
@@ -262,8 +436,60 @@ impl InvalidationBus for Backplane {
     }
 
     fn stats(&self) -> BackplaneStats {
-        self.counters
-            .stats(self.instance_id, self.connected.load(Relaxed))
+        self.counters.stats(
+            self.instance_id,
+            self.connected.load(Relaxed) && self.keys_heard(),
+        )
+    }
+}
+
+/// Asks, every [`POLL`], whether any instance wants per-key messages for
+/// this service's namespaces; "none" lets writes skip them for [`TRUST`]
+/// from when it was asked.
+async fn poll_listeners(weak: Weak<Backplane>, conn: RedisConnection) {
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(bp) = weak.upgrade() else { return };
+        let (prefixes, generation) = lock(&bp.keyed).clone();
+        if prefixes.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        let numsub = pipe.cmd("PUBSUB").arg("NUMSUB");
+        for (p, _) in &prefixes {
+            numsub.arg(want_channel(p));
+        }
+        // Asked no later than Redis answers: trusting from here errs early.
+        let asked = now_ms();
+        let reply = conn.upkeep::<(redis::Value,)>(&pipe).await;
+        let none = reply.is_ok_and(|(v,)| {
+            subscriber_counts(&v).is_some_and(|c| c.len() == prefixes.len() && c.iter().all(|n| *n == 0))
+        });
+        let keyed = lock(&bp.keyed);
+        // A namespace added meanwhile was not asked about.
+        let until = if none && keyed.1 == generation {
+            asked + TRUST.as_millis() as u64
+        } else {
+            0
+        };
+        bp.skip_keys_until.store(until, Relaxed);
+    }
+}
+
+/// The counts of a `PUBSUB NUMSUB` reply (channel, count pairs: an array,
+/// or a map in RESP3), in order; `None` if it is something else.
+fn subscriber_counts(reply: &redis::Value) -> Option<Vec<i64>> {
+    use redis::Value;
+    let count = |v: &Value| match v {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    };
+    match reply {
+        Value::Array(a) if a.len() % 2 == 0 => a.chunks_exact(2).map(|p| count(&p[1])).collect(),
+        Value::Map(m) => m.iter().map(|(_, v)| count(v)).collect(),
+        _ => None,
     }
 }
 
@@ -361,7 +587,10 @@ async fn subscriber(
         ever_connected = true;
         failures = 0;
 
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Asks for per-key messages at once where needed, then on every tick.
+        let mut tick = tokio::time::interval(WANT_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ping = Instant::now();
         loop {
             tokio::select! {
                 msg = push.rx.recv() => {
@@ -385,14 +614,22 @@ async fn subscriber(
                 _ = tick.tick() => {
                     let Some(bp) = weak.upgrade() else { return };
                     bp.settle_overflow(push.take_lost()).await;
-                    if !matches!(push.ping(op_timeout).await, Ok(true)) {
+                    if bp.update_wants(&mut push).await.is_err() {
                         break;
+                    }
+                    if last_ping.elapsed() >= PING {
+                        last_ping = Instant::now();
+                        if !matches!(push.ping(op_timeout).await, Ok(true)) {
+                            break;
+                        }
                     }
                 }
             }
         }
         if let Some(bp) = weak.upgrade() {
             bp.connected.store(false, Relaxed);
+            // The subscriptions went with the connection.
+            lock(&bp.wants).clear();
         }
     }
 }
@@ -429,7 +666,7 @@ mod tests {
         let bp = Backplane::new(conn);
         let target = Arc::new(Target::default());
         let weak: Weak<dyn Invalidate> = Arc::downgrade(&(target.clone() as Arc<dyn Invalidate>));
-        bp.register("users", weak);
+        bp.register("users", weak, true, false);
 
         let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(4);
         let lost = AtomicBool::new(false);
@@ -460,6 +697,52 @@ mod tests {
         assert_eq!(bp.stats().overflow_clears, 1);
         bp.settle_overflow(lost.swap(false, Relaxed)).await;
         assert_eq!(target.clears.load(Relaxed), 1, "once per flood");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_added_is_announced_until_writers_ask_about_it() {
+        let conn = RedisConnection::new(&crate::backend::RedisConfig::default()).unwrap();
+        let bp = Backplane::new(conn);
+        let target: Arc<dyn Invalidate> = Arc::new(Target::default());
+        bp.register("a", Arc::downgrade(&target), true, true);
+        bp.skip_keys_until.store(u64::MAX, Relaxed);
+        assert!(bp.keys_unwanted());
+        bp.register("a", Arc::downgrade(&target), true, true);
+        assert!(bp.keys_unwanted(), "a namespace already asked about");
+        bp.register("no-l1", Arc::downgrade(&target), false, false);
+        assert!(bp.keys_unwanted(), "a cache without L1 announces nothing");
+        bp.register("b", Arc::downgrade(&target), true, true);
+        assert!(!bp.keys_unwanted(), "not asked about yet");
+        bp.publish("b", Some("k"));
+        assert_eq!((bp.stats().messages_sent, bp.stats().messages_skipped), (1, 0));
+        // Without tracking, both namespaces ask for per-key messages at once.
+        assert_eq!(bp.keys_wanted().len(), 2);
+    }
+
+    #[test]
+    fn subscriber_counts_are_read_in_both_protocols() {
+        use redis::Value;
+        let ch = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![
+            ch("rc:want:a"),
+            Value::Int(0),
+            ch("rc:want:b"),
+            Value::Int(2),
+        ]);
+        assert_eq!(subscriber_counts(&resp2), Some(vec![0, 2]));
+        let resp3 = Value::Map(vec![(ch("rc:want:a"), Value::Int(1))]);
+        assert_eq!(subscriber_counts(&resp3), Some(vec![1]));
+        assert_eq!(
+            subscriber_counts(&Value::Array(vec![ch("rc:want:a")])),
+            None,
+            "no count"
+        );
+        assert_eq!(
+            subscriber_counts(&Value::Array(vec![ch("rc:want:a"), ch("x")])),
+            None,
+            "not a number"
+        );
+        assert_eq!(subscriber_counts(&Value::Nil), None);
     }
 
     #[test]

@@ -59,7 +59,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::conn::OwnStores;
@@ -92,10 +92,14 @@ pub(crate) struct Tracker {
     flushes: Counter,
     loss_clears: Counter,
     overflow_clears: Counter,
-    /// Links wanted (one, or one per cluster primary) and links set up.
+    /// Links wanted (one, or one per cluster primary).
     links: AtomicUsize,
-    links_up: Arc<AtomicUsize>,
+    /// The links set up, each with the prefixes its tracking covers.
+    covered: Coverage,
 }
+
+/// The links set up, by node, each with the prefixes it tracks.
+type Coverage = Arc<Mutex<HashMap<Node, Vec<String>>>>;
 
 impl Tracker {
     /// Must run inside a Tokio runtime (it starts the worker).
@@ -112,7 +116,7 @@ impl Tracker {
             loss_clears: Counter::default(),
             overflow_clears: Counter::default(),
             links: AtomicUsize::new(0),
-            links_up: Arc::default(),
+            covered: Arc::default(),
         });
         let weak = Arc::downgrade(&tracker);
         match tokio::runtime::Handle::try_current() {
@@ -139,6 +143,16 @@ impl Tracker {
     /// holds no `:`, so `a:` never starts `b:`.)
     fn prefixes(&self) -> Vec<String> {
         self.caches.names()
+    }
+
+    /// Whether tracking is set up for `namespace` on every server that
+    /// holds keys: from then on, Redis tells this service of every change
+    /// to its keys.
+    pub fn covers(&self, namespace: &str) -> bool {
+        let name = format!("{namespace}:");
+        let links = self.links.load(Relaxed);
+        let covered = self.covered.lock().unwrap_or_else(|p| p.into_inner());
+        links > 0 && covered.len() >= links && covered.values().all(|p| p.contains(&name))
     }
 
     /// The caches whose namespace holds the Redis key `key`, each with the
@@ -214,22 +228,24 @@ impl Tracker {
 
     /// Points the data connection's tracking on `node` at `redirect` for
     /// every tracked prefix (off, then on again: one request, so no write
-    /// of another client falls between).
-    async fn enable(&self, node: &Node, redirect: i64) -> crate::error::Result<()> {
+    /// of another client falls between). Returns the prefixes set up.
+    async fn enable(&self, node: &Node, redirect: i64) -> crate::error::Result<Vec<String>> {
+        let prefixes = self.prefixes();
         let mut on = redis::cmd("CLIENT");
         on.arg("TRACKING")
             .arg("ON")
             .arg("REDIRECT")
             .arg(redirect)
             .arg("BCAST");
-        for p in self.prefixes() {
+        for p in &prefixes {
             on.arg("PREFIX").arg(p);
         }
         on.arg("NOLOOP");
         let mut pipe = redis::pipe();
         pipe.cmd("CLIENT").arg("TRACKING").arg("OFF");
         pipe.add_command(on);
-        self.data.upkeep_on::<()>(node, &pipe).await
+        self.data.upkeep_on::<()>(node, &pipe).await?;
+        Ok(prefixes)
     }
 
     /// Whether the data connection on `node` still tracks into `redirect`
@@ -277,7 +293,7 @@ impl TrackingSource for Tracker {
     fn stats(&self) -> TrackingStats {
         let links = self.links.load(Relaxed);
         TrackingStats {
-            connected: links > 0 && self.links_up.load(Relaxed) >= links,
+            connected: links > 0 && self.covered.lock().unwrap_or_else(|p| p.into_inner()).len() >= links,
             notifications: self.notifications.get(),
             keys_invalidated: self.keys_invalidated.get(),
             own_stores_confirmed: self.own_confirmed.get(),
@@ -288,22 +304,24 @@ impl TrackingSource for Tracker {
     }
 }
 
-/// One link counted as set up while this lives (a link task may end by
-/// being aborted, mid-await).
-struct Up(Option<Arc<AtomicUsize>>);
+/// One link counted as set up, with the prefixes it tracks, while this
+/// lives (a link task may end by being aborted, mid-await).
+struct Up {
+    covered: Coverage,
+    node: Node,
+}
 
 impl Up {
-    fn set(&mut self, count: &Arc<AtomicUsize>) {
-        if self.0.is_none() {
-            count.fetch_add(1, Relaxed);
-            self.0 = Some(count.clone());
-        }
+    fn set(&self, prefixes: Vec<String>) {
+        self.map().insert(self.node.clone(), prefixes);
     }
 
-    fn unset(&mut self) {
-        if let Some(count) = self.0.take() {
-            count.fetch_sub(1, Relaxed);
-        }
+    fn unset(&self) {
+        self.map().remove(&self.node);
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Node, Vec<String>>> {
+        self.covered.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -371,8 +389,13 @@ async fn link(
     let op_timeout = data.op_timeout();
     let mut ever_connected = missed;
     let mut failures: u32 = 0;
-    let mut up = Up(None);
-    let Some(mut added) = weak.upgrade().map(|t| t.added.subscribe()) else {
+    let Some((mut added, up)) = weak.upgrade().map(|t| {
+        let up = Up {
+            covered: t.covered.clone(),
+            node: node.clone(),
+        };
+        (t.added.subscribe(), up)
+    }) else {
         return;
     };
     loop {
@@ -405,18 +428,21 @@ async fn link(
         };
         let Some(tracker) = weak.upgrade() else { return };
         added.mark_unchanged();
-        if let Err(e) = tracker.enable(&node, id).await {
-            // The data connection may be on another server than the
-            // invalidation connection (a failover in between), or the server
-            // may refuse tracking (Redis < 6, an ACL without `client`).
-            if failures == 0 {
-                tracing::warn!(error = %e, ?node, "tracking could not be set up; retrying");
+        let prefixes = match tracker.enable(&node, id).await {
+            Ok(prefixes) => prefixes,
+            Err(e) => {
+                // The data connection may be on another server than the
+                // invalidation connection (a failover in between), or the server
+                // may refuse tracking (Redis < 6, an ACL without `client`).
+                if failures == 0 {
+                    tracing::warn!(error = %e, ?node, "tracking could not be set up; retrying");
+                }
+                failures = failures.saturating_add(1);
+                drop(tracker);
+                tokio::time::sleep(backoff(failures)).await;
+                continue;
             }
-            failures = failures.saturating_add(1);
-            drop(tracker);
-            tokio::time::sleep(backoff(failures)).await;
-            continue;
-        }
+        };
         if ever_connected || failures > 0 {
             // Set up first, cleared after: nothing read while notifications
             // could be missed stays. (The first set-up of a service that
@@ -424,7 +450,7 @@ async fn link(
             // then on, as the backplane's subscriber does.)
             tracker.clear_after_loss().await;
         }
-        up.set(&tracker.links_up);
+        up.set(prefixes);
         drop(tracker);
         ever_connected = true;
         failures = 0;
@@ -446,8 +472,12 @@ async fn link(
                 }
                 changed = added.changed() => {
                     let Some(tracker) = weak.upgrade() else { return };
-                    if changed.is_err() || tracker.enable(&node, id).await.is_err() {
+                    if changed.is_err() {
                         break;
+                    }
+                    match tracker.enable(&node, id).await {
+                        Ok(prefixes) => up.set(prefixes),
+                        Err(_) => break,
                     }
                 }
                 _ = tick.tick() => {
@@ -465,8 +495,9 @@ async fn link(
                     // the next check sees how it came back.
                     if let Ok(false) = tracker.data_tracks(&node, id).await {
                         // The data connection came back without tracking.
-                        if tracker.enable(&node, id).await.is_err() {
-                            break;
+                        match tracker.enable(&node, id).await {
+                            Ok(prefixes) => up.set(prefixes),
+                            Err(_) => break,
                         }
                         tracker.clear_after_loss().await;
                     }
