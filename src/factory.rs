@@ -293,7 +293,7 @@ impl CacheFactory {
         self.backplane
             .get_or_init(|| {
                 let bp = crate::backend::redis::backplane::Backplane::new(self.connection.clone());
-                bp.spawn_subscriber(
+                bp.spawn_workers(
                     self.connection.clone(),
                     self.breaker.clone(),
                     self.connection.op_timeout(),

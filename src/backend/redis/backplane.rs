@@ -38,6 +38,17 @@
 //! [`SETTLE`] after subscribing (counted in `subscribe_clears`), and only
 //! then counts as connected. On a Redis Cluster subscribers are counted per
 //! node, so writers there always send per-key messages.
+//!
+//! # Performance notes
+//!
+//! A write that needs no per-key message costs the backplane one coarse
+//! clock read and one atomic load (`keys_unwanted`), and wakes nothing. One
+//! that does costs a channel send, and its announcement cycle wakes the
+//! publisher and, with the echo of its own message, this instance's
+//! subscriber: at one task writing in a loop, that put the default `set`'s
+//! p50 at 80–100 µs against ~30–35 µs without it (load generator, same
+//! binary with and without a subscriber asking for messages). The question
+//! writers ask costs one `PUBSUB NUMSUB` per service every [`POLL`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -63,15 +74,15 @@ const BATCH: usize = 256;
 /// How long the publisher gathers announcements under a stream of writes.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// How often a writer asks whether any instance wants per-key messages.
-pub(crate) const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(100);
 /// How long a writer trusts an answer of "no one", from when it asked.
-pub(crate) const TRUST: Duration = Duration::from_millis(300);
+const TRUST: Duration = Duration::from_millis(300);
 /// How long after subscribing for per-key messages an instance clears that
 /// namespace's L1 (beyond [`TRUST`]: every writer has seen it by then).
-pub(crate) const SETTLE: Duration = Duration::from_millis(500);
+const SETTLE: Duration = Duration::from_millis(500);
 /// How long tracking may be down for a namespace before its instance asks
 /// for per-key messages (tracking clears what it missed when it comes back).
-pub(crate) const GRACE: Duration = Duration::from_secs(1);
+const GRACE: Duration = Duration::from_secs(1);
 /// How often the subscriber looks at what it should ask for.
 const WANT_CHECK: Duration = Duration::from_millis(250);
 /// How often the subscriber checks that its connection answers.
@@ -146,13 +157,7 @@ impl Backplane {
             uncovered: Mutex::default(),
         });
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                drop(rt.spawn(publish_batches(publisher.clone(), rx, id)));
-                // Subscribers are counted per node on a cluster: never skip there.
-                if publisher.mode() != RedisMode::Cluster {
-                    drop(rt.spawn(poll_listeners(Arc::downgrade(&bp), publisher)));
-                }
-            }
+            Ok(rt) => drop(rt.spawn(publish_batches(publisher, rx, id))),
             Err(_) => tracing::warn!("no Tokio runtime: backplane announcements are not sent"),
         }
         bp
@@ -394,8 +399,10 @@ impl Backplane {
         }
     }
 
-    /// Starts the subscriber: one task per service, stopped when the service goes.
-    pub fn spawn_subscriber(
+    /// Starts the subscriber, and the writers' question whether anyone
+    /// wants per-key messages: one task each per service, stopped when the
+    /// service goes. Both wait while `breaker` says Redis is down.
+    pub fn spawn_workers(
         self: &Arc<Self>,
         link: crate::backend::redis::RedisConnection,
         breaker: Arc<CircuitBreaker>,
@@ -404,6 +411,10 @@ impl Backplane {
         let weak = Arc::downgrade(self);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                // Subscribers are counted per node on a cluster: never skip there.
+                if link.mode() != RedisMode::Cluster {
+                    rt.spawn(poll_listeners(weak.clone(), link.clone(), breaker.clone()));
+                }
                 rt.spawn(async move { subscriber(weak, link, breaker, op_timeout).await });
             }
             Err(_) => tracing::warn!("no Tokio runtime: the backplane subscriber is not running"),
@@ -446,11 +457,16 @@ impl InvalidationBus for Backplane {
 /// Asks, every [`POLL`], whether any instance wants per-key messages for
 /// this service's namespaces; "none" lets writes skip them for [`TRUST`]
 /// from when it was asked.
-async fn poll_listeners(weak: Weak<Backplane>, conn: RedisConnection) {
+async fn poll_listeners(weak: Weak<Backplane>, conn: RedisConnection, breaker: Arc<CircuitBreaker>) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Not while Redis is known down (the answer then ages out: announced).
+        let wait = breaker.time_until_probe();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let Some(bp) = weak.upgrade() else { return };
         let (prefixes, generation) = lock(&bp.keyed).clone();
         if prefixes.is_empty() {
@@ -581,6 +597,9 @@ async fn subscriber(
             bp.clear_all().await;
             bp.counters.reconnect_clears.incr();
         }
+        // Tracking gets its grace anew: after an outage it is usually back
+        // (and has cleared) within it, and asking would clear once more.
+        lock(&bp.uncovered).clear();
         // Connected once caught up: whoever waits for it sees the clear done.
         bp.connected.store(true, Relaxed);
         drop(bp);
