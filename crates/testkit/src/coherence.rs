@@ -158,9 +158,13 @@ pub async fn run(p: CoherenceParams) -> CoherenceReport {
     if let Some(server) = server.as_mut() {
         reconnect_checked = true;
         // B holds keys in L1; a restart may lose messages: B must clear its L1.
+        // (Read again first: on a loaded machine a subscriber's keep-alive
+        // may have timed out, and its reconnect cleared L1 already.)
+        for k in 0..p.keys {
+            b.get(&format!("k{k}")).await;
+        }
         let before = b.get_stats().await.backplane.unwrap().reconnect_clears;
         let held = b.get_stats().await;
-        // Only a clear of the whole L1 (a lost channel) leaves it empty here.
         assert!(held.l1.as_ref().unwrap().size > 0, "B's L1 is empty: {held:?}");
         server.kill();
         server.restart();
