@@ -98,8 +98,8 @@ pub(crate) struct Tracker {
     covered: Coverage,
 }
 
-/// The links set up, by node, each with the prefixes it tracks.
-type Coverage = Arc<Mutex<HashMap<Node, Vec<String>>>>;
+/// The links set up, by node, each with its link's id and the prefixes it tracks.
+type Coverage = Arc<Mutex<HashMap<Node, (u64, Vec<String>)>>>;
 
 impl Tracker {
     /// Must run inside a Tokio runtime (it starts the worker).
@@ -152,7 +152,7 @@ impl Tracker {
         let name = format!("{namespace}:");
         let links = self.links.load(Relaxed);
         let covered = self.covered.lock().unwrap_or_else(|p| p.into_inner());
-        links > 0 && covered.len() >= links && covered.values().all(|p| p.contains(&name))
+        links > 0 && covered.len() >= links && covered.values().all(|(_, p)| p.contains(&name))
     }
 
     /// The caches whose namespace holds the Redis key `key`, each with the
@@ -309,18 +309,30 @@ impl TrackingSource for Tracker {
 struct Up {
     covered: Coverage,
     node: Node,
+    /// Tells this link from a later one on the same node: an aborted link
+    /// dropped late must not remove its successor.
+    id: u64,
 }
 
 impl Up {
+    fn new(covered: Coverage, node: Node) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Relaxed);
+        Self { covered, node, id }
+    }
+
     fn set(&self, prefixes: Vec<String>) {
-        self.map().insert(self.node.clone(), prefixes);
+        self.map().insert(self.node.clone(), (self.id, prefixes));
     }
 
     fn unset(&self) {
-        self.map().remove(&self.node);
+        let mut map = self.map();
+        if map.get(&self.node).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.node);
+        }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Node, Vec<String>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Node, (u64, Vec<String>)>> {
         self.covered.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -389,13 +401,10 @@ async fn link(
     let op_timeout = data.op_timeout();
     let mut ever_connected = missed;
     let mut failures: u32 = 0;
-    let Some((mut added, up)) = weak.upgrade().map(|t| {
-        let up = Up {
-            covered: t.covered.clone(),
-            node: node.clone(),
-        };
-        (t.added.subscribe(), up)
-    }) else {
+    let Some((mut added, up)) = weak
+        .upgrade()
+        .map(|t| (t.added.subscribe(), Up::new(t.covered.clone(), node.clone())))
+    else {
         return;
     };
     loop {
@@ -515,6 +524,20 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_link_dropped_late_leaves_its_successor_counted() {
+        let covered = Coverage::default();
+        let node = Node::Primary("127.0.0.1".into(), 7000);
+        let old = Up::new(covered.clone(), node.clone());
+        old.set(vec!["a:".into()]);
+        let new = Up::new(covered.clone(), node.clone());
+        new.set(vec!["a:".into(), "b:".into()]);
+        drop(old);
+        assert_eq!(covered.lock().unwrap().get(&node).map(|(_, p)| p.len()), Some(2));
+        drop(new);
+        assert!(covered.lock().unwrap().is_empty());
     }
 
     #[test]
