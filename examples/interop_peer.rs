@@ -66,6 +66,14 @@ async fn main() {
                 Err(e) => say(&format!("error {e}")),
             },
             (Some("watch"), Some(key), None) => {
+                // Another client's writes reach L1 only once the cache's
+                // invalidation sources are set up.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !cache.backplane_stats().is_none_or(|b| b.connected)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let mut events = cache.subscribe();
                 let _ = cache.get(key).await;
                 say("ready");

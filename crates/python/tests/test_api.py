@@ -199,7 +199,11 @@ def test_an_l1_hit_returns_the_stored_object_itself(service):
 def test_a_value_read_from_l2_is_decoded_once_then_shared(redis, service):
     writer = make_cache(service, "sh", backplane=False)
     reader = make_cache(CacheService(redis.config()), "sh", backplane=False)
+    # The reader's tracking hears of the writer's write; that notice must land
+    # before the reads, or it evicts what the first one put in L1.
+    eventually(lambda: reader.get_stats()["tracking"]["connected"], what="the reader's tracking")
     writer.set("k", [1, 2, 3])
+    eventually(lambda: reader.get_stats()["tracking"]["notifications"] >= 1, what="the write's notice")
     first = reader.get("k")
     assert first == [1, 2, 3]
     assert reader.get("k") is first

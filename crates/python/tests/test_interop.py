@@ -24,6 +24,8 @@ def test_values_cross_both_ways(redis, peer_factory):
 def test_a_rust_write_evicts_the_python_l1(redis, peer_factory):
     rust = peer_factory("coh")
     py = make_cache(CacheService(redis.config()), "coh")
+    # Another client's writes reach L1 once the cache's sources are set up.
+    eventually(lambda: py.get_stats()["backplane"]["connected"], what="the Python cache's sources")
     py.set("k", 1)
     assert py.get("k") == 1
     assert rust.ask("set k 2") == "ok"
