@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use super::push::{backoff, PushConnection};
 use super::tracking::Tracker;
-use super::RedisConnection;
+use super::{lock, RedisConnection};
 use crate::backend::config::RedisMode;
 use crate::backplane::{
     BackplaneStats, BusCounters, Invalidate, InvalidatedBy, InvalidationBus, Notice, Targets, CHANNEL_PREFIX,
@@ -125,10 +125,6 @@ fn want_channel(prefix: &str) -> String {
     format!("{WANT_PREFIX}{prefix}")
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn new_instance_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS; mix in time and pid for good measure.
@@ -194,25 +190,34 @@ impl Backplane {
         now_ms() < self.skip_keys_until.load(Relaxed)
     }
 
+    /// Each keyed namespace, with whether tracking covers it now: `None`
+    /// when some cache of it is not tracked (it needs per-key messages).
+    fn coverage(&self) -> Vec<(String, Option<bool>)> {
+        let keyed = lock(&self.keyed).0.clone();
+        let tracker = self.tracker.get().and_then(Weak::upgrade);
+        keyed
+            .into_iter()
+            .map(|(p, all_tracked)| {
+                let covered = tracker.as_ref().filter(|_| all_tracked).map(|t| t.covers(&p));
+                (p, covered)
+            })
+            .collect()
+    }
+
     /// The namespaces this instance should ask per-key messages for: those
     /// tracking does not track, and those it has not covered for [`GRACE`].
     fn keys_wanted(&self) -> Vec<String> {
-        let keyed = lock(&self.keyed).0.clone();
-        let tracker = self.tracker.get().and_then(Weak::upgrade);
         let mut uncovered = lock(&self.uncovered);
         let now = Instant::now();
-        keyed
+        self.coverage()
             .into_iter()
-            .filter(|(p, all_tracked)| match &tracker {
-                Some(t) if *all_tracked => {
-                    if t.covers(p) {
-                        uncovered.remove(p);
-                        false
-                    } else {
-                        now.duration_since(*uncovered.entry(p.clone()).or_insert(now)) >= GRACE
-                    }
+            .filter(|(p, covered)| match covered {
+                Some(true) => {
+                    uncovered.remove(p);
+                    false
                 }
-                _ => true,
+                Some(false) => now.duration_since(*uncovered.entry(p.clone()).or_insert(now)) >= GRACE,
+                None => true,
             })
             .map(|(p, _)| p)
             .collect()
@@ -221,13 +226,10 @@ impl Backplane {
     /// Every keyed namespace hears of other instances' writes: tracking
     /// covers all its caches, or its request for per-key messages has settled.
     fn keys_heard(&self) -> bool {
-        let keyed = lock(&self.keyed).0.clone();
-        let tracker = self.tracker.get().and_then(Weak::upgrade);
         let wants = lock(&self.wants).clone();
-        keyed.iter().all(|(p, all_tracked)| {
-            matches!(wants.get(p), Some(Want::Settled))
-                || (*all_tracked && tracker.as_ref().is_some_and(|t| t.covers(p)))
-        })
+        self.coverage()
+            .iter()
+            .all(|(p, covered)| *covered == Some(true) || matches!(wants.get(p), Some(Want::Settled)))
     }
 
     /// Brings the subscriptions for per-key messages in line with

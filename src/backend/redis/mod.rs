@@ -51,6 +51,11 @@ const MARKS_PREFIX: &str = "rc:marks:{";
 /// the marker lifetime (each field says when it was set).
 const MARKS_PRUNE_ABOVE: u32 = 1024;
 
+/// Locks `m`, whatever a panicking holder left: the workers' maps stay usable.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A `PTTL` answer as a remaining TTL (`None`: no expiry, or no key).
 fn remaining(ms: i64) -> Option<Duration> {
     (ms >= 0).then(|| Duration::from_millis(ms as u64))

@@ -65,7 +65,7 @@ use std::time::Duration;
 use super::conn::OwnStores;
 use super::push::{backoff, PushConnection};
 use super::topology::Node;
-use super::RedisConnection;
+use super::{lock, RedisConnection};
 use crate::backend::config::RedisMode;
 use crate::backplane::{Invalidate, InvalidatedBy, Targets, TrackingSource, TrackingStats};
 use crate::breaker::CircuitBreaker;
@@ -151,7 +151,7 @@ impl Tracker {
     pub fn covers(&self, namespace: &str) -> bool {
         let name = format!("{namespace}:");
         let links = self.links.load(Relaxed);
-        let covered = self.covered.lock().unwrap_or_else(|p| p.into_inner());
+        let covered = lock(&self.covered);
         links > 0 && covered.len() >= links && covered.values().all(|(_, p)| p.contains(&name))
     }
 
@@ -293,7 +293,7 @@ impl TrackingSource for Tracker {
     fn stats(&self) -> TrackingStats {
         let links = self.links.load(Relaxed);
         TrackingStats {
-            connected: links > 0 && self.covered.lock().unwrap_or_else(|p| p.into_inner()).len() >= links,
+            connected: links > 0 && lock(&self.covered).len() >= links,
             notifications: self.notifications.get(),
             keys_invalidated: self.keys_invalidated.get(),
             own_stores_confirmed: self.own_confirmed.get(),
@@ -322,18 +322,14 @@ impl Up {
     }
 
     fn set(&self, prefixes: Vec<String>) {
-        self.map().insert(self.node.clone(), (self.id, prefixes));
+        lock(&self.covered).insert(self.node.clone(), (self.id, prefixes));
     }
 
     fn unset(&self) {
-        let mut map = self.map();
+        let mut map = lock(&self.covered);
         if map.get(&self.node).is_some_and(|(id, _)| *id == self.id) {
             map.remove(&self.node);
         }
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Node, (u64, Vec<String>)>> {
-        self.covered.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
