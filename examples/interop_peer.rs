@@ -68,12 +68,10 @@ async fn main() {
             (Some("watch"), Some(key), None) => {
                 // Another client's writes reach L1 only once the cache's
                 // invalidation sources are set up.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                while !cache.backplane_stats().is_none_or(|b| b.connected)
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                resilient_cache_testkit::eventually(Duration::from_secs(5), async || {
+                    cache.backplane_stats().is_none_or(|b| b.connected)
+                })
+                .await;
                 let mut events = cache.subscribe();
                 let _ = cache.get(key).await;
                 say("ready");

@@ -263,13 +263,10 @@ async fn invalidate_all_costs_the_same_for_any_size_and_covers_later_instances()
             !calls.contains_key("scan") && !calls.contains_key("unlink"),
             "{calls:?}"
         );
-        // Not the invalidation's: the subscriber's keepalive and connection
-        // set-up, and the writers' question on a timer (`PUBSUB NUMSUB`).
+        // Not the invalidation's: what runs on timers, and the subscriber's
+        // connection set-up.
         calls.retain(|name, _| {
-            !matches!(
-                name.as_str(),
-                "ping" | "hello" | "psubscribe" | "select" | "pubsub|numsub"
-            ) && !name.starts_with("client")
+            !matches!(name.as_str(), "hello" | "psubscribe" | "select") && !common::from_timers(name)
         });
         costs.push(calls);
         for i in [0, 1, n - 2, n - 1] {

@@ -89,10 +89,8 @@ async fn service(config: &CacheFactoryConfig) -> Cache<String> {
     c
 }
 
-/// Commands the server ran since the last reset, without the subscribers'
-/// heartbeats (`PING`), tracking upkeep (`CLIENT …`), the writers' question
-/// whether anyone wants per-key messages (`PUBSUB NUMSUB`, on a timer) and
-/// the counting itself.
+/// Commands the server ran since the last reset, without those sent on
+/// timers ([`from_timers`](super::from_timers)) and the counting itself.
 fn commands(url: &str) -> u64 {
     let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
     let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn).unwrap();
@@ -105,9 +103,7 @@ fn commands(url: &str) -> u64 {
                 .find_map(|f| f.strip_prefix("calls="))?
                 .parse()
                 .ok()?;
-            (!matches!(name, "ping" | "info" | "config|resetstat" | "pubsub|numsub")
-                && !name.starts_with("client|"))
-            .then_some(calls)
+            (!matches!(name, "info" | "config|resetstat") && !super::from_timers(name)).then_some(calls)
         })
         .sum()
 }

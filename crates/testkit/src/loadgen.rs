@@ -709,12 +709,9 @@ async fn commands_per_get(client: &redis::Client, l2: &Cache<User>, ks: &[String
     let calls: u64 = info
         .lines()
         .filter_map(|l| l.strip_prefix("cmdstat_"))
-        // Timers, not gets: keep-alive pings and the writers' `PUBSUB NUMSUB`.
         .filter(|l| {
-            !l.starts_with("config")
-                && !l.starts_with("info")
-                && !l.starts_with("ping:")
-                && !l.starts_with("pubsub|numsub:")
+            let name = l.split(':').next().unwrap_or_default();
+            !name.starts_with("config") && name != "info" && !crate::from_timers(name)
         })
         .filter_map(|l| l.split(',').next()?.split("calls=").nth(1)?.parse::<u64>().ok())
         .sum();

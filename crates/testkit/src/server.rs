@@ -241,7 +241,8 @@ impl RedisServer {
         k
     }
 
-    /// `calls` of each command since start or the last `CONFIG RESETSTAT`.
+    /// `calls` of each command since start or the last `CONFIG RESETSTAT`
+    /// (see [`from_timers`] for those no cache call sends).
     pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
         let info: String = self.cmd(&["INFO", "commandstats"]);
         info.lines()
@@ -314,6 +315,15 @@ pub fn config_for(url: &str) -> CacheFactoryConfig {
 
 /// Polls `f` until it is true or `timeout` passes; returns whether it became true.
 /// (For eventual conditions; never a speed assertion.)
+/// Whether the command named `name` in `INFO commandstats` (`ping`,
+/// `client|trackinginfo`, …) is one a service sends on timers, whatever its
+/// caches do: the subscribers' keep-alives, tracking's checks and the
+/// writers' question whether anyone wants per-key messages. Command counts
+/// of cache calls leave these out.
+pub fn from_timers(name: &str) -> bool {
+    matches!(name, "ping" | "pubsub|numsub") || name.starts_with("client|")
+}
+
 pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
