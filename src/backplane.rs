@@ -72,6 +72,11 @@ pub(crate) trait Invalidate: Send + Sync {
     /// Applies another instance's invalidation marker to L1 and to the
     /// cache's marker table.
     fn mark(self: Arc<Self>, mark: Mark) -> Evict;
+    /// Tracking (or a settled request for per-key messages) now covers the
+    /// cache's namespace: what L1 took in before is checked against L2.
+    fn covered(self: Arc<Self>) -> Evict {
+        Box::pin(async {})
+    }
 }
 
 /// The caches a backplane (or tracking) evicts from, by namespace; held
@@ -263,7 +268,8 @@ pub struct BackplaneStats {
     pub instance_id: String,
     /// Whether the subscriber connection is up and every namespace of this
     /// instance with an L1 hears of other instances' writes: through tracking,
-    /// or through the per-key messages it asked writers for.
+    /// or through the per-key messages it asked writers for. In a cache's
+    /// stats, also that the cache has checked what its L1 took in before.
     pub connected: bool,
     /// Writes announced by this instance, a batch (`set_many`,
     /// `delete_many`) counting once (announcements close together share one
@@ -310,7 +316,8 @@ impl std::fmt::Debug for dyn TrackingSource {
 pub struct TrackingStats {
     /// Whether tracking is established: the invalidation connection is up and
     /// the data connection's tracking points at it — on every primary of a
-    /// Redis Cluster.
+    /// Redis Cluster. In a cache's stats, also that the cache has checked
+    /// what its L1 took in before tracking covered its namespace.
     pub connected: bool,
     /// Invalidation messages received (each may name several keys).
     pub notifications: u64,

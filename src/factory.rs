@@ -270,6 +270,7 @@ impl CacheFactory {
         let cache = TwoLevelCache::new(l1, l2, settings)?;
         #[cfg(feature = "redis")]
         if let Some(t) = &tracker {
+            cache.note_until_covered();
             t.register(cache.key_prefix(), cache.invalidation_target());
         }
         #[cfg(feature = "redis")]

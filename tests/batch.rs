@@ -104,6 +104,15 @@ async fn the_l1_misses_of_a_batch_cost_one_mget() {
 
     let reader = CacheService::new(redis.config()).await.unwrap();
     let reader = reader.create_cache::<String>(opts("one")).unwrap();
+    // Counted once both caches' first moments are behind them (each checks
+    // what its L1 took in before tracking covered it).
+    for cache in [&c, &reader] {
+        let settled = eventually(Duration::from_secs(10), async || {
+            cache.tracking_stats().is_some_and(|t| t.connected)
+        })
+        .await;
+        assert!(settled, "{:?}", cache.tracking_stats());
+    }
     redis.reset_stats();
     let found = reader.get_many(&keys).await;
     assert!(found

@@ -454,6 +454,13 @@ async fn batches_on_a_cluster_send_one_pipeline_per_primary() {
         "{trips} round trips for {} primaries",
         primaries.len()
     );
+    // The writer's first moments end with a check of what its L1 took in
+    // (one read per node): done before counting.
+    let settled = eventually(Duration::from_secs(10), async || {
+        c.tracking_stats().is_some_and(|t| t.connected)
+    })
+    .await;
+    assert!(settled, "{:?}", c.tracking_stats());
     let writer = service.factory().connection();
     let before = writer.round_trips();
     c.set_many(keys.iter().map(|k| (k.as_str(), "again".to_string())))

@@ -338,3 +338,61 @@ async fn a_foreign_change_is_reported_as_an_invalidation_by_tracking() {
     assert_eq!(told, (Some("k".to_string()), InvalidatedBy::Tracking));
     assert!(sees(&c, "k", Some("theirs")).await);
 }
+
+/// A new cache reads a key into L1 and writes another at once, and another
+/// client changes both before the cache's tracking is set up, so Redis never
+/// tells it of those changes. Once tracking is up, the old copies must not
+/// stay in its L1. Whether the change lands before the set-up (a fraction of
+/// a millisecond) is a matter of timing, so this repeats with new services
+/// until it did (no notification came for it), for up to 60 s, and checks
+/// every attempt. The same check on memory backends, without timing, is in
+/// the library's unit tests (`cache::coverage`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_before_tracking_is_set_up_do_not_stay_in_l1() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut other = client.get_multiplexed_async_connection().await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
+    while std::time::Instant::now() < until {
+        attempt += 1;
+        let prefix = format!("early{attempt}");
+        let both = |v: &str| {
+            [
+                (format!("{prefix}:read"), json(v)),
+                (format!("{prefix}:written"), json(v)),
+            ]
+        };
+        let _: () = redis::cmd("MSET")
+            .arg(&both("old"))
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        let service = CacheService::new(redis.config()).await.unwrap();
+        let c = service.create_cache::<String>(opts(&prefix)).unwrap();
+        assert_eq!(c.get("read").await.as_deref().map(String::as_str), Some("old"));
+        c.set("written", "mine".into()).await;
+        let _: () = redis::cmd("MSET")
+            .arg(&both("new"))
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        for key in ["read", "written"] {
+            assert!(
+                sees(&c, key, Some("new")).await,
+                "attempt {attempt}: {key} kept its old copy ({:?})",
+                c.tracking_stats()
+            );
+        }
+        let settled = eventually(Duration::from_secs(10), async || {
+            c.tracking_stats().is_some_and(|t| t.connected)
+        })
+        .await;
+        let t = c.tracking_stats().unwrap();
+        assert!(settled, "{t:?}");
+        if t.keys_invalidated == 0 {
+            return;
+        }
+    }
+    panic!("in {attempt} attempts the change never landed before tracking was set up");
+}

@@ -134,6 +134,7 @@ where
             .map(|(k, v)| (k.as_ref(), v.clone(), self.physical_ttls(ttl)))
             .collect();
         let _writes: Vec<_> = entries.iter().map(|(k, ..)| self.inner.guard.write(k)).collect();
+        let since = self.early_since();
         // The entries that cannot be stored (their value does not encode).
         let mut refused: Vec<&str> = Vec::new();
         if self.inner.l2.is_some() {
@@ -171,12 +172,15 @@ where
             .await;
         }
         if let Some(l1) = &self.inner.l1 {
+            let mut late = Vec::new();
             for (key, value, (l1_ttl, _)) in entries {
-                let _ = match refused.contains(&key) {
-                    true => l1.delete(key).await.map(drop),
-                    false => l1.set(key, value, l1_ttl).await,
-                };
+                if refused.contains(&key) {
+                    let _ = l1.delete(key).await;
+                } else {
+                    late.extend(self.l1_put(l1, key, value, l1_ttl, since).await);
+                }
             }
+            self.check_late(l1, late).await;
         }
     }
 

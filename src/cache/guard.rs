@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub(super) struct PromotionGuard {
     stripes: Box<[AtomicU64]>,
     epoch: AtomicU64,
+    /// Moved only by the check of what L1 took in before tracking covered
+    /// the namespace (`coverage.rs`), which must know whether an operation
+    /// began before it; promotion does not depend on it.
+    checks: AtomicU64,
 }
 
 const STRIPES: usize = 256;
@@ -24,6 +28,14 @@ const WRITE_STARTED: u64 = 1 << 32;
 pub(crate) struct Snapshot {
     word: u64,
     epoch: u64,
+    checks: u64,
+}
+
+impl Snapshot {
+    /// The coverage checks run when the snapshot was taken.
+    pub(super) fn checks(self) -> u64 {
+        self.checks
+    }
 }
 
 pub(super) struct WriteGuard<'a>(&'a AtomicU64);
@@ -40,6 +52,7 @@ impl PromotionGuard {
         Self {
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +75,7 @@ impl PromotionGuard {
         Snapshot {
             word: self.stripe(key).load(Relaxed),
             epoch: self.epoch.load(Relaxed),
+            checks: self.checks.load(Relaxed),
         }
     }
 
@@ -69,6 +83,16 @@ impl PromotionGuard {
         before.word & (WRITE_STARTED - 1) == 0
             && self.stripe(key).load(Relaxed) == before.word
             && self.epoch.load(Relaxed) == before.epoch
+    }
+
+    /// The coverage checks run so far (see [`Snapshot::checks`]).
+    pub(super) fn checks(&self) -> u64 {
+        self.checks.load(Relaxed)
+    }
+
+    /// Counts a coverage check, before it takes its notes.
+    pub(super) fn bump_checks(&self) {
+        self.checks.fetch_add(1, Relaxed);
     }
 
     pub(super) fn bump_epoch(&self) {

@@ -83,6 +83,11 @@ where
         })
     }
 
+    fn covered(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let inner = Arc::downgrade(&self);
+        Box::pin(TwoLevelCache::check_early_entries(inner))
+    }
+
     fn mark(self: Arc<Self>, mark: Mark) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             self.apply_mark(&mark).await;

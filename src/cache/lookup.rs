@@ -434,7 +434,7 @@ where
         }
         if let (Some(l1), Some((before, ttl))) = (&self.inner.l1, promote) {
             if self.inner.guard.may_promote(key, before) {
-                let _ = l1.set(key, v.clone(), ttl).await;
+                self.l1_keep(l1, key, v.clone(), ttl, Some(before.checks())).await;
                 if let Some(e) = entry.as_ref().filter(|_| !tags.is_empty()) {
                     self.l1_tagged(key, tags, e.written_us).await;
                 }

@@ -13,6 +13,7 @@
 //! | `batch.rs` | `get_many`, `set_many`, `delete_many`: the single-key rules, L2 asked once per batch |
 //! | `gate.rs` | the breaker permit and outcome of each L2 call, the error counters, read-through budgets |
 //! | `guard.rs` | the promotion guard (no old value promoted over a newer write) |
+//! | `coverage.rs` | a tracked cache's first moments: what L1 took in before tracking covered the namespace, checked against L2 |
 //! | `ttl.rs` | logical and physical TTLs (fail-safe), the per-call TTL rule |
 //! | `input.rs` | refused input (over-long keys) |
 //! | `replay/` | the outage queue (`queue.rs`) and the task that replays it (`driver.rs`) |
@@ -81,6 +82,7 @@ use load::LoadOptions;
 
 mod batch;
 mod call;
+mod coverage;
 mod events;
 mod gate;
 mod guard;
@@ -147,6 +149,8 @@ struct Inner<V, A, B> {
     queue: RecoveryQueue,
     replay_timer_armed: std::sync::atomic::AtomicBool,
     guard: PromotionGuard,
+    /// The keys L1 took in before tracking covered the namespace.
+    journal: coverage::Journal,
     markers: markers::Markers,
     tag_index: markers::TagIndex,
     counters: Counters,
@@ -359,6 +363,7 @@ where
                 queue: RecoveryQueue::new(settings.replay_capacity),
                 replay_timer_armed: Default::default(),
                 guard: PromotionGuard::new(),
+                journal: coverage::Journal::new(),
                 markers: markers::Markers::new(marker_lifetime),
                 tag_index: markers::TagIndex::new(),
                 counters: Counters::default(),
@@ -433,9 +438,9 @@ mod tests {
     use crate::backend::config::{L1BackendKind, L1Config};
     use crate::backend::memory::TtlBackend;
 
-    type L1Only = TwoLevelCache<String, TtlBackend<Arc<String>>, TtlBackend<Vec<u8>>>;
+    pub(super) type L1Only = TwoLevelCache<String, TtlBackend<Arc<String>>, TtlBackend<Vec<u8>>>;
 
-    fn l1(ttl_s: u64) -> TtlBackend<Arc<String>> {
+    pub(super) fn l1(ttl_s: u64) -> TtlBackend<Arc<String>> {
         TtlBackend::new(&L1Config {
             backend: L1BackendKind::Ttl,
             maxsize: 100,
@@ -446,7 +451,7 @@ mod tests {
 
     /// A byte store standing in for L2 in unit tests of the composition
     /// (real-Redis behaviour is covered by the integration tests).
-    fn bytes_store() -> TtlBackend<Vec<u8>> {
+    pub(super) fn bytes_store() -> TtlBackend<Vec<u8>> {
         TtlBackend::new(&L1Config {
             backend: L1BackendKind::Ttl,
             maxsize: 100,
@@ -455,7 +460,7 @@ mod tests {
         })
     }
 
-    fn settings() -> TwoLevelSettings {
+    pub(super) fn settings() -> TwoLevelSettings {
         TwoLevelSettings {
             l2_ttl: Duration::from_secs(600),
             replay_capacity: 100,

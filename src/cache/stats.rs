@@ -109,15 +109,27 @@ where
     B: CacheBackend<Value = Vec<u8>>,
 {
     /// The backplane's figures (service-wide), without any I/O; `None` when
-    /// this cache does not use the backplane.
+    /// this cache does not use the backplane. `connected` is this cache's
+    /// view: also `false` until what its L1 took in before tracking covered
+    /// its namespace has been checked against L2.
     pub fn backplane_stats(&self) -> Option<BackplaneStats> {
-        self.inner.bus.as_ref().map(|b| b.stats())
+        self.inner.bus.as_ref().map(|b| {
+            let mut s = b.stats();
+            s.connected &= !self.inner.journal.is_pending();
+            s
+        })
     }
 
     /// Tracking's figures (service-wide), without any I/O; `None` when
-    /// this cache is not tracked.
+    /// this cache is not tracked. `connected` is this cache's view: also
+    /// `false` until what its L1 took in before tracking covered its
+    /// namespace has been checked against L2.
     pub fn tracking_stats(&self) -> Option<TrackingStats> {
-        self.inner.tracking.as_ref().map(|t| t.stats())
+        self.inner.tracking.as_ref().map(|t| {
+            let mut s = t.stats();
+            s.connected &= !self.inner.journal.is_pending();
+            s
+        })
     }
 
     /// Figures for both levels, the breaker, the error counters and the
@@ -183,7 +195,7 @@ where
                 stale_reads: e.marker_stale.get(),
                 tag_index_clears: e.tag_index_clears.get(),
             },
-            backplane: self.inner.bus.as_ref().map(|b| b.stats()),
+            backplane: self.backplane_stats(),
             tracking: self.tracking_stats(),
             loader: self.inner.flights.stats(),
             l2_hits: e.l2_hits.get(),

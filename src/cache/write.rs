@@ -102,6 +102,7 @@ where
         self.check_key(key)?;
         self.check_ttl(ttl)?;
         let _write = self.inner.guard.write(key);
+        let since = self.early_since();
         let (l1_ttl, l2_ttl) = self.physical_ttls(ttl);
         // Tagged writes are stamped before they reach either level.
         let written_us = (!tags.is_empty()).then(stamp_us);
@@ -133,7 +134,7 @@ where
                 let _ = l1.delete(key).await;
                 return Ok(());
             }
-            let _ = l1.set(key, value, l1_ttl).await;
+            self.l1_keep(l1, key, value, l1_ttl, since).await;
             if let Some(at) = written_us {
                 self.l1_tagged(key, tags, at).await;
             }
@@ -231,6 +232,7 @@ where
             return false;
         }
         let _write = self.inner.guard.write(key);
+        let since = self.early_since();
         let value = Arc::new(value);
         let (l1_ttl, ttl) = self.physical_ttls(ttl);
         let mut encoded = None;
@@ -254,7 +256,7 @@ where
                                 if stored {
                                     self.announce(Some(key));
                                     if let Some(l1) = &self.inner.l1 {
-                                        let _ = l1.set(key, value, l1_ttl).await;
+                                        self.l1_keep(l1, key, value, l1_ttl, since).await;
                                     }
                                 }
                                 return stored;

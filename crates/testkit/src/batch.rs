@@ -227,8 +227,14 @@ async fn set_many_costs(config: &CacheFactoryConfig, keys: &[String]) -> (u64, u
         .create_cache::<String>(options("quiet").backplane(false))
         .unwrap();
     let conn = s.factory().connection();
-    // The first call of a cache reads its markers: out of the count.
+    // The first call of a cache reads its markers, and its first moments
+    // end with a check of what L1 took in: both out of the count.
     quiet.set("warm", value(0)).await;
+    let settled = super::eventually(Duration::from_secs(10), async || {
+        quiet.tracking_stats().is_some_and(|t| t.connected)
+    })
+    .await;
+    assert!(settled, "tracking set up and the first moments checked");
     let before = conn.round_trips();
     quiet
         .set_many(keys.iter().enumerate().map(|(i, k)| (k.as_str(), value(i))))

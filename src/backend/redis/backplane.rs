@@ -253,6 +253,10 @@ impl Backplane {
             .collect();
         for p in due {
             self.caches.clear(&p, InvalidatedBy::Backplane).await;
+            // Covered from now on: the notes close (L1 was just cleared).
+            for cache in self.caches.of(&p) {
+                drop(tokio::spawn(cache.covered()));
+            }
             self.counters.subscribe_clears.incr();
             lock(&self.wants).insert(p, Want::Settled);
         }

@@ -40,6 +40,14 @@
 //! frozen or slow server is not a loss: both connections stay up, and the
 //! notifications queued on them arrive when it answers again.
 //!
+//! # The first set-up
+//!
+//! Changes made between a cache's creation and the set-up that covers its
+//! namespace go unannounced. Once the links' set-up covers a namespace (on
+//! every server that holds keys), the tracker tells its caches, and each
+//! checks what its L1 took in before against L2 (`cache::coverage`): an
+//! entry L2 no longer holds leaves L1.
+//!
 //! # Topologies
 //!
 //! Tracking is a state of one server, so there is one *link* (an
@@ -149,10 +157,30 @@ impl Tracker {
     /// holds keys: from then on, Redis tells this service of every change
     /// to its keys.
     pub fn covers(&self, namespace: &str) -> bool {
-        let name = format!("{namespace}:");
+        self.covers_name(&format!("{namespace}:"))
+    }
+
+    /// [`covers`](Self::covers) by the name a cache is registered under (`<prefix>:`).
+    fn covers_name(&self, name: &str) -> bool {
         let links = self.links.load(Relaxed);
         let covered = lock(&self.covered);
-        links > 0 && covered.len() >= links && covered.values().all(|(_, p)| p.contains(&name))
+        links > 0 && covered.len() >= links && covered.values().all(|(_, p)| p.iter().any(|c| c == name))
+    }
+
+    /// Tells every cache whose namespace tracking now covers: each checks
+    /// what its L1 took in before (once; later calls find nothing to do).
+    /// Run apart from the link, which goes on applying notifications.
+    fn tell_covered(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for name in self.caches.names() {
+            if self.covers_name(&name) {
+                for cache in self.caches.of(&name) {
+                    drop(rt.spawn(cache.covered()));
+                }
+            }
+        }
     }
 
     /// The caches whose namespace holds the Redis key `key`, each with the
@@ -451,11 +479,12 @@ async fn link(
         if ever_connected || failures > 0 {
             // Set up first, cleared after: nothing read while notifications
             // could be missed stays. (The first set-up of a service that
-            // never lost Redis clears nothing: tracking covers changes from
-            // then on, as the backplane's subscriber does.)
+            // never lost Redis clears nothing: each cache then checks what its
+            // L1 took in before against L2, see `tell_covered`.)
             tracker.clear_after_loss().await;
         }
         up.set(prefixes);
+        tracker.tell_covered();
         drop(tracker);
         ever_connected = true;
         failures = 0;
@@ -481,7 +510,10 @@ async fn link(
                         break;
                     }
                     match tracker.enable(&node, id).await {
-                        Ok(prefixes) => up.set(prefixes),
+                        Ok(prefixes) => {
+                            up.set(prefixes);
+                            tracker.tell_covered();
+                        }
                         Err(_) => break,
                     }
                 }
@@ -501,7 +533,10 @@ async fn link(
                     if let Ok(false) = tracker.data_tracks(&node, id).await {
                         // The data connection came back without tracking.
                         match tracker.enable(&node, id).await {
-                            Ok(prefixes) => up.set(prefixes),
+                            Ok(prefixes) => {
+                                up.set(prefixes);
+                                tracker.tell_covered();
+                            }
                             Err(_) => break,
                         }
                         tracker.clear_after_loss().await;

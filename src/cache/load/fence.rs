@@ -120,7 +120,8 @@ where
         if !self.inner.guard.may_promote(key, before) {
             return false;
         }
-        let _ = l1.set(key, value.clone(), l1_ttl).await;
+        self.l1_keep(l1, key, value.clone(), l1_ttl, Some(before.checks()))
+            .await;
         if !tags.is_empty() {
             self.l1_tagged(key, tags, written_us).await;
         }
