@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, RedisServer};
-use resilient_cache::{blocking, CacheOptions, CacheService, LoadError, LoadOptions};
+use resilient_cache::{blocking, CacheOptions, CacheService, InvalidationSources, LoadError, LoadOptions};
 use tokio::sync::Notify;
 
 fn opts(prefix: &str) -> CacheOptions {
@@ -605,6 +605,137 @@ async fn a_delete_on_another_instance_fences_the_load_too() {
         })
         .await
     );
+}
+
+/// Spawns `c.set(key, value)`.
+fn spawn_set(c: &resilient_cache::Cache<String>, key: String, value: String) -> tokio::task::JoinHandle<()> {
+    let c = c.clone();
+    tokio::spawn(async move { c.set(key, value).await })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_overlap_leave_together_and_still_fence_a_load() {
+    let redis = RedisServer::start();
+    let a = service_with_timeout(&redis, Duration::from_secs(10)).await;
+    let b = service_with_timeout(&redis, Duration::from_secs(10)).await;
+    // The loading instance hears of no foreign write (neither backplane nor
+    // tracking), and it reloads a stale value (so its store does not need
+    // the key absent): only the lease in Redis can keep its load out.
+    let loading = a
+        .create_cache::<String>(fail_safe_opts("gathered").invalidation(InvalidationSources::None))
+        .unwrap();
+    let c = b.create_cache::<String>(opts("gathered")).unwrap();
+    // A third instance holds a key in L1 that the gathered writes replace.
+    let w = service_with_timeout(&redis, Duration::from_secs(10)).await;
+    let watcher = w.create_cache::<String>(opts("gathered")).unwrap();
+    c.set("w0", "before".into()).await;
+    assert_eq!(
+        watcher.get("w0").await.as_deref().map(String::as_str),
+        Some("before")
+    );
+    loading.set("k", "v0".into()).await;
+    until_stale(&loading, "k").await;
+    let gate = Arc::new(Notify::new());
+    let load = gated_load(&loading, "k", "loaded-before-set", &gate).await;
+    let conn = b.factory().connection();
+    let before = conn.round_trips();
+    // Frozen, Redis answers nothing: the first writes stay on their way and
+    // the later ones wait behind them, the write of the loading key among
+    // them; they leave together once it answers again.
+    redis.freeze();
+    let mut writes: Vec<_> = (0..40)
+        .map(|i| spawn_set(&c, format!("w{i}"), format!("v{i}")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writes.push(spawn_set(&c, "k".into(), "written".into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.thaw();
+    for w in writes {
+        w.await.unwrap();
+    }
+    let trips = conn.round_trips() - before;
+    gate.notify_one();
+    assert_eq!(load.await.unwrap().unwrap().as_str(), "loaded-before-set");
+
+    for i in 0..40 {
+        assert_eq!(
+            redis.get_raw(&format!("gathered:w{i}")),
+            Some(format!("\"v{i}\"").into_bytes()),
+            "w{i}"
+        );
+    }
+    assert_eq!(
+        redis.get_raw("gathered:k"),
+        Some(b"\"written\"".to_vec()),
+        "the gathered write ended the lease: the load did not store over it"
+    );
+    assert_eq!(loading.loader_stats().stale_writes_prevented, 1);
+    assert!(redis.keys().iter().all(|k| !k.starts_with("rc:lease")));
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            loading.get("k").await.as_deref().map(String::as_str) == Some("written")
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            watcher.get("w0").await.as_deref().map(String::as_str) == Some("v0")
+        })
+        .await,
+        "the other instance's L1 was invalidated"
+    );
+    let e = c.get_stats().await.errors;
+    assert_eq!(e.l2_timeout + e.l2_refused + e.l2_connection, 0, "{e:?}");
+    // Gathered: far fewer requests than writes (a few sent alone, the rest
+    // in batches, and the backplane's announcements).
+    assert!(trips <= 20, "{trips} requests for 41 writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_writes_that_fail_are_each_replayed() {
+    let mut redis = RedisServer::start();
+    let service = service_with_timeout(&redis, Duration::from_secs(10)).await;
+    let c = service
+        .create_cache::<String>(
+            opts("gathered_fail")
+                .circuit_breaker_threshold(2)
+                .circuit_breaker_timeout(Duration::from_secs(1)),
+        )
+        .unwrap();
+    c.set("warm-up", "x".into()).await;
+    redis.freeze();
+    let writes: Vec<_> = (0..30)
+        .map(|i| spawn_set(&c, format!("w{i}"), format!("v{i}")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server dies with the writes on their way or waiting: each fails,
+    // and each is queued for the replay.
+    redis.kill();
+    for w in writes {
+        w.await.unwrap();
+    }
+    for i in 0..30 {
+        let v = c.get(format!("w{i}")).await;
+        assert_eq!(
+            v.as_deref().map(String::as_str),
+            Some(format!("v{i}").as_str()),
+            "L1 kept w{i}"
+        );
+    }
+    assert!(c.get_stats().await.recovery.queue_depth >= 30);
+    redis.restart();
+    let replayed = eventually(Duration::from_secs(20), async || {
+        c.get("probe-trigger").await; // traffic lets the half-open probe through
+        (0..30).all(|i| redis.get_raw(&format!("gathered_fail:w{i}")).is_some())
+    })
+    .await;
+    assert!(replayed, "{:?}", c.get_stats().await.recovery);
+    for i in 0..30 {
+        assert_eq!(
+            redis.get_raw(&format!("gathered_fail:w{i}")),
+            Some(format!("\"v{i}\"").into_bytes())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,8 @@ pub struct RedisConnection {
     /// Keys this service is storing by script, with a digest of the bytes:
     /// what tracking must confirm rather than evict (see `tracking`).
     own_stores: std::sync::Arc<OwnStores>,
+    /// Where overlapping fenced writes are gathered (see `gather`).
+    gather: std::sync::Arc<super::gather::Gather>,
 }
 
 /// Stores made by script while tracking is on: Redis's `NOLOOP` does not
@@ -111,6 +113,7 @@ impl RedisConnection {
             mode: config.mode(),
             round_trips: Default::default(),
             own_stores: Default::default(),
+            gather: Default::default(),
         })
     }
 
@@ -200,6 +203,17 @@ impl RedisConnection {
     /// Sends several commands in one round trip, bounded by the operation timeout.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
         self.call(Request::Pipeline(pipe), true).await
+    }
+
+    /// `DEL lease` then `set`, gathered with the fenced writes that overlap
+    /// it (see `gather`); `alone` is the pipeline of a write sent by itself.
+    pub(crate) async fn fenced_set(
+        &self,
+        lease: impl FnOnce() -> String,
+        set: Cmd,
+        alone: impl FnOnce(Cmd) -> redis::Pipeline,
+    ) -> Result<()> {
+        self.gather.fenced_set(self, lease, set, alone).await
     }
 
     /// Sends each key's commands (`add(pipe, i)` adds the `per_key` commands

@@ -11,7 +11,8 @@
 //! `EXISTS`, `PTTL`; `SCAN` (never `KEYS`) with `UNLINK` for `clear`.
 //!
 //! Where things are: `connect` opens clients and maps errors, `conn`
-//! is the shared connection, `topology` follows single servers, clusters and
+//! is the shared connection, `gather` joins overlapping fenced writes into
+//! one pipeline, `topology` follows single servers, clusters and
 //! sentinels, `backplane` is the pub/sub worker, `tracking` the worker of
 //! Redis-assisted invalidation, `push` the connections both of them read; this file is the backend of
 //! one cache (namespacing, leases, the commands of each operation).
@@ -23,6 +24,14 @@
 //! and pipelines mark no command `ignore()`d (the crate keeps those in a
 //! hashed set per pipeline; `()` reads any array of replies, and a server
 //! error in one still fails the call).
+//!
+//! A fenced `set` (lease `DEL` + `SET`) costs Redis a second command and the
+//! client a pipeline instead of a single command: with the `redis` crate
+//! alone, that pipeline runs at 0.72–0.76× of a plain `SET` at 64 tasks. So
+//! fenced writes that overlap are gathered (`gather`): while a few are on
+//! their way, later ones leave together, one `DEL` for all their leases and
+//! their `SET`s in one pipeline; a write with nothing to share with goes
+//! out at once.
 
 use std::time::Duration;
 
@@ -35,6 +44,7 @@ use crate::error::{ConnectionErrorKind as Kind, Error, Result};
 pub(crate) mod backplane;
 mod conn;
 pub(crate) mod connect;
+mod gather;
 mod push;
 mod topology;
 pub(crate) mod tracking;
@@ -203,10 +213,16 @@ impl CacheBackend for RedisBackend {
         };
         // Ending the lease first (one round trip) fences out a load in flight:
         // its conditional store can no longer land over this value.
-        let mut p = redis::Pipeline::with_capacity(2);
-        p.cmd("DEL").arg(lease);
-        p.add_command(set);
-        self.conn.query_pipeline::<()>(&p).await
+        let alone = |set| {
+            let mut p = redis::Pipeline::with_capacity(2);
+            p.cmd("DEL").arg(lease);
+            p.add_command(set);
+            p
+        };
+        if self.conn.mode() == RedisMode::Cluster {
+            return self.conn.query_pipeline::<()>(&alone(set)).await;
+        }
+        self.conn.fenced_set(|| lease.0.concat(), set, alone).await
     }
 
     async fn set_if_not_exist(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<bool> {
