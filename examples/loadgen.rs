@@ -15,7 +15,10 @@
 //!
 //! Options: `--json PATH`, `--redis-url URL`, `--run-ms N` (1500),
 //! `--repeats N` (3; medians are reported), `--concurrency 1,64`,
-//! `--only l1_hit,set,…` (those scenarios only).
+//! `--only l1_hit,set,…` (those scenarios only). Breakdown scenarios run
+//! only when named there: `set_fence_only`, `set_backplane_only` (`set`
+//! with one of its two guarantees) and `raw_fenced_set` (a raw pipeline of
+//! lease `DEL` + `SET PX` against the raw `SET PX`).
 
 use resilient_cache_testkit as common;
 

@@ -525,6 +525,47 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             );
         }
 
+        // Only when asked: what a fence sent with every write costs with the
+        // `redis` crate alone, a raw pipeline of `DEL` (an absent lease) +
+        // `SET PX` against the raw `SET PX`.
+        if p.asked("raw_fenced_set") {
+            let (conn, rk, ser) = (raw_conn.clone(), keys(1024, "raw-set:"), msgpack.clone());
+            let leases = keys(1024, "raw-lease:");
+            let (conn2, rk2, ser2) = (conn.clone(), rk.clone(), ser.clone());
+            scenarios.push(
+                compare(
+                    &p,
+                    &probe,
+                    "raw_fenced_set",
+                    c,
+                    1,
+                    move |i| {
+                        let (mut conn, rk, leases, ser) =
+                            (conn.clone(), rk.clone(), leases.clone(), ser.clone());
+                        async move {
+                            let n = i as usize % rk.len();
+                            let mut pipe = redis::pipe();
+                            pipe.cmd("DEL").arg(&leases[n]);
+                            pipe.cmd("SET")
+                                .arg(&rk[n])
+                                .arg(ser.encode(&user(n as u64)).unwrap())
+                                .arg("PX")
+                                .arg(600_000);
+                            let _: () = pipe.query_async(&mut conn).await.unwrap();
+                        }
+                    },
+                    move |i| {
+                        let (mut conn, rk, ser) = (conn2.clone(), rk2.clone(), ser2.clone());
+                        async move {
+                            let n = i as usize % rk.len();
+                            raw_set(&mut conn, &rk[n], ser.encode(&user(n as u64)).unwrap()).await;
+                        }
+                    },
+                )
+                .await,
+            );
+        }
+
         // `set_many` of 100 keys (default cache: fence and backplane on) vs
         // one raw pipeline of the same 100 `SET PX`.
         if p.wants("set_many") {

@@ -3,8 +3,9 @@
 //! A fenced `set` is two commands: `DEL` of the key's load lease, then the
 //! `SET` itself. Sent as one pipeline per write, the fence doubles the
 //! commands Redis dispatches and the replies the client reads: with the
-//! `redis` crate alone, a pipeline of `DEL` + `SET` ran at 0.72–0.76× of a
-//! plain `SET`'s throughput at 64 tasks on our test machine. So while
+//! `redis` crate alone, a pipeline of `DEL` + `SET` ran at a median 0.76×
+//! of a plain `SET`'s throughput at 64 tasks on our test machine (load
+//! generator, `raw_fenced_set`). So while
 //! [`ALONE_IN_FLIGHT`] fenced writes are already on their way, a later one
 //! waits here, and the waiting writes leave together when one of those
 //! returns: one pipeline, a single `DEL` of all their leases, then their
