@@ -513,13 +513,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                             cache.set(&ks[n], user(n as u64)).await;
                         }
                     },
-                    move |i| {
-                        let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
-                        async move {
-                            let n = i as usize % rk.len();
-                            raw_set(&mut conn, &rk[n], ser.encode(&user(n as u64)).unwrap()).await;
-                        }
-                    },
+                    move |i| raw_write(conn.clone(), rk.clone(), ser.clone(), i),
                 )
                 .await,
             );
@@ -554,13 +548,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                             let _: () = pipe.query_async(&mut conn).await.unwrap();
                         }
                     },
-                    move |i| {
-                        let (mut conn, rk, ser) = (conn2.clone(), rk2.clone(), ser2.clone());
-                        async move {
-                            let n = i as usize % rk.len();
-                            raw_set(&mut conn, &rk[n], ser.encode(&user(n as u64)).unwrap()).await;
-                        }
-                    },
+                    move |i| raw_write(conn2.clone(), rk2.clone(), ser2.clone(), i),
                 )
                 .await,
             );
@@ -711,6 +699,13 @@ pub async fn raw_get(conn: &mut redis::aio::ConnectionManager, key: &str) -> Opt
 }
 
 /// The raw baseline of a cache `set`: `SET key bytes PX 600000`.
+/// The raw baseline of the write scenarios: op `i` encodes `user(n)` and
+/// sends `SET PX` to `keys[n]`, `n = i % keys.len()`.
+async fn raw_write(mut conn: redis::aio::ConnectionManager, keys: Arc<Vec<String>>, ser: Serializer, i: u64) {
+    let n = i as usize % keys.len();
+    raw_set(&mut conn, &keys[n], ser.encode(&user(n as u64)).unwrap()).await;
+}
+
 pub async fn raw_set(conn: &mut redis::aio::ConnectionManager, key: &str, bytes: Vec<u8>) {
     let _: () = redis::cmd("SET")
         .arg(key)

@@ -2,11 +2,13 @@
 //! call bounded by the operation timeout, timed for metrics.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use redis::{Cmd, FromRedisValue};
 
 use super::connect::map_err;
+use super::gather::{Channel, Gather};
 use super::topology::{Handle, Link, Node};
 use crate::backend::config::{RedisConfig, RedisMode};
 use crate::error::{ConnectionErrorKind as Kind, Error, Result};
@@ -26,7 +28,21 @@ pub struct RedisConnection {
     /// what tracking must confirm rather than evict (see `tracking`).
     own_stores: std::sync::Arc<OwnStores>,
     /// Where overlapping fenced writes are gathered (see `gather`).
-    gather: std::sync::Arc<super::gather::Gather>,
+    gather: std::sync::Arc<Gather>,
+}
+
+impl Channel for RedisConnection {
+    fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn send<T: FromRedisValue + Send>(&self, p: &redis::Pipeline) -> impl Future<Output = Result<T>> + Send {
+        self.query_pipeline(p)
+    }
 }
 
 /// Stores made by script while tracking is on: Redis's `NOLOOP` does not

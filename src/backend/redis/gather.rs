@@ -26,13 +26,25 @@
 //! Not used on a cluster: one `DEL` of keys of several slots is refused
 //! there.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use redis::FromRedisValue;
 use tokio::sync::oneshot;
 
-use super::conn::RedisConnection;
 use super::lock;
 use crate::error::{ConnectionErrorKind as Kind, Error, Result};
+
+/// What the writes go out on: the service's shared connection.
+pub(crate) trait Channel: Clone + Send + Sync + 'static {
+    /// The bound on one operation, which also bounds a write's wait here.
+    fn op_timeout(&self) -> Duration;
+    /// Where the writes go, for error messages.
+    fn endpoint(&self) -> &str;
+    /// Sends a pipeline, bounded by the operation timeout.
+    fn send<T: FromRedisValue + Send>(&self, p: &redis::Pipeline) -> impl Future<Output = Result<T>> + Send;
+}
 
 /// Fenced writes that may be on their way at once, sent alone or as a
 /// batch, before later ones wait to be gathered. With one, Redis idles
@@ -73,24 +85,24 @@ struct Waiting {
 /// The place of a request on its way. Released when it ends, however it
 /// ends: a caller that gives up on its write must not strand the writes
 /// waiting behind it.
-struct Place<'a> {
+struct Place<'a, C: Channel> {
     gather: &'a Arc<Gather>,
-    conn: &'a RedisConnection,
+    conn: &'a C,
 }
 
-impl Drop for Place<'_> {
+impl<C: Channel> Drop for Place<'_, C> {
     fn drop(&mut self) {
         self.gather.release(self.conn);
     }
 }
 
 /// [`Place`] of a batch, owned by the task that sends it.
-struct BatchPlace {
+struct BatchPlace<C: Channel> {
     gather: Arc<Gather>,
-    conn: RedisConnection,
+    conn: C,
 }
 
-impl Drop for BatchPlace {
+impl<C: Channel> Drop for BatchPlace<C> {
     fn drop(&mut self) {
         self.gather.release(&self.conn);
     }
@@ -99,9 +111,9 @@ impl Drop for BatchPlace {
 impl Gather {
     /// `DEL lease` then `set`: sent at once as the pipeline `alone` makes
     /// of it, or gathered with the writes that overlap it.
-    pub(crate) async fn fenced_set(
+    pub(crate) async fn fenced_set<C: Channel>(
         self: &Arc<Self>,
-        conn: &RedisConnection,
+        conn: &C,
         lease: impl FnOnce() -> String,
         set: redis::Cmd,
         alone: impl FnOnce(redis::Cmd) -> redis::Pipeline,
@@ -109,7 +121,7 @@ impl Gather {
         match self.enter(lease, set) {
             Entry::Alone(set) => {
                 let _place = Place { gather: self, conn };
-                conn.query_pipeline::<()>(&alone(set)).await
+                conn.send::<()>(&alone(set)).await
             }
             Entry::Wait(rx) => wait(conn, rx).await,
         }
@@ -131,7 +143,7 @@ impl Gather {
 
     /// A request is done: the writes waiting leave now, as one batch that
     /// takes over its place.
-    fn release(self: &Arc<Self>, conn: &RedisConnection) {
+    fn release<C: Channel>(self: &Arc<Self>, conn: &C) {
         let batch = {
             let mut st = lock(&self.state);
             if st.waiting.is_empty() {
@@ -161,7 +173,7 @@ impl Gather {
 }
 
 /// A gathered write's outcome, within the operation timeout.
-async fn wait(conn: &RedisConnection, rx: oneshot::Receiver<Result<()>>) -> Result<()> {
+async fn wait<C: Channel>(conn: &C, rx: oneshot::Receiver<Result<()>>) -> Result<()> {
     match tokio::time::timeout(conn.op_timeout(), rx).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(Error::connection(Kind::Io, "the batch of this write was dropped")),
@@ -178,7 +190,7 @@ async fn wait(conn: &RedisConnection, rx: oneshot::Receiver<Result<()>>) -> Resu
 
 /// One pipeline for the batch: `DEL` of every lease, then each `SET`; each
 /// write is told its own outcome.
-async fn send(conn: &RedisConnection, batch: Vec<Waiting>) {
+async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
     let mut p = redis::Pipeline::with_capacity(batch.len() + 1);
     let del = p.cmd("DEL");
     for w in &batch {
@@ -189,7 +201,7 @@ async fn send(conn: &RedisConnection, batch: Vec<Waiting>) {
         p.add_command(w.set);
         done.push(w.done);
     }
-    let replies = match conn.query_pipeline::<Vec<redis::Value>>(&p).await {
+    let replies = match conn.send::<Vec<redis::Value>>(&p).await {
         Ok(replies) if replies.len() == done.len() + 1 => replies,
         Ok(_) => {
             let e = Error::Serialization("a reply is missing from the batch".into());
