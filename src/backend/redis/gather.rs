@@ -236,3 +236,184 @@ fn fail(done: Vec<oneshot::Sender<Result<()>>>, e: &Error) {
 fn server_error(e: &redis::ServerError) -> Error {
     Error::connection(Kind::Server, format!("server error in a batch: {}", e.code()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// A connection that records each pipeline, holds its answer until the
+    /// test lets it through, and fails the `SET` of one key (or the `DEL`).
+    #[derive(Clone)]
+    struct Fake {
+        sent: Arc<Mutex<Vec<Vec<Vec<String>>>>>,
+        gate: Arc<tokio::sync::Semaphore>,
+        fail: Option<&'static str>,
+        answered: Arc<AtomicUsize>,
+    }
+
+    impl Fake {
+        fn new(fail: Option<&'static str>) -> Self {
+            Self {
+                sent: Default::default(),
+                gate: Arc::new(tokio::sync::Semaphore::new(0)),
+                fail,
+                answered: Default::default(),
+            }
+        }
+
+        fn sent(&self) -> Vec<Vec<Vec<String>>> {
+            lock(&self.sent).clone()
+        }
+    }
+
+    impl Channel for Fake {
+        fn op_timeout(&self) -> Duration {
+            Duration::from_secs(30)
+        }
+
+        fn endpoint(&self) -> &str {
+            "fake"
+        }
+
+        fn send<T: FromRedisValue + Send>(
+            &self,
+            p: &redis::Pipeline,
+        ) -> impl Future<Output = Result<T>> + Send {
+            let cmds: Vec<Vec<String>> = p
+                .cmd_iter()
+                .map(|c| {
+                    c.args_iter()
+                        .map(|a| match a {
+                            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                            _ => String::new(),
+                        })
+                        .collect()
+                })
+                .collect();
+            lock(&self.sent).push(cmds.clone());
+            let this = self.clone();
+            async move {
+                this.gate.acquire().await.unwrap().forget();
+                let error = || redis::parse_redis_value(b"-ERR refused\r\n").unwrap();
+                let replies = cmds
+                    .iter()
+                    .map(|c| match (c[0].as_str(), this.fail) {
+                        ("DEL", Some("DEL")) => error(),
+                        ("DEL", _) => redis::Value::Int(0),
+                        (_, Some(k)) if c[1] == k => error(),
+                        _ => redis::Value::Okay,
+                    })
+                    .collect();
+                this.answered.fetch_add(1, SeqCst);
+                redis::from_redis_value(redis::Value::Array(replies))
+                    .map_err(|e| Error::Serialization(e.to_string()))
+            }
+        }
+    }
+
+    fn write(gather: &Arc<Gather>, fake: &Fake, i: usize) -> tokio::task::JoinHandle<Result<()>> {
+        let (gather, fake) = (gather.clone(), fake.clone());
+        tokio::spawn(async move {
+            let mut set = redis::cmd("SET");
+            set.arg(format!("k{i}")).arg(format!("v{i}"));
+            let alone = |set| {
+                let mut p = redis::pipe();
+                p.cmd("DEL").arg(format!("l{i}"));
+                p.add_command(set);
+                p
+            };
+            gather.fenced_set(&fake, || format!("l{i}"), set, alone).await
+        })
+    }
+
+    /// Lets the other tasks run until `check` holds (a stuck gather fails
+    /// the test instead of hanging it).
+    async fn until(mut check: impl FnMut() -> bool) {
+        let wait = async {
+            while !check() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the gather never got there");
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn writes_behind_a_full_way_leave_as_one_batch_even_when_a_lone_one_is_dropped() {
+        let (gather, fake) = (Arc::new(Gather::default()), Fake::new(None));
+        let mut lone: Vec<_> = (0..ALONE_IN_FLIGHT).map(|i| write(&gather, &fake, i)).collect();
+        until(|| fake.sent().len() == ALONE_IN_FLIGHT).await;
+        let n = ALONE_IN_FLIGHT + 3;
+        let waiting: Vec<_> = (ALONE_IN_FLIGHT..n).map(|i| write(&gather, &fake, i)).collect();
+        until(|| lock(&gather.state).waiting.len() == 3).await;
+        assert_eq!(
+            fake.sent().len(),
+            ALONE_IN_FLIGHT,
+            "nothing more sent while the way is full"
+        );
+
+        // The caller of a lone write gives up: its place goes to the batch.
+        let first = lone.remove(0);
+        first.abort();
+        assert!(first.await.is_err());
+        until(|| fake.sent().len() == ALONE_IN_FLIGHT + 1).await;
+        let batch = fake.sent().pop().unwrap();
+        let leases: Vec<String> = (ALONE_IN_FLIGHT..n).map(|i| format!("l{i}")).collect();
+        let mut expected = vec![[vec!["DEL".to_string()], leases].concat()];
+        for i in ALONE_IN_FLIGHT..n {
+            expected.push(strings(&["SET", &format!("k{i}"), &format!("v{i}")]));
+        }
+        assert_eq!(
+            batch, expected,
+            "one DEL of every lease first, then the SETs in arrival order"
+        );
+
+        fake.gate.add_permits(100);
+        for w in lone.into_iter().chain(waiting) {
+            assert!(w.await.unwrap().is_ok());
+        }
+        until(|| lock(&gather.state).in_flight == 0).await;
+        // Once the way is clear, a write goes alone again.
+        assert!(write(&gather, &fake, 99).await.unwrap().is_ok());
+        assert_eq!(fake.sent().last().unwrap()[0], strings(&["DEL", "l99"]));
+    }
+
+    async fn batch_outcomes(fail: &'static str) -> Vec<Result<()>> {
+        let (gather, fake) = (Arc::new(Gather::default()), Fake::new(Some(fail)));
+        let lone: Vec<_> = (0..ALONE_IN_FLIGHT)
+            .map(|i| write(&gather, &fake, 100 + i))
+            .collect();
+        until(|| fake.sent().len() == ALONE_IN_FLIGHT).await;
+        let waiting: Vec<_> = (0..3).map(|i| write(&gather, &fake, i)).collect();
+        until(|| lock(&gather.state).waiting.len() == 3).await;
+        fake.gate.add_permits(100);
+        for w in lone {
+            w.await.unwrap().unwrap();
+        }
+        let mut out = Vec::new();
+        for w in waiting {
+            out.push(w.await.unwrap());
+        }
+        assert_eq!(fake.answered.load(SeqCst), ALONE_IN_FLIGHT + 1, "one batch");
+        out
+    }
+
+    #[tokio::test]
+    async fn each_gathered_write_gets_its_own_outcome() {
+        let out = batch_outcomes("k1").await;
+        assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
+        assert!(
+            matches!(&out[1], Err(Error::Connection(c)) if c.kind == Kind::Server),
+            "{out:?}"
+        );
+        // A failed fence fails every write of the batch.
+        let out = batch_outcomes("DEL").await;
+        assert!(out.iter().all(|r| r.is_err()), "{out:?}");
+    }
+}
