@@ -698,7 +698,6 @@ pub async fn raw_get(conn: &mut redis::aio::ConnectionManager, key: &str) -> Opt
     redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
 }
 
-/// The raw baseline of a cache `set`: `SET key bytes PX 600000`.
 /// The raw baseline of the write scenarios: op `i` encodes `user(n)` and
 /// sends `SET PX` to `keys[n]`, `n = i % keys.len()`.
 async fn raw_write(mut conn: redis::aio::ConnectionManager, keys: Arc<Vec<String>>, ser: Serializer, i: u64) {
@@ -706,6 +705,7 @@ async fn raw_write(mut conn: redis::aio::ConnectionManager, keys: Arc<Vec<String
     raw_set(&mut conn, &keys[n], ser.encode(&user(n as u64)).unwrap()).await;
 }
 
+/// The raw baseline of a cache `set`: `SET key bytes PX 600000`.
 pub async fn raw_set(conn: &mut redis::aio::ConnectionManager, key: &str, bytes: Vec<u8>) {
     let _: () = redis::cmd("SET")
         .arg(key)

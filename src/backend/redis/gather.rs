@@ -33,7 +33,7 @@ use std::time::Duration;
 use redis::FromRedisValue;
 use tokio::sync::oneshot;
 
-use super::lock;
+use super::{lock, reply};
 use crate::error::{ConnectionErrorKind as Kind, Error, Result};
 
 /// What the writes go out on: the service's shared connection.
@@ -201,25 +201,17 @@ async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
         p.add_command(w.set);
         done.push(w.done);
     }
-    let replies = match conn.send::<Vec<redis::Value>>(&p).await {
-        Ok(replies) if replies.len() == done.len() + 1 => replies,
-        Ok(_) => {
-            let e = Error::Serialization("a reply is missing from the batch".into());
-            return fail(done, &e);
-        }
+    let mut replies = match conn.send::<Vec<redis::Value>>(&p).await {
+        Ok(replies) => replies.into_iter(),
         Err(e) => return fail(done, &e),
     };
-    let mut replies = replies.into_iter();
-    if let Some(redis::Value::ServerError(e)) = replies.next() {
-        // The writes are reported failed, as a lone write's would be (the
-        // cache then queues each for the replay).
-        return fail(done, &server_error(&e));
+    if let Err(e) = reply::<redis::Value>(replies.next()) {
+        // No lease ended: the writes are reported failed, as a lone write's
+        // would be (the cache then queues each for the replay).
+        return fail(done, &e);
     }
-    for (d, v) in done.into_iter().zip(replies) {
-        let _ = d.send(match v {
-            redis::Value::ServerError(e) => Err(server_error(&e)),
-            _ => Ok(()),
-        });
+    for d in done {
+        let _ = d.send(reply::<redis::Value>(replies.next()).map(drop));
     }
 }
 
@@ -231,10 +223,6 @@ fn fail(done: Vec<oneshot::Sender<Result<()>>>, e: &Error) {
             other => Error::connection(Kind::Io, other.to_string()),
         }));
     }
-}
-
-fn server_error(e: &redis::ServerError) -> Error {
-    Error::connection(Kind::Server, format!("server error in a batch: {}", e.code()))
 }
 
 #[cfg(test)]

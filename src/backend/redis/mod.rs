@@ -73,14 +73,12 @@ fn remaining(ms: i64) -> Option<Duration> {
 }
 
 /// One reply of a pipeline read as `T`; a missing reply or a server error
-/// (e.g. `MOVED` during a resharding) is an error of the whole call.
+/// (e.g. `MOVED` during a resharding) is an error of the whole call. A
+/// server error is classified as it would be for a command sent alone.
 fn reply<T: redis::FromRedisValue>(v: Option<redis::Value>) -> Result<T> {
     let v = v.ok_or_else(|| Error::Serialization("a reply is missing from the pipeline".into()))?;
-    if let redis::Value::ServerError(e) = &v {
-        return Err(Error::connection(
-            Kind::Io,
-            format!("server error in a batch: {}", e.code()),
-        ));
+    if let redis::Value::ServerError(e) = v {
+        return Err(connect::map_err(e.into()));
     }
     redis::from_redis_value(v).map_err(|e| Error::Serialization(e.to_string()))
 }
