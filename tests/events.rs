@@ -249,6 +249,20 @@ async fn l1_capacity_evictions_are_told_and_counted() {
                     .l1_maxsize(20),
             )
             .unwrap();
+        // Writing a key L1 holds replaces its value: not an eviction.
+        let mut events = c.subscribe();
+        for i in 0..10u32 {
+            c.set("same", i).await;
+        }
+        let replaced = drain(&mut events);
+        assert!(
+            !replaced.iter().any(|e| matches!(e, CacheEvent::Evicted { .. })),
+            "{backend:?}: an overwrite was told as an eviction: {replaced:?}"
+        );
+        let l1 = c.get_stats().await.l1.expect("L1 stats");
+        assert_eq!(l1.evictions, 0, "{backend:?}: overwrites counted as evictions");
+        c.delete("same").await;
+
         c.set("gone", 0).await;
         c.delete("gone").await;
         let mut events = c.subscribe();

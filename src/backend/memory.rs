@@ -46,16 +46,27 @@ impl Evictions {
     }
 }
 
-/// `quick_cache`'s eviction callback for [`TtlBackend`]: called under the
-/// shard's lock with the entry dropped to make room.
+/// `quick_cache`'s eviction callbacks for [`TtlBackend`], called under the
+/// shard's lock. `quick_cache` hands `on_evict` both the entries it drops to
+/// make room and the values an insert replaces; only the former went
+/// through `before_evict` first, so the request state counts those and
+/// `on_evict` tells only them (an overwrite is not an eviction).
 #[derive(Clone, Default)]
 struct OnEvict(Arc<Evictions>);
 
 impl<T> quick_cache::Lifecycle<String, Entry<T>> for OnEvict {
-    type RequestState = ();
+    /// Evictions announced by `before_evict` in this request, not yet told.
+    type RequestState = u32;
 
-    fn on_evict(&self, _: &mut (), key: String, _: Entry<T>) {
-        self.0.evicted(key);
+    fn before_evict(&self, announced: &mut u32, _: &String, _: &mut Entry<T>) {
+        *announced += 1;
+    }
+
+    fn on_evict(&self, announced: &mut u32, key: String, _: Entry<T>) {
+        if *announced > 0 {
+            *announced -= 1;
+            self.0.evicted(key);
+        }
     }
 }
 
@@ -469,6 +480,36 @@ mod tests {
         let s = b.get_stats().await.unwrap();
         assert_eq!((s.misses, s.maxsize, s.backend), (1, 50, "ttl"));
         assert_eq!(s.hits + s.misses, 2);
+    }
+
+    /// Writing a key the backend holds replaces its value: neither counted
+    /// nor told as an eviction. Filling past the bound is, once per entry.
+    #[tokio::test]
+    async fn an_overwrite_is_not_an_eviction() {
+        let b = TtlBackend::<Arc<u32>>::new(&config(L1BackendKind::Ttl, 20, 60_000));
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = told.clone();
+        assert!(b.on_evict(Arc::new(move |key| sink.lock().unwrap().push(key))));
+        for i in 0..50 {
+            b.set("same", Arc::new(i), None).await.unwrap();
+        }
+        assert_eq!(b.get_stats().await.unwrap().evictions, 0);
+        assert!(told.lock().unwrap().is_empty(), "{:?}", told.lock().unwrap());
+        assert_eq!(*b.get("same").await.unwrap().unwrap(), 49);
+
+        for i in 0..200 {
+            b.set(&format!("k{i}"), Arc::new(i), None).await.unwrap();
+        }
+        let evicted = b.get_stats().await.unwrap().evictions;
+        let told = told.lock().unwrap().clone();
+        assert!(evicted >= 150, "{evicted} evictions for 201 keys in 20 places");
+        assert_eq!(evicted, told.len() as u64);
+        for key in told.iter() {
+            assert!(
+                !b.exists(key).await.unwrap(),
+                "{key} was told evicted but is still held"
+            );
+        }
     }
 
     #[tokio::test]
