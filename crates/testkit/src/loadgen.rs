@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use resilient_cache::{Cache, CacheOptions, CacheService, Serializer};
+use resilient_cache::{Cache, CacheOptions, CacheService, InvalidationSources, Serializer};
 use serde::{Deserialize, Serialize};
 
 /// The original Python package on this kind of machine (single thread, small
@@ -360,20 +360,23 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                 .lease_fence(false),
         )
         .unwrap();
-    // The breakdown of `set`'s cost: each guarantee alone.
-    let write_cache = |name: &'static str, backplane: bool, fence: bool| -> Cache<User> {
+    // The breakdown of a write's cost: each guarantee alone, and (for
+    // `set_many`) none of them, tracking included.
+    let write_cache = |name: &'static str, sources: InvalidationSources, fence: bool| -> Cache<User> {
         service
             .create_cache(
                 CacheOptions::new(name)
                     .l2_ttl(Duration::from_secs(600))
                     .l1_maxsize(2000)
-                    .backplane(backplane)
+                    .invalidation(sources)
                     .lease_fence(fence),
             )
             .unwrap()
     };
-    let fence_only = write_cache("lg-fence", false, true);
-    let backplane_only = write_cache("lg-bp", true, false);
+    let fence_only = write_cache("lg-fence", InvalidationSources::Tracking, true);
+    let backplane_only = write_cache("lg-bp", InvalidationSources::Both, false);
+    let untracked = write_cache("lg-untracked", InvalidationSources::None, true);
+    let bare = write_cache("lg-bare", InvalidationSources::None, false);
     let raw_l1: &'static quick_cache::sync::Cache<String, Arc<User>> =
         Box::leak(Box::new(quick_cache::sync::Cache::new(2000)));
     for (i, k) in hot.iter().enumerate() {
@@ -554,11 +557,24 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
             );
         }
 
-        // `set_many` of 100 keys (default cache: fence and backplane on) vs
-        // one raw pipeline of the same 100 `SET PX`.
-        if p.wants("set_many") {
-            let (cache, ks, conn, rk, ser) = (
-                l1.clone(),
+        // `set_many` of 100 keys (default cache: fence, backplane and
+        // tracking on) vs one raw pipeline of the same 100 `SET PX`; when
+        // asked, the same through caches without some of those guarantees.
+        let batches = [
+            ("set_many", l1.clone(), p.wants("set_many")),
+            ("set_many_plain", plain.clone(), p.asked("set_many_plain")),
+            (
+                "set_many_untracked",
+                untracked.clone(),
+                p.asked("set_many_untracked"),
+            ),
+            ("set_many_bare", bare.clone(), p.asked("set_many_bare")),
+        ];
+        for (name, cache, wanted) in batches {
+            if !wanted {
+                continue;
+            }
+            let (ks, conn, rk, ser) = (
                 hot.clone(),
                 raw_conn.clone(),
                 keys(1024, "raw-set:"),
@@ -568,7 +584,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
                 compare(
                     &p,
                     &probe,
-                    "set_many",
+                    name,
                     c,
                     1,
                     move |i| {
