@@ -236,7 +236,7 @@ async fn another_instances_writes_and_tag_removals_are_reported() {
 
 /// Filling L1 past its size bound evicts; each eviction is one `Evicted`
 /// event naming a key that L1 no longer holds, and the L1 stats count them.
-/// Deletes and expiries are not evictions.
+/// Deletes, expiries and overwrites are not evictions.
 #[tokio::test]
 async fn l1_capacity_evictions_are_told_and_counted() {
     for backend in [L1BackendKind::Ttl, L1BackendKind::Lru] {

@@ -47,7 +47,7 @@ pub enum CacheEvent {
         level: Level,
     },
     /// L1 dropped `key` to make room for another entry (its capacity,
-    /// `l1_maxsize`, was reached). Expiries and deletes are not evictions.
+    /// `l1_maxsize`, was reached). Expiries, deletes and overwrites are not evictions.
     /// Sent by the built-in L1 backends and by registered ones that
     /// implement [`CacheBackend::on_evict`](crate::CacheBackend::on_evict).
     Evicted {
