@@ -218,9 +218,6 @@ impl CacheBackend for RedisBackend {
             p.add_command(set);
             p
         };
-        if self.conn.mode() == RedisMode::Cluster {
-            return self.conn.query_pipeline::<()>(&alone(set)).await;
-        }
         self.conn.fenced_set(|| lease.0.concat(), set, alone).await
     }
 
