@@ -11,7 +11,9 @@
 //!
 //! Beside throughput and latency, each side's CPU time per op (this process
 //! and `redis-server`) and their ratio: steadier than throughput on a shared
-//! machine.
+//! machine. Heap allocations per op, each side, counted over a short
+//! run of one task after the measured runs (the counter is off while they
+//! run, so they pay nothing for it).
 //!
 //! Options: `--json PATH`, `--redis-url URL`, `--run-ms N` (1500),
 //! `--repeats N` (3; medians are reported), `--concurrency 1,64`,
@@ -25,43 +27,13 @@
 
 use resilient_cache_testkit as common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::cli::{self, Args};
-use common::loadgen::{run, LoadParams};
-
-/// Counts live heap bytes, for the bytes-per-entry figures.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Relaxed);
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use common::loadgen::{run, CountingAlloc, LoadParams, COUNTER};
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live() -> usize {
-    LIVE.load(Relaxed)
-}
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// CPU µs per op as `client+redis`.
 fn cpu([client, redis]: [f64; 2]) -> String {
@@ -101,10 +73,10 @@ fn main() {
             other => args.fail(&format!("unknown option {other}")),
         }
     }
-    let report = cli::run(run(p, Some(live)));
+    let report = cli::run(run(p, Some(COUNTER)));
     cli::write_json(&args, json.as_deref(), &report);
     println!(
-        "{:<9} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8} {:>13} {:>13} {:>6}",
+        "{:<9} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8} {:>13} {:>13} {:>6} {:>11}",
         "scenario",
         "c",
         "ops/s",
@@ -117,11 +89,12 @@ fn main() {
         "p50 x",
         "cpu us/op",
         "raw cpu",
-        "cpu x"
+        "cpu x",
+        "allocs/op"
     );
     for s in &report.scenarios {
         println!(
-            "{:<9} {:>4} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>13.0} {:>9.3} {:>8.2} {:>8.2} {:>13} {:>13} {:>6.2}",
+            "{:<9} {:>4} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>13.0} {:>9.3} {:>8.2} {:>8.2} {:>13} {:>13} {:>6.2} {:>11}",
             s.name,
             s.concurrency,
             s.ops_per_sec,
@@ -134,7 +107,8 @@ fn main() {
             s.p50_ratio,
             cpu(s.cpu_us_per_op),
             cpu(s.baseline_cpu_us_per_op),
-            s.cpu_ratio
+            s.cpu_ratio,
+            format!("{:.1}/{:.1}", s.allocs_per_op[0], s.allocs_per_op[1])
         );
     }
     println!(

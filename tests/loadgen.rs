@@ -4,7 +4,11 @@ use resilient_cache_testkit as common;
 
 use std::time::Duration;
 
-use common::loadgen::{run, LoadParams};
+use common::loadgen::{run, CountingAlloc, LoadParams, COUNTER};
+
+// Counts only while the load generator switches it on.
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_smoke() {
@@ -17,7 +21,7 @@ async fn loadgen_smoke() {
             bytes_entries: 1000,
             ..Default::default()
         },
-        None,
+        Some(COUNTER),
     )
     .await;
     let names: Vec<_> = report.scenarios.iter().map(|s| (s.name, s.concurrency)).collect();
@@ -49,7 +53,17 @@ async fn loadgen_smoke() {
             );
         }
         assert!(s.cpu_ratio.is_finite() && s.cpu_ratio > 0.0, "{s:?}");
+        // Counted: a write allocates on both sides (its encoding, at least).
+        for a in s.allocs_per_op {
+            assert!(a.is_finite() && a >= 0.0, "{s:?}");
+        }
+        if s.name.starts_with("set") {
+            assert!(s.allocs_per_op.iter().all(|&a| a >= 1.0), "{s:?}");
+        }
     }
+    // Bytes per entry are measured too (another test of this binary may
+    // allocate meanwhile, so only their presence is checked).
+    assert!(report.l1_bytes_per_entry.is_finite() && report.raw_l1_bytes_per_entry.is_finite());
     assert_eq!(report.l2_commands_per_get, 1.0);
     assert!(report.vs_original.contains_key("l2_hit_c1"));
 }

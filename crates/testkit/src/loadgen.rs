@@ -2,8 +2,10 @@
 //! process, at concurrency 1 and 64. Run by `cargo run --release --example
 //! loadgen` and, at tiny scale, by `tests/loadgen.rs`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +98,11 @@ pub struct Scenario {
     /// `ops_ratio` on a shared machine, and what `ops_ratio` tends to where
     /// the CPU is the limit (64 tasks).
     pub cpu_ratio: f64,
+    /// Heap allocations per op, `[ours, baseline]`, counted over a short
+    /// run of one task after the measured runs (background work the op
+    /// causes included). Exact and steady on any machine; NaN without an
+    /// allocation counter.
+    pub allocs_per_op: [f64; 2],
 }
 
 #[derive(Debug, Serialize)]
@@ -119,16 +126,41 @@ struct Measured {
 }
 
 /// Reads the CPU time spent so far by this process (all its threads, ns
-/// precision) and by the Redis server (`INFO cpu`, µs precision).
-struct CpuProbe {
+/// precision) and by the Redis server (`INFO cpu`, µs precision), and
+/// counts allocations when the process has a counter.
+struct Probe {
     redis: Option<redis::aio::MultiplexedConnection>,
+    alloc: Option<AllocCounter>,
 }
 
-impl CpuProbe {
+impl Probe {
     /// A probe of this process and the server behind `client`.
-    async fn new(client: &redis::Client) -> Self {
+    async fn new(client: &redis::Client, alloc: Option<AllocCounter>) -> Self {
         let redis = client.get_multiplexed_async_connection().await.ok();
-        Self { redis }
+        Self { redis, alloc }
+    }
+
+    /// Heap allocations per call of `op`, over `n` calls from one task
+    /// (NaN without a counter).
+    async fn allocs_per_op<F, Fut>(&self, n: u64, op: F) -> f64
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let Some(counter) = self.alloc else {
+            return f64::NAN;
+        };
+        // One untimed call first: a connection or an L1 shard set up on
+        // first use is not the op's cost.
+        op(0).await;
+        (counter.counting)(true);
+        let before = (counter.allocations)();
+        for i in 1..=n {
+            op(i).await;
+        }
+        let after = (counter.allocations)();
+        (counter.counting)(false);
+        after.wrapping_sub(before) as f64 / n as f64
     }
 
     /// `[this process, redis-server]` CPU time so far, µs (NaN where unknown).
@@ -183,7 +215,7 @@ fn process_cpu_us() -> f64 {
 /// suspends (an L1 hit) yields once per millisecond so that the other tasks
 /// run too: a yield costs ~12 µs on the multi-thread runtime, which spent
 /// every 1,024 ops would add ~12 ns to a 30 ns op, ours and the baseline alike.
-async fn measure<F, Fut>(probe: &CpuProbe, concurrency: usize, run: Duration, batch: usize, op: F) -> Measured
+async fn measure<F, Fut>(probe: &Probe, concurrency: usize, run: Duration, batch: usize, op: F) -> Measured
 where
     F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = ()> + Send,
@@ -260,7 +292,7 @@ fn median(mut v: Vec<Measured>) -> Measured {
 /// Alternates ours and the baseline `repeats` times and keeps the medians.
 async fn compare<F1, Fut1, F2, Fut2>(
     p: &LoadParams,
-    probe: &CpuProbe,
+    probe: &Probe,
     name: &'static str,
     concurrency: usize,
     batch: usize,
@@ -279,6 +311,12 @@ where
         a.push(measure(probe, concurrency, p.run, batch, ours.clone()).await);
     }
     let (a, b) = (median(a), median(b));
+    // Batched ops are tiny: count over as many calls as a batch times ten.
+    let n = (10 * batch as u64).max(200);
+    let allocs_per_op = [
+        probe.allocs_per_op(n, ours).await,
+        probe.allocs_per_op(n, raw).await,
+    ];
     Scenario {
         name,
         concurrency,
@@ -293,6 +331,7 @@ where
         cpu_us_per_op: a.cpu_us_per_op,
         baseline_cpu_us_per_op: b.cpu_us_per_op,
         cpu_ratio: b.cpu_us_per_op.iter().sum::<f64>() / a.cpu_us_per_op.iter().sum::<f64>(),
+        allocs_per_op,
     }
 }
 
@@ -310,8 +349,67 @@ fn zipf(i: u64, n: usize) -> usize {
     r.min(n - 1)
 }
 
-/// Bytes allocated per entry by `fill`, measured by the allocation counter.
-pub type AllocCounter = fn() -> usize;
+/// The process's allocation counter: [`CountingAlloc`] installed as the
+/// binary's global allocator, read through [`COUNTER`]. It counts only
+/// while switched on, so that the measured runs pay no shared atomic per
+/// allocation (which would tax the side that allocates more, on top of its
+/// allocations).
+#[derive(Clone, Copy)]
+pub struct AllocCounter {
+    /// Switches counting on or off.
+    pub counting: fn(bool),
+    /// Net heap bytes allocated while counting (wrapping: only differences
+    /// taken while counting mean anything).
+    pub live_bytes: fn() -> usize,
+    /// Allocations (and reallocations) made while counting.
+    pub allocations: fn() -> usize,
+}
+
+/// Counts heap bytes and allocations while switched on; install it with
+/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;` and pass
+/// [`COUNTER`] to [`run`]. Off, it costs one relaxed load per call.
+pub struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counters only observe sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_add(layout.size(), Relaxed);
+            ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_sub(layout.size(), Relaxed);
+        }
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_add(new_size, Relaxed);
+            LIVE.fetch_sub(layout.size(), Relaxed);
+            ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// The counter of [`CountingAlloc`] (it reads zero where that allocator is
+/// not installed).
+pub const COUNTER: AllocCounter = AllocCounter {
+    counting: |on| COUNTING.store(on, Relaxed),
+    live_bytes: || LIVE.load(Relaxed),
+    allocations: || ALLOCATIONS.load(Relaxed),
+};
 
 pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
     let (_server, url) = super::server_or_url(p.redis_url.as_deref());
@@ -321,7 +419,7 @@ pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
     let client = redis::Client::open(url.as_str()).unwrap();
     let raw_conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
     let msgpack = Serializer::msgpack();
-    let probe = CpuProbe::new(&client).await;
+    let probe = Probe::new(&client, allocated).await;
     let mut scenarios = Vec::new();
 
     // L2 only: our cache vs a raw GET + decode on the same kind of connection.
@@ -776,15 +874,18 @@ async fn bytes_per_entry(service: &CacheService, allocated: AllocCounter, n: usi
     let values: Vec<User> = (0..n as u64).map(user).collect();
     let names: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
 
-    let before = allocated();
+    let live = allocated.live_bytes;
+    let grown = |before: usize| live().wrapping_sub(before) as isize as f64;
+    (allocated.counting)(true);
+    let before = live();
     let raw = quick_cache::sync::Cache::<String, Arc<User>>::new(n);
     for (k, v) in names.iter().zip(&values) {
         raw.insert(k.clone(), Arc::new(v.clone()));
     }
-    let raw_bytes = allocated().saturating_sub(before) as f64 / raw.len() as f64;
+    let raw_bytes = grown(before) / raw.len() as f64;
     drop(raw);
 
-    let before = allocated();
+    let before = live();
     let ours: Cache<User> = service
         .create_cache(
             CacheOptions::new("lg-bytes")
@@ -797,6 +898,7 @@ async fn bytes_per_entry(service: &CacheService, allocated: AllocCounter, n: usi
         ours.set(k, v.clone()).await;
     }
     let size = ours.get_stats().await.l1.unwrap().size as f64;
-    let ours_bytes = allocated().saturating_sub(before) as f64 / size;
+    let ours_bytes = grown(before) / size;
+    (allocated.counting)(false);
     (ours_bytes, raw_bytes)
 }
