@@ -33,7 +33,7 @@ use std::time::Duration;
 use redis::FromRedisValue;
 use tokio::sync::oneshot;
 
-use super::{lock, reply};
+use super::{del_cmd, lock, reply};
 use crate::error::{ConnectionErrorKind as Kind, Error, Result};
 
 /// What the writes go out on: the service's shared connection.
@@ -192,10 +192,8 @@ async fn wait<C: Channel>(conn: &C, rx: oneshot::Receiver<Result<()>>) -> Result
 /// write is told its own outcome.
 async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
     let mut p = redis::Pipeline::with_capacity(batch.len() + 1);
-    let del = p.cmd("DEL");
-    for w in &batch {
-        del.arg(&w.lease);
-    }
+    let bytes = batch.iter().map(|w| w.lease.len()).sum();
+    p.add_command(del_cmd(batch.len(), bytes, batch.iter().map(|w| &w.lease)));
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {
         p.add_command(w.set);

@@ -100,6 +100,13 @@ pub(crate) fn escape_glob(text: &str) -> String {
 #[derive(Clone, Copy)]
 struct Stored<'a, const N: usize>([&'a str; N]);
 
+impl<const N: usize> Stored<'_, N> {
+    /// Its length in bytes, to size a command's buffer once.
+    fn len(&self) -> usize {
+        self.0.iter().map(|part| part.len()).sum()
+    }
+}
+
 impl<const N: usize> redis::ToRedisArgs for Stored<'_, N> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         use std::io::Write;
@@ -109,6 +116,21 @@ impl<const N: usize> redis::ToRedisArgs for Stored<'_, N> {
             let _ = arg.write_all(part.as_bytes());
         }
     }
+}
+
+/// `DEL` of `count` keys, `bytes` long in all, its buffer sized once: built
+/// key by key, it would grow with each doubling, each a reallocation.
+fn del_cmd<K: redis::ToRedisArgs>(
+    count: usize,
+    bytes: usize,
+    keys: impl IntoIterator<Item = K>,
+) -> redis::Cmd {
+    let mut del = redis::Cmd::with_capacity(count + 1, 3 + bytes);
+    del.arg("DEL");
+    for key in keys {
+        del.arg(key);
+    }
+    del
 }
 
 /// The `redis` / `valkey` L2 backend of one cache: keys are `"{prefix}:{key}"`.
@@ -168,6 +190,16 @@ impl RedisBackend {
         Some(Stored([LEASE_PREFIX, &self.namespace, key, "}"]))
     }
 
+    /// `SET key value PX ttl`, its buffer sized once for the key's parts,
+    /// the value and the TTL's digits: built argument by argument, a
+    /// command's buffer grows four or five times, each a reallocation.
+    fn set_cmd(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> redis::Cmd {
+        let stored = self.key_arg(key);
+        let mut set = redis::Cmd::with_capacity(5, 3 + 2 + 20 + stored.len() + value.len());
+        set.arg("SET").arg(stored).arg(value).arg("PX").arg(self.px(ttl));
+        set
+    }
+
     fn px(&self, ttl: Option<Duration>) -> u64 {
         ttl.unwrap_or(self.ttl).as_millis().clamp(1, i64::MAX as u128) as u64
     }
@@ -199,14 +231,7 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
-        // Sized once: the key's parts, the value and the TTL's digits.
-        let mut set =
-            redis::Cmd::with_capacity(5, 3 + 2 + 20 + self.namespace.len() + key.len() + value.len());
-        set.arg("SET")
-            .arg(self.key_arg(key))
-            .arg(value)
-            .arg("PX")
-            .arg(self.px(ttl));
+        let set = self.set_cmd(key, &value, ttl);
         let Some(lease) = self.lease_key(key) else {
             return self.conn.query::<()>(&set).await;
         };
@@ -214,7 +239,7 @@ impl CacheBackend for RedisBackend {
         // its conditional store can no longer land over this value.
         let alone = |set| {
             let mut p = redis::Pipeline::with_capacity(2);
-            p.cmd("DEL").arg(lease);
+            p.add_command(del_cmd(1, lease.len(), [lease]));
             p.add_command(set);
             p
         };
@@ -374,15 +399,12 @@ impl CacheBackend for RedisBackend {
             // one round trip (half the commands of a `DEL` per key).
             let mut p = redis::Pipeline::with_capacity(entries.len() + 1);
             if self.fence {
-                let leases: Vec<_> = entries.iter().filter_map(|e| self.lease_key(e.0)).collect();
-                p.cmd("DEL").arg(leases);
+                let leases = || entries.iter().filter_map(|e| self.lease_key(e.0));
+                let bytes = leases().map(|l| l.len()).sum();
+                p.add_command(del_cmd(entries.len(), bytes, leases()));
             }
             for (key, value, ttl) in &entries {
-                p.cmd("SET")
-                    .arg(self.key_arg(key))
-                    .arg(&value[..])
-                    .arg("PX")
-                    .arg(self.px(*ttl));
+                p.add_command(self.set_cmd(key, value, *ttl));
             }
             return self.conn.query_pipeline::<()>(&p).await;
         }
@@ -399,11 +421,7 @@ impl CacheBackend for RedisBackend {
                     // A key with no lease on a cluster: keep the replies' shape.
                     p.cmd("PING");
                 }
-                p.cmd("SET")
-                    .arg(&raw[i])
-                    .arg(&value[..])
-                    .arg("PX")
-                    .arg(self.px(*ttl));
+                p.add_command(self.set_cmd(key, value, *ttl));
             })
             .await?;
         for r in replies {
