@@ -190,8 +190,9 @@ where
         let queue = &self.inner.queue;
         if !queue.is_active() || queue.admits_direct(key) {
             if let Some((l2, permit)) = self.l2() {
-                // The bytes move into the command (no copy on the hot path); if
-                // L2 turns out to be unavailable, the value is encoded again.
+                // The bytes go to the command, with no copy kept for the
+                // replay: if L2 turns out to be unavailable, the value is
+                // encoded again.
                 let deadline = match &op {
                     PendingOp::Set { deadline_ms, .. } => {
                         PendingOp::remaining(*deadline_ms).map(|_| *deadline_ms)
