@@ -190,6 +190,16 @@ impl RedisBackend {
         Some(Stored([LEASE_PREFIX, &self.namespace, key, "}"]))
     }
 
+    /// `name key` (`GET`, `EXISTS`, …), its buffer sized once: built
+    /// argument by argument, a command's buffer is allocated for the name
+    /// and grown for the key.
+    fn key_cmd(&self, name: &'static str, key: &str) -> redis::Cmd {
+        let stored = self.key_arg(key);
+        let mut cmd = redis::Cmd::with_capacity(2, name.len() + stored.len());
+        cmd.arg(name).arg(stored);
+        cmd
+    }
+
     /// `SET key value PX ttl`, its buffer sized once for the key's parts,
     /// the value and the TTL's digits: built argument by argument, a
     /// command's buffer grows four or five times, each a reallocation.
@@ -223,7 +233,7 @@ impl CacheBackend for RedisBackend {
     type Stats = L2Stats;
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.conn.query(redis::cmd("GET").arg(self.key_arg(key))).await
+        self.conn.query(&self.key_cmd("GET", key)).await
     }
 
     fn operation_timeout(&self) -> Option<Duration> {
@@ -258,10 +268,7 @@ impl CacheBackend for RedisBackend {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let Some(lease) = self.lease_key(key) else {
-            let n: u64 = self
-                .conn
-                .query(redis::cmd("UNLINK").arg(self.key_arg(key)))
-                .await?;
+            let n: u64 = self.conn.query(&self.key_cmd("UNLINK", key)).await?;
             return Ok(n > 0);
         };
         let mut p = redis::Pipeline::with_capacity(2);
@@ -298,15 +305,11 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .query::<u64>(redis::cmd("EXISTS").arg(self.key_arg(key)))
-            .await?
-            > 0)
+        Ok(self.conn.query::<u64>(&self.key_cmd("EXISTS", key)).await? > 0)
     }
 
     async fn get_ttl(&self, key: &str) -> Result<Option<Duration>> {
-        let ms: i64 = self.conn.query(redis::cmd("PTTL").arg(self.key_arg(key))).await?;
+        let ms: i64 = self.conn.query(&self.key_cmd("PTTL", key)).await?;
         Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
     }
 
