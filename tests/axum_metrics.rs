@@ -34,10 +34,18 @@ async fn metrics_publish_this_apps_own_counters() {
         stats.l1.as_ref().unwrap().hits as f64
     );
     assert_eq!(stats.l1.as_ref().unwrap().hits, 2);
-    assert!(
-        text.contains("resilient_cache_l2_command_seconds"),
-        "L2 latency histogram"
-    );
+    // The L2 latency histogram, by command and outcome: the first load
+    // read L2 (a miss) before it loaded.
+    let get_ok = text
+        .lines()
+        .find(|l| {
+            l.starts_with("resilient_cache_l2_command_seconds_count")
+                && l.contains(r#"command="GET""#)
+                && l.contains(r#"outcome="ok""#)
+        })
+        .unwrap_or_else(|| panic!("no L2 GET timings in:\n{text}"));
+    let gets: f64 = get_ok.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(gets >= 1.0, "{get_ok}");
     assert_eq!(
         value("resilient_cache_markers_known"),
         stats.invalidation.markers_known as f64

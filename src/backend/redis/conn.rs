@@ -253,7 +253,7 @@ impl RedisConnection {
             self.span("PIPELINE"),
         )
         .await;
-        timer.observe(|| "pipeline", &r);
+        timer.observe(|| "PIPELINE", &r);
         r
     }
 
@@ -457,26 +457,92 @@ impl Timer {
     #[allow(unused_variables)]
     fn observe<T>(self, command: impl FnOnce() -> &'static str, r: &Result<T>) {
         #[cfg(feature = "metrics")]
-        metrics::histogram!(
-            "resilient_cache_l2_command_seconds",
-            "command" => command(),
-            "outcome" => if r.is_ok() { "ok" } else { "error" }
-        )
-        .record(self.started.elapsed().as_secs_f64());
+        {
+            static METADATA: metrics::Metadata<'static> =
+                metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+            let key = histogram_key(command(), r.is_ok());
+            metrics::with_recorder(|recorder| recorder.register_histogram(key, &METADATA))
+                .record(self.started.elapsed().as_secs_f64());
+        }
     }
+}
+
+/// What an L2 request is called in its span and in the histogram's
+/// `command` label: the single commands known by name, then `PIPELINE`,
+/// `EVALSHA` and `other` (a command not in the list).
+const NAMES: &[&str] = &[
+    "GET", "SET", "UNLINK", "DEL", "EXISTS", "PTTL", "SCAN", "INFO", "PING", "PUBLISH", "MGET", "CLIENT",
+    "PIPELINE", "EVALSHA", "other",
+];
+
+/// The histogram's key for one request name (one of [`NAMES`]) and
+/// outcome, built once: built per call, as `metrics::histogram!` does with
+/// labels that are not literals, each L2 call would allocate its labels.
+#[cfg(feature = "metrics")]
+fn histogram_key(name: &'static str, ok: bool) -> &'static metrics::Key {
+    static KEYS: std::sync::LazyLock<Vec<[metrics::Key; 2]>> = std::sync::LazyLock::new(|| {
+        NAMES
+            .iter()
+            .map(|&name| {
+                ["ok", "error"].map(|outcome| {
+                    metrics::Key::from_parts(
+                        "resilient_cache_l2_command_seconds",
+                        vec![
+                            metrics::Label::new("command", name),
+                            metrics::Label::new("outcome", outcome),
+                        ],
+                    )
+                })
+            })
+            .collect()
+    });
+    let i = NAMES.iter().position(|&n| n == name).unwrap_or(NAMES.len() - 1);
+    &KEYS[i][usize::from(!ok)]
 }
 
 /// The command's name as a static label (unknown commands are `other`).
 fn command_name(cmd: &Cmd) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "GET", "SET", "UNLINK", "DEL", "EXISTS", "PTTL", "SCAN", "INFO", "PING", "PUBLISH", "MGET", "CLIENT",
-    ];
+    // The single commands: all the names but the last three.
+    let known = &NAMES[..NAMES.len() - 3];
     match cmd.args_iter().next() {
-        Some(redis::Arg::Simple(name)) => KNOWN
+        Some(redis::Arg::Simple(name)) => known
             .iter()
             .find(|k| k.as_bytes().eq_ignore_ascii_case(name))
             .copied()
             .unwrap_or("other"),
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_named_from_the_list_and_unknown_ones_are_other() {
+        assert_eq!(command_name(&redis::cmd("get")), "GET");
+        assert_eq!(command_name(redis::cmd("UNLINK").arg("k")), "UNLINK");
+        assert_eq!(command_name(&redis::cmd("HSET")), "other");
+        // A request name is never mistaken for a command's.
+        assert_eq!(command_name(&redis::cmd("PIPELINE")), "other");
+        assert_eq!(command_name(&redis::cmd("EVALSHA")), "other");
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn each_name_and_outcome_has_its_own_histogram_key() {
+        let labels = |k: &metrics::Key| -> Vec<(String, String)> {
+            k.labels()
+                .map(|l| (l.key().to_string(), l.value().to_string()))
+                .collect()
+        };
+        let pair = |c: &str, o: &str| vec![("command".into(), c.into()), ("outcome".into(), o.into())];
+        for &name in NAMES {
+            let ok = histogram_key(name, true);
+            assert_eq!(ok.name(), "resilient_cache_l2_command_seconds");
+            assert_eq!(labels(ok), pair(name, "ok"));
+            assert_eq!(labels(histogram_key(name, false)), pair(name, "error"));
+        }
+        assert_eq!(labels(histogram_key("HSET", true)), pair("other", "ok"));
     }
 }
