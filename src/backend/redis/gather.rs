@@ -192,8 +192,7 @@ async fn wait<C: Channel>(conn: &C, rx: oneshot::Receiver<Result<()>>) -> Result
 /// write is told its own outcome.
 async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
     let mut p = redis::Pipeline::with_capacity(batch.len() + 1);
-    let bytes = batch.iter().map(|w| w.lease.len()).sum();
-    p.add_command(del_cmd(batch.len(), bytes, batch.iter().map(|w| &w.lease)));
+    p.add_command(del_cmd(batch.iter().map(|w| &w.lease), |l| l.len()));
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {
         p.add_command(w.set);

@@ -118,13 +118,13 @@ impl<const N: usize> redis::ToRedisArgs for Stored<'_, N> {
     }
 }
 
-/// `DEL` of `count` keys, `bytes` long in all, its buffer sized once: built
+/// `DEL` of `keys` (each `len` bytes long), its buffer sized once: built
 /// key by key, it would grow with each doubling, each a reallocation.
 fn del_cmd<K: redis::ToRedisArgs>(
-    count: usize,
-    bytes: usize,
-    keys: impl IntoIterator<Item = K>,
+    keys: impl Iterator<Item = K> + Clone,
+    len: impl Fn(&K) -> usize,
 ) -> redis::Cmd {
+    let (count, bytes) = keys.clone().fold((0, 0), |(n, b), k| (n + 1, b + len(&k)));
     let mut del = redis::Cmd::with_capacity(count + 1, 3 + bytes);
     del.arg("DEL");
     for key in keys {
@@ -190,6 +190,17 @@ impl RedisBackend {
         Some(Stored([LEASE_PREFIX, &self.namespace, key, "}"]))
     }
 
+    /// A cluster node's pipeline for `key`: with the fence, its lease's
+    /// `DEL` first (a `PING` for a key with no lease, so that every key has
+    /// as many replies).
+    fn end_lease_on_node(&self, p: &mut redis::Pipeline, key: &str) {
+        if let Some(lease) = self.lease_key(key) {
+            p.add_command(del_cmd(std::iter::once(lease), Stored::len));
+        } else if self.fence {
+            p.cmd("PING");
+        }
+    }
+
     /// `name key` (`GET`, `EXISTS`, …), its buffer sized once: built
     /// argument by argument, a command's buffer is allocated for the name
     /// and grown for the key.
@@ -249,7 +260,7 @@ impl CacheBackend for RedisBackend {
         // its conditional store can no longer land over this value.
         let alone = |set| {
             let mut p = redis::Pipeline::with_capacity(2);
-            p.add_command(del_cmd(1, lease.len(), [lease]));
+            p.add_command(del_cmd(std::iter::once(lease), Stored::len));
             p.add_command(set);
             p
         };
@@ -272,8 +283,8 @@ impl CacheBackend for RedisBackend {
             return Ok(n > 0);
         };
         let mut p = redis::Pipeline::with_capacity(2);
-        p.cmd("DEL").arg(lease);
-        p.cmd("UNLINK").arg(self.key_arg(key));
+        p.add_command(del_cmd(std::iter::once(lease), Stored::len));
+        p.add_command(self.key_cmd("UNLINK", key));
         let ((), removed): ((), u64) = self.conn.query_pipeline(&p).await?;
         Ok(removed > 0)
     }
@@ -402,9 +413,8 @@ impl CacheBackend for RedisBackend {
             // one round trip (half the commands of a `DEL` per key).
             let mut p = redis::Pipeline::with_capacity(entries.len() + 1);
             if self.fence {
-                let leases = || entries.iter().filter_map(|e| self.lease_key(e.0));
-                let bytes = leases().map(|l| l.len()).sum();
-                p.add_command(del_cmd(entries.len(), bytes, leases()));
+                let leases = entries.iter().filter_map(|e| self.lease_key(e.0));
+                p.add_command(del_cmd(leases, Stored::len));
             }
             for (key, value, ttl) in &entries {
                 p.add_command(self.set_cmd(key, value, *ttl));
@@ -418,12 +428,7 @@ impl CacheBackend for RedisBackend {
             .conn
             .query_by_node(&raw, per_key, &|p, i| {
                 let (key, value, ttl) = &entries[i];
-                if let Some(lease) = self.lease_key(key) {
-                    p.cmd("DEL").arg(lease);
-                } else if self.fence {
-                    // A key with no lease on a cluster: keep the replies' shape.
-                    p.cmd("PING");
-                }
+                self.end_lease_on_node(p, key);
                 p.add_command(self.set_cmd(key, value, *ttl));
             })
             .await?;
@@ -444,8 +449,8 @@ impl CacheBackend for RedisBackend {
             // One server: the leases in one `DEL`, the keys in one `UNLINK`.
             let mut p = redis::pipe();
             if self.fence {
-                let leases: Vec<_> = keys.iter().filter_map(|k| self.lease_key(k)).collect();
-                p.cmd("DEL").arg(leases);
+                let leases = keys.iter().filter_map(|k| self.lease_key(k));
+                p.add_command(del_cmd(leases, Stored::len));
             }
             p.cmd("UNLINK").arg(&raw);
             let mut replies: Vec<redis::Value> = self.conn.query_pipeline(&p).await?;
@@ -455,11 +460,7 @@ impl CacheBackend for RedisBackend {
         let replies = self
             .conn
             .query_by_node(&raw, per_key, &|p, i| {
-                if let Some(lease) = self.lease_key(keys[i]) {
-                    p.cmd("DEL").arg(lease);
-                } else if self.fence {
-                    p.cmd("PING");
-                }
+                self.end_lease_on_node(p, keys[i]);
                 p.cmd("UNLINK").arg(&raw[i]);
             })
             .await?;
