@@ -30,7 +30,7 @@ use resilient_cache_testkit as common;
 use std::time::Duration;
 
 use common::cli::{self, Args};
-use common::loadgen::{run, CountingAlloc, LoadParams, COUNTER};
+use common::loadgen::{run, CountingAlloc, LoadParams};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -73,7 +73,7 @@ fn main() {
             other => args.fail(&format!("unknown option {other}")),
         }
     }
-    let report = cli::run(run(p, Some(COUNTER)));
+    let report = cli::run(run(p, Some(&ALLOC)));
     cli::write_json(&args, json.as_deref(), &report);
     println!(
         "{:<9} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8} {:>13} {:>13} {:>6} {:>11}",

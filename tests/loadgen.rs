@@ -4,7 +4,7 @@ use resilient_cache_testkit as common;
 
 use std::time::Duration;
 
-use common::loadgen::{run, CountingAlloc, LoadParams, COUNTER};
+use common::loadgen::{run, CountingAlloc, LoadParams};
 
 // Counts only while the load generator switches it on.
 #[global_allocator]
@@ -21,7 +21,7 @@ async fn loadgen_smoke() {
             bytes_entries: 1000,
             ..Default::default()
         },
-        Some(COUNTER),
+        Some(&ALLOC),
     )
     .await;
     let names: Vec<_> = report.scenarios.iter().map(|s| (s.name, s.concurrency)).collect();

@@ -130,12 +130,12 @@ struct Measured {
 /// counts allocations when the process has a counter.
 struct Probe {
     redis: Option<redis::aio::MultiplexedConnection>,
-    alloc: Option<AllocCounter>,
+    alloc: Option<&'static CountingAlloc>,
 }
 
 impl Probe {
     /// A probe of this process and the server behind `client`.
-    async fn new(client: &redis::Client, alloc: Option<AllocCounter>) -> Self {
+    async fn new(client: &redis::Client, alloc: Option<&'static CountingAlloc>) -> Self {
         let redis = client.get_multiplexed_async_connection().await.ok();
         Self { redis, alloc }
     }
@@ -153,13 +153,13 @@ impl Probe {
         // One untimed call first: a connection or an L1 shard set up on
         // first use is not the op's cost.
         op(0).await;
-        (counter.counting)(true);
-        let before = (counter.allocations)();
+        counter.counting(true);
+        let before = counter.allocations();
         for i in 1..=n {
             op(i).await;
         }
-        let after = (counter.allocations)();
-        (counter.counting)(false);
+        let after = counter.allocations();
+        counter.counting(false);
         after.wrapping_sub(before) as f64 / n as f64
     }
 
@@ -349,26 +349,30 @@ fn zipf(i: u64, n: usize) -> usize {
     r.min(n - 1)
 }
 
-/// The process's allocation counter: [`CountingAlloc`] installed as the
-/// binary's global allocator, read through [`COUNTER`]. It counts only
-/// while switched on, so that the measured runs pay no shared atomic per
-/// allocation (which would tax the side that allocates more, on top of its
-/// allocations).
-#[derive(Clone, Copy)]
-pub struct AllocCounter {
+/// Counts heap bytes and allocations while switched on; install it with
+/// `#[global_allocator] static ALLOC: CountingAlloc = CountingAlloc;` and
+/// pass `Some(&ALLOC)` to [`run`]. Off, it costs one relaxed load per call:
+/// the measured runs pay no shared atomic per allocation, which would tax
+/// the side that allocates more.
+pub struct CountingAlloc;
+
+impl CountingAlloc {
     /// Switches counting on or off.
-    pub counting: fn(bool),
+    pub fn counting(&self, on: bool) {
+        COUNTING.store(on, Relaxed);
+    }
+
     /// Net heap bytes allocated while counting (wrapping: only differences
     /// taken while counting mean anything).
-    pub live_bytes: fn() -> usize,
-    /// Allocations (and reallocations) made while counting.
-    pub allocations: fn() -> usize,
-}
+    pub fn live_bytes(&self) -> usize {
+        LIVE.load(Relaxed)
+    }
 
-/// Counts heap bytes and allocations while switched on; install it with
-/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;` and pass
-/// [`COUNTER`] to [`run`]. Off, it costs one relaxed load per call.
-pub struct CountingAlloc;
+    /// Allocations (and reallocations) made while counting.
+    pub fn allocations(&self) -> usize {
+        ALLOCATIONS.load(Relaxed)
+    }
+}
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -403,15 +407,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
-/// The counter of [`CountingAlloc`] (it reads zero where that allocator is
-/// not installed).
-pub const COUNTER: AllocCounter = AllocCounter {
-    counting: |on| COUNTING.store(on, Relaxed),
-    live_bytes: || LIVE.load(Relaxed),
-    allocations: || ALLOCATIONS.load(Relaxed),
-};
-
-pub async fn run(p: LoadParams, allocated: Option<AllocCounter>) -> LoadReport {
+pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> LoadReport {
     let (_server, url) = super::server_or_url(p.redis_url.as_deref());
     let mut config = super::config_for(&url);
     config.redis.socket_timeout = Duration::from_secs(2);
@@ -870,13 +866,13 @@ async fn commands_per_get(client: &redis::Client, l2: &Cache<User>, ks: &[String
 
 /// Heap bytes per entry: our L1 vs quick_cache, each holding a freshly
 /// allocated `Arc<User>` per entry (so both include one copy of the value).
-async fn bytes_per_entry(service: &CacheService, allocated: AllocCounter, n: usize) -> (f64, f64) {
+async fn bytes_per_entry(service: &CacheService, allocated: &CountingAlloc, n: usize) -> (f64, f64) {
     let values: Vec<User> = (0..n as u64).map(user).collect();
     let names: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
 
-    let live = allocated.live_bytes;
+    let live = || allocated.live_bytes();
     let grown = |before: usize| live().wrapping_sub(before) as isize as f64;
-    (allocated.counting)(true);
+    allocated.counting(true);
     let before = live();
     let raw = quick_cache::sync::Cache::<String, Arc<User>>::new(n);
     for (k, v) in names.iter().zip(&values) {
@@ -899,6 +895,6 @@ async fn bytes_per_entry(service: &CacheService, allocated: AllocCounter, n: usi
     }
     let size = ours.get_stats().await.l1.unwrap().size as f64;
     let ours_bytes = grown(before) / size;
-    (allocated.counting)(false);
+    allocated.counting(false);
     (ours_bytes, raw_bytes)
 }
