@@ -99,8 +99,8 @@ pub struct Scenario {
     /// the CPU is the limit (64 tasks).
     pub cpu_ratio: f64,
     /// Heap allocations per op, `[ours, baseline]`, counted over a short
-    /// run of one task after the measured runs (background work the op
-    /// causes included). Exact and steady on any machine; NaN without an
+    /// run at the scenario's concurrency after the measured runs
+    /// (background work the op causes included). Exact and steady on any machine; NaN without an
     /// allocation counter.
     pub allocs_per_op: [f64; 2],
 }
@@ -140,12 +140,14 @@ impl Probe {
         Self { redis, alloc }
     }
 
-    /// Heap allocations per call of `op`, over `n` calls from one task
-    /// (NaN without a counter).
-    async fn allocs_per_op<F, Fut>(&self, n: u64, op: F) -> f64
+    /// Heap allocations per call of `op`, over `n` calls from each of
+    /// `concurrency` tasks (NaN without a counter). Counted at the
+    /// scenario's concurrency, because what a call allocates can depend on
+    /// the calls beside it (writes gathered into one batch).
+    async fn allocs_per_op<F, Fut>(&self, concurrency: usize, n: u64, op: F) -> f64
     where
-        F: Fn(u64) -> Fut,
-        Fut: Future<Output = ()>,
+        F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = ()> + Send,
     {
         let Some(counter) = self.alloc else {
             return f64::NAN;
@@ -153,14 +155,29 @@ impl Probe {
         // One untimed call first: a connection or an L1 shard set up on
         // first use is not the op's cost.
         op(0).await;
+        // The tasks are spawned before counting starts and wait for it, so
+        // that spawning them is not counted as the op's cost.
+        let start = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
+        let handles: Vec<_> = (0..concurrency as u64)
+            .map(|t| {
+                let (op, start) = (op.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    for i in 1..=n {
+                        op(t * n + i).await;
+                    }
+                })
+            })
+            .collect();
         counter.counting(true);
         let before = counter.allocations();
-        for i in 1..=n {
-            op(i).await;
+        start.wait().await;
+        for h in handles {
+            h.await.unwrap();
         }
         let after = counter.allocations();
         counter.counting(false);
-        after.wrapping_sub(before) as f64 / n as f64
+        after.wrapping_sub(before) as f64 / (n * concurrency as u64) as f64
     }
 
     /// `[this process, redis-server]` CPU time so far, µs (NaN where unknown).
@@ -311,11 +328,12 @@ where
         a.push(measure(probe, concurrency, p.run, batch, ours.clone()).await);
     }
     let (a, b) = (median(a), median(b));
-    // Batched ops are tiny: count over as many calls as a batch times ten.
-    let n = (10 * batch as u64).max(200);
+    // Batched ops are tiny: count over as many calls as a batch times ten,
+    // shared among the tasks (each making enough to overlap the others').
+    let n = ((10 * batch as u64).max(200) / concurrency as u64).max(20);
     let allocs_per_op = [
-        probe.allocs_per_op(n, ours).await,
-        probe.allocs_per_op(n, raw).await,
+        probe.allocs_per_op(concurrency, n, ours).await,
+        probe.allocs_per_op(concurrency, n, raw).await,
     ];
     Scenario {
         name,
