@@ -221,20 +221,20 @@ impl RedisConnection {
         self.call(Request::Pipeline(pipe), true).await
     }
 
-    /// `DEL lease` then `set`, gathered with the fenced writes that overlap
-    /// it (see `gather`); `alone` is the pipeline of a write sent by itself,
+    /// `DEL` of the lease of `set`'s key, then `set`, gathered with the
+    /// fenced writes that overlap it (see `gather`); `alone` is the pipeline
+    /// of a write sent by itself,
     /// as every fenced write is on a cluster (one `DEL` of leases of several
     /// slots is refused there).
     pub(crate) async fn fenced_set(
         &self,
-        lease: impl FnOnce() -> String,
         set: Cmd,
         alone: impl FnOnce(Cmd) -> redis::Pipeline,
     ) -> Result<()> {
         if self.mode == RedisMode::Cluster {
             return self.query_pipeline(&alone(set)).await;
         }
-        self.gather.fenced_set(self, lease, set, alone).await
+        self.gather.fenced_set(self, set, alone).await
     }
 
     /// Sends each key's commands (`add(pipe, i)` adds the `per_key` commands

@@ -33,7 +33,7 @@ use std::time::Duration;
 use redis::FromRedisValue;
 use tokio::sync::oneshot;
 
-use super::{del_cmd, lock, reply};
+use super::{del_cmd, lease_of, lock, reply};
 use crate::error::{ConnectionErrorKind as Kind, Error, Result};
 
 /// What the writes go out on: the service's shared connection.
@@ -75,9 +75,9 @@ enum Entry {
     Wait(oneshot::Receiver<Result<()>>),
 }
 
-/// A write waiting for the next batch.
+/// A write waiting for the next batch. Its lease is named from its `SET`'s
+/// key when the batch is built: nothing is built for it while it waits.
 struct Waiting {
-    lease: String,
     set: redis::Cmd,
     done: oneshot::Sender<Result<()>>,
 }
@@ -109,16 +109,16 @@ impl<C: Channel> Drop for BatchPlace<C> {
 }
 
 impl Gather {
-    /// `DEL lease` then `set`: sent at once as the pipeline `alone` makes
-    /// of it, or gathered with the writes that overlap it.
+    /// `DEL` of the lease of `set`'s key, then `set` (a `SET key …`): sent
+    /// at once as the pipeline `alone` makes of it, or gathered with the
+    /// writes that overlap it.
     pub(crate) async fn fenced_set<C: Channel>(
         self: &Arc<Self>,
         conn: &C,
-        lease: impl FnOnce() -> String,
         set: redis::Cmd,
         alone: impl FnOnce(redis::Cmd) -> redis::Pipeline,
     ) -> Result<()> {
-        match self.enter(lease, set) {
+        match self.enter(set) {
             Entry::Alone(set) => {
                 let _place = Place { gather: self, conn };
                 conn.send::<()>(&alone(set)).await
@@ -129,15 +129,14 @@ impl Gather {
 
     /// Takes a place on the way if one is free and nobody waits; else joins
     /// the waiting writes.
-    fn enter(&self, lease: impl FnOnce() -> String, set: redis::Cmd) -> Entry {
+    fn enter(&self, set: redis::Cmd) -> Entry {
         let mut st = lock(&self.state);
         if st.in_flight < ALONE_IN_FLIGHT && st.waiting.is_empty() {
             st.in_flight += 1;
             return Entry::Alone(set);
         }
         let (done, rx) = oneshot::channel();
-        let lease = lease();
-        st.waiting.push(Waiting { lease, set, done });
+        st.waiting.push(Waiting { set, done });
         Entry::Wait(rx)
     }
 
@@ -188,11 +187,24 @@ async fn wait<C: Channel>(conn: &C, rx: oneshot::Receiver<Result<()>>) -> Result
     }
 }
 
+/// The key a `SET` writes: its first argument after the name (every `SET`
+/// the backend builds has one).
+fn key_of(set: &redis::Cmd) -> &[u8] {
+    match set.args_iter().nth(1) {
+        Some(redis::Arg::Simple(key)) => key,
+        _ => {
+            debug_assert!(false, "a SET without a key");
+            b""
+        }
+    }
+}
+
 /// One pipeline for the batch: `DEL` of every lease, then each `SET`; each
 /// write is told its own outcome.
 async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
     let mut p = redis::Pipeline::with_capacity(batch.len() + 1);
-    p.add_command(del_cmd(batch.iter().map(|w| &w.lease), |l| l.len()));
+    let leases = batch.iter().map(|w| lease_of(b"", key_of(&w.set)));
+    p.add_command(del_cmd(leases, |l| l.len()));
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {
         p.add_command(w.set);
@@ -297,6 +309,11 @@ mod tests {
         }
     }
 
+    /// The lease of key `k{i}`.
+    fn lease(i: usize) -> String {
+        format!("rc:lease:{{k{i}}}")
+    }
+
     fn write(gather: &Arc<Gather>, fake: &Fake, i: usize) -> tokio::task::JoinHandle<Result<()>> {
         let (gather, fake) = (gather.clone(), fake.clone());
         tokio::spawn(async move {
@@ -304,11 +321,11 @@ mod tests {
             set.arg(format!("k{i}")).arg(format!("v{i}"));
             let alone = |set| {
                 let mut p = redis::pipe();
-                p.cmd("DEL").arg(format!("l{i}"));
+                p.cmd("DEL").arg(lease(i));
                 p.add_command(set);
                 p
             };
-            gather.fenced_set(&fake, || format!("l{i}"), set, alone).await
+            gather.fenced_set(&fake, set, alone).await
         })
     }
 
@@ -349,7 +366,7 @@ mod tests {
         assert!(first.await.is_err());
         until(|| fake.sent().len() == ALONE_IN_FLIGHT + 1).await;
         let batch = fake.sent().pop().unwrap();
-        let leases: Vec<String> = (ALONE_IN_FLIGHT..n).map(|i| format!("l{i}")).collect();
+        let leases: Vec<String> = (ALONE_IN_FLIGHT..n).map(lease).collect();
         let mut expected = vec![[vec!["DEL".to_string()], leases].concat()];
         for i in ALONE_IN_FLIGHT..n {
             expected.push(strings(&["SET", &format!("k{i}"), &format!("v{i}")]));
@@ -366,7 +383,7 @@ mod tests {
         until(|| lock(&gather.state).in_flight == 0).await;
         // Once the way is clear, a write goes alone again.
         assert!(write(&gather, &fake, 99).await.unwrap().is_ok());
-        assert_eq!(fake.sent().last().unwrap()[0], strings(&["DEL", "l99"]));
+        assert_eq!(fake.sent().last().unwrap()[0], strings(&["DEL", &lease(99)]));
     }
 
     async fn batch_outcomes(fail: &'static str) -> Vec<Result<()>> {

@@ -98,7 +98,7 @@ pub(crate) fn escape_glob(text: &str) -> String {
 /// A key as stored, written straight into a command's argument from its
 /// parts (no `String` built for it: one allocation less per command).
 #[derive(Clone, Copy)]
-struct Stored<'a, const N: usize>([&'a str; N]);
+struct Stored<'a, const N: usize>([&'a [u8]; N]);
 
 impl<const N: usize> Stored<'_, N> {
     /// Its length in bytes, to size a command's buffer once.
@@ -113,9 +113,17 @@ impl<const N: usize> redis::ToRedisArgs for Stored<'_, N> {
         let mut arg = out.writer_for_next_arg();
         for part in self.0 {
             // Writing into the command's own buffer cannot fail.
-            let _ = arg.write_all(part.as_bytes());
+            let _ = arg.write_all(part);
         }
     }
+}
+
+/// The load lease of the key stored as `namespace` + `key`: outside every
+/// namespace, and hash-tagged with the data key so that both share a
+/// cluster slot. The one rule for a lease's name; a stored key given whole
+/// comes with an empty `namespace`.
+fn lease_of<'a>(namespace: &'a [u8], key: &'a [u8]) -> Stored<'a, 4> {
+    Stored([LEASE_PREFIX.as_bytes(), namespace, key, b"}"])
 }
 
 /// `DEL` of `keys` (each `len` bytes long), its buffer sized once: built
@@ -160,12 +168,12 @@ impl RedisBackend {
 
     /// The full Redis key of `key`.
     pub fn redis_key(&self, key: &str) -> String {
-        self.key_arg(key).0.concat()
+        format!("{}{key}", self.namespace)
     }
 
     /// [`redis_key`](Self::redis_key) as a command argument.
     fn key_arg<'a>(&'a self, key: &'a str) -> Stored<'a, 2> {
-        Stored([&self.namespace, key])
+        Stored([self.namespace.as_bytes(), key.as_bytes()])
     }
 
     /// The shared connection.
@@ -179,15 +187,15 @@ impl RedisBackend {
         format!("{MARKS_PREFIX}{}}}", self.prefix)
     }
 
-    /// The key of `key`'s load lease, or `None` when this namespace has no
-    /// leases. It is outside the namespace (so `list_keys` never sees it) and
-    /// hash-tagged with the data key, so both share a cluster slot — except
-    /// for keys with braces of their own, which get no lease on a cluster.
+    /// The key of `key`'s load lease ([`lease_of`]), or `None` when this
+    /// namespace has no leases. Outside the namespace, `list_keys` never sees
+    /// it. A key with braces of its own gets no lease on a cluster: its
+    /// lease's hash tag would not be its data key.
     fn lease_key<'a>(&'a self, key: &'a str) -> Option<Stored<'a, 4>> {
         if !self.fence || (self.conn.mode() == RedisMode::Cluster && key.contains(['{', '}'])) {
             return None;
         }
-        Some(Stored([LEASE_PREFIX, &self.namespace, key, "}"]))
+        Some(lease_of(self.namespace.as_bytes(), key.as_bytes()))
     }
 
     /// A cluster node's pipeline for `key`: with the fence, its lease's
@@ -264,7 +272,7 @@ impl CacheBackend for RedisBackend {
             p.add_command(set);
             p
         };
-        self.conn.fenced_set(|| lease.0.concat(), set, alone).await
+        self.conn.fenced_set(set, alone).await
     }
 
     async fn set_if_not_exist(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<bool> {
@@ -614,7 +622,7 @@ mod tests {
         };
         assert_eq!(
             packed(&|c| {
-                c.arg(Stored([LEASE_PREFIX, "users:", "42", "}"]));
+                c.arg(lease_of(b"users:", b"42"));
             }),
             packed(&|c| {
                 c.arg("rc:lease:{users:42}");
@@ -622,7 +630,7 @@ mod tests {
         );
         assert_eq!(
             packed(&|c| {
-                c.arg(vec![Stored(["a:", "1"]), Stored(["a:", ""])]);
+                c.arg(vec![Stored([b"a:", b"1"]), Stored([b"a:", b""])]);
             }),
             packed(&|c| {
                 c.arg("a:1").arg("a:");
