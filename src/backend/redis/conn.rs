@@ -223,9 +223,8 @@ impl RedisConnection {
 
     /// `DEL` of the lease of `set`'s key, then `set`, gathered with the
     /// fenced writes that overlap it (see `gather`); `alone` is the pipeline
-    /// of a write sent by itself,
-    /// as every fenced write is on a cluster (one `DEL` of leases of several
-    /// slots is refused there).
+    /// of a write sent by itself, as every fenced write is on a cluster (one
+    /// `DEL` of leases of several slots is refused there).
     pub(crate) async fn fenced_set(
         &self,
         set: Cmd,
