@@ -607,6 +607,65 @@ async fn a_delete_on_another_instance_fences_the_load_too() {
     );
 }
 
+/// The lease alone fences a load against a delete made elsewhere: the
+/// loading instance hears of no foreign write (neither backplane nor
+/// tracking), so nothing in its process can tell that the key changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_fences_a_load_on_an_instance_that_hears_nothing() {
+    let redis = RedisServer::start();
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let b = CacheService::new(redis.config()).await.unwrap();
+    let loading = a
+        .create_cache::<String>(opts("deaf").invalidation(InvalidationSources::None))
+        .unwrap();
+    let other = b.create_cache::<String>(opts("deaf")).unwrap();
+    let gate = Arc::new(Notify::new());
+
+    let load = gated_load(&loading, "k", "loaded-before-delete", &gate).await;
+    other.delete("k").await;
+    gate.notify_one();
+    assert_eq!(load.await.unwrap().unwrap().as_str(), "loaded-before-delete");
+    assert_eq!(
+        redis.get_raw("deaf:k"),
+        None,
+        "the delete ended the lease: the load did not store after it"
+    );
+    assert_eq!(loading.loader_stats().stale_writes_prevented, 1);
+
+    // With nothing in between, the same load is stored.
+    let load = gated_load(&loading, "n", "stored", &gate).await;
+    gate.notify_one();
+    load.await.unwrap().unwrap();
+    assert_eq!(redis.get_raw("deaf:n"), Some(b"\"stored\"".to_vec()));
+}
+
+/// The same for a `set` sent alone (nothing else on its way): its lease
+/// `DEL` fences the load. The loading instance reloads a stale value, so its
+/// store does not need the key absent: only the lease can keep it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_fences_a_load_on_an_instance_that_hears_nothing() {
+    let redis = RedisServer::start();
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let b = CacheService::new(redis.config()).await.unwrap();
+    let loading = a
+        .create_cache::<String>(fail_safe_opts("deafset").invalidation(InvalidationSources::None))
+        .unwrap();
+    let other = b.create_cache::<String>(opts("deafset")).unwrap();
+    loading.set("k", "v0".into()).await;
+    until_stale(&loading, "k").await;
+    let gate = Arc::new(Notify::new());
+    let load = gated_load(&loading, "k", "loaded-before-set", &gate).await;
+    other.set("k", "written".into()).await;
+    gate.notify_one();
+    assert_eq!(load.await.unwrap().unwrap().as_str(), "loaded-before-set");
+    assert_eq!(
+        redis.get_raw("deafset:k"),
+        Some(b"\"written\"".to_vec()),
+        "the set ended the lease: the load did not store over it"
+    );
+    assert_eq!(loading.loader_stats().stale_writes_prevented, 1);
+}
+
 /// Spawns `c.set(key, value)`.
 fn spawn_set(c: &resilient_cache::Cache<String>, key: String, value: String) -> tokio::task::JoinHandle<()> {
     let c = c.clone();
