@@ -179,21 +179,21 @@ impl<T: Clone + Send + Sync + 'static> TtlBackend<T> {
         use quick_cache::sync::{EntryAction, EntryResult};
         let mut entry = Some(entry);
         if self.cache.contains_key(key) {
-            let replace = |_: &String, held: &mut Entry<T>| match entry.take() {
-                Some(new) => EntryAction::Retain(Some(std::mem::replace(held, new))),
-                None => EntryAction::Retain(None),
+            let replace = |_: &String, held: &mut Entry<T>| {
+                EntryAction::Retain(entry.take().map(|new| std::mem::replace(held, new)))
             };
             match self.cache.entry(key, None, replace) {
                 // The replaced entry is dropped here, outside the shard's lock.
                 EntryResult::Retained(_replaced) => return,
-                // Removed since the look: inserted through the placeholder.
-                EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                // Removed since the look: inserted through the placeholder
+                // (a write or delete that takes it over first wins).
+                EntryResult::Vacant(guard) => {
                     if let Some(new) = entry.take() {
                         let _ = guard.insert(new);
                     }
                     return;
                 }
-                EntryResult::Removed(..) | EntryResult::Timeout => {}
+                _ => {}
             }
         }
         if let Some(new) = entry {

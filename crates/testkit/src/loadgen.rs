@@ -100,8 +100,9 @@ pub struct Scenario {
     pub cpu_ratio: f64,
     /// Heap allocations per op, `[ours, baseline]`, counted over a short
     /// run at the scenario's concurrency after the measured runs
-    /// (background work the op causes included). Exact and steady on any machine; NaN without an
-    /// allocation counter.
+    /// (background work the op causes included). Exact and steady on any
+    /// machine at one task; with more, it moves with how the calls overlap
+    /// (by a tenth or so). NaN without an allocation counter.
     pub allocs_per_op: [f64; 2],
 }
 
