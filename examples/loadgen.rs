@@ -11,9 +11,9 @@
 //!
 //! Beside throughput and latency, each side's CPU time per op (this process
 //! and `redis-server`) and their ratio: steadier than throughput on a shared
-//! machine. Heap allocations per op, each side, counted over a short
-//! run of one task after the measured runs (the counter is off while they
-//! run, so they pay nothing for it).
+//! machine. Heap allocations per op, each side, counted over a short run
+//! at the scenario's concurrency after the measured runs (the counter is
+//! off while they run, so they pay nothing for it).
 //!
 //! Options: `--json PATH`, `--redis-url URL`, `--run-ms N` (1500),
 //! `--repeats N` (3; medians are reported), `--concurrency 1,64`,

@@ -204,7 +204,7 @@ fn key_of(set: &redis::Cmd) -> &[u8] {
 async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
     let mut p = redis::Pipeline::with_capacity(batch.len() + 1);
     let leases = batch.iter().map(|w| lease_of(b"", key_of(&w.set)));
-    p.add_command(del_cmd(leases, |l| l.len()));
+    p.add_command(del_cmd(leases));
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {
         p.add_command(w.set);

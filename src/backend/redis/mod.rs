@@ -126,13 +126,10 @@ fn lease_of<'a>(namespace: &'a [u8], key: &'a [u8]) -> Stored<'a, 4> {
     Stored([LEASE_PREFIX.as_bytes(), namespace, key, b"}"])
 }
 
-/// `DEL` of `keys` (each `len` bytes long), its buffer sized once: built
-/// key by key, it would grow with each doubling, each a reallocation.
-fn del_cmd<K: redis::ToRedisArgs>(
-    keys: impl Iterator<Item = K> + Clone,
-    len: impl Fn(&K) -> usize,
-) -> redis::Cmd {
-    let (count, bytes) = keys.clone().fold((0, 0), |(n, b), k| (n + 1, b + len(&k)));
+/// `DEL` of `keys`, its buffer sized once: built key by key, it would grow
+/// with each doubling, each a reallocation.
+fn del_cmd<'a, const N: usize>(keys: impl Iterator<Item = Stored<'a, N>> + Clone) -> redis::Cmd {
+    let (count, bytes) = keys.clone().fold((0, 0), |(n, b), k| (n + 1, b + k.len()));
     let mut del = redis::Cmd::with_capacity(count + 1, 3 + bytes);
     del.arg("DEL");
     for key in keys {
@@ -203,7 +200,7 @@ impl RedisBackend {
     /// as many replies).
     fn end_lease_on_node(&self, p: &mut redis::Pipeline, key: &str) {
         if let Some(lease) = self.lease_key(key) {
-            p.add_command(del_cmd(std::iter::once(lease), Stored::len));
+            p.add_command(del_cmd(std::iter::once(lease)));
         } else if self.fence {
             p.cmd("PING");
         }
@@ -268,7 +265,7 @@ impl CacheBackend for RedisBackend {
         // its conditional store can no longer land over this value.
         let alone = |set| {
             let mut p = redis::Pipeline::with_capacity(2);
-            p.add_command(del_cmd(std::iter::once(lease), Stored::len));
+            p.add_command(del_cmd(std::iter::once(lease)));
             p.add_command(set);
             p
         };
@@ -291,7 +288,7 @@ impl CacheBackend for RedisBackend {
             return Ok(n > 0);
         };
         let mut p = redis::Pipeline::with_capacity(2);
-        p.add_command(del_cmd(std::iter::once(lease), Stored::len));
+        p.add_command(del_cmd(std::iter::once(lease)));
         p.add_command(self.key_cmd("UNLINK", key));
         let ((), removed): ((), u64) = self.conn.query_pipeline(&p).await?;
         Ok(removed > 0)
@@ -422,7 +419,7 @@ impl CacheBackend for RedisBackend {
             let mut p = redis::Pipeline::with_capacity(entries.len() + 1);
             if self.fence {
                 let leases = entries.iter().filter_map(|e| self.lease_key(e.0));
-                p.add_command(del_cmd(leases, Stored::len));
+                p.add_command(del_cmd(leases));
             }
             for (key, value, ttl) in &entries {
                 p.add_command(self.set_cmd(key, value, *ttl));
@@ -458,7 +455,7 @@ impl CacheBackend for RedisBackend {
             let mut p = redis::pipe();
             if self.fence {
                 let leases = keys.iter().filter_map(|k| self.lease_key(k));
-                p.add_command(del_cmd(leases, Stored::len));
+                p.add_command(del_cmd(leases));
             }
             p.cmd("UNLINK").arg(&raw);
             let mut replies: Vec<redis::Value> = self.conn.query_pipeline(&p).await?;
