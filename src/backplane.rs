@@ -170,16 +170,18 @@ pub(crate) struct BusCounters {
 
 #[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
 impl BusCounters {
-    /// Another instance's message for `prefix`, counted and applied to
-    /// `caches`' targets for that namespace.
+    /// Another instance's message for `prefix`, applied to `caches`'
+    /// targets for that namespace, then counted: whoever sees the count
+    /// also sees its evictions done.
     pub async fn receive(&self, caches: &Targets, prefix: &str, notices: &[Notice]) {
-        self.received.incr();
         self.last_message_ms.store(now_ms().max(1), Relaxed);
         let targets = caches.of(prefix);
-        if !targets.is_empty() {
+        let applies = !targets.is_empty();
+        apply_notices(targets, notices).await;
+        if applies {
             self.applied.incr();
         }
-        apply_notices(targets, notices).await;
+        self.received.incr();
     }
 
     /// The figures, for a bus with this identity and connection state.
@@ -275,7 +277,8 @@ pub struct BackplaneStats {
     /// `delete_many`) counting once (announcements close together share one
     /// message).
     pub messages_sent: u64,
-    /// Messages received from other instances (each may carry several keys).
+    /// Messages received from other instances (each may carry several keys),
+    /// counted once applied: a count read means its evictions are done.
     pub messages_received: u64,
     /// Received messages that evicted something in a local L1.
     pub messages_applied: u64,
