@@ -249,7 +249,7 @@ impl RedisConnection {
         let timer = Timer::start();
         let r = tracing::Instrument::instrument(
             self.bounded(self.link.pipelines_by_node(keys, per_key, add, &self.round_trips)),
-            self.span("PIPELINE"),
+            self.span(|| "PIPELINE"),
         )
         .await;
         timer.observe(|| "PIPELINE", &r);
@@ -267,20 +267,21 @@ impl RedisConnection {
     /// Every request: on a connection from the link, bounded by the operation
     /// timeout, its time observed under the request's name.
     async fn call<T: FromRedisValue>(&self, request: Request<'_>, counted: bool) -> Result<T> {
-        tracing::Instrument::instrument(self.call_now(request, counted), self.span(request.name())).await
+        tracing::Instrument::instrument(self.call_now(request, counted), self.span(|| request.name())).await
     }
 
     /// A client span per L2 request, with OpenTelemetry's database field
     /// names, so that a service bridging `tracing` to OpenTelemetry traces
     /// its cache's calls with no glue. Costs a callsite check when no
-    /// subscriber wants it.
-    fn span(&self, operation: &'static str) -> tracing::Span {
+    /// subscriber wants it: the fields, the request's name included, are
+    /// worked out only when one does.
+    fn span(&self, name: impl Fn() -> &'static str) -> tracing::Span {
         tracing::info_span!(
             "redis",
-            otel.name = operation,
+            otel.name = name(),
             otel.kind = "client",
             db.system = "redis",
-            db.operation.name = operation,
+            db.operation.name = name(),
             db.namespace = %self.db,
             server.address = %self.endpoint,
         )
