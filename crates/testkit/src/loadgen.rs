@@ -592,9 +592,11 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
         }
 
         // `set` as configured by default (backplane announcement + lease fence),
-        // then `set_plain` without either: what those two cost. The raw
-        // writes go to keys no cache tracks: Redis would otherwise announce
-        // each of them to this process (tracking), slowing the baseline.
+        // then `set_plain` without either: what those two cost; when asked,
+        // each guarantee alone, the fence without tracking and none of the
+        // three. The raw writes go to keys no cache tracks: Redis would
+        // otherwise announce each of them to this process (tracking),
+        // slowing the baseline.
         let writes = [
             ("set", l1.clone(), p.wants("set")),
             ("set_plain", plain.clone(), p.wants("set_plain")),
@@ -604,6 +606,8 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
                 backplane_only.clone(),
                 p.asked("set_backplane_only"),
             ),
+            ("set_untracked", untracked.clone(), p.asked("set_untracked")),
+            ("set_bare", bare.clone(), p.asked("set_bare")),
         ];
         for (name, cache, wanted) in writes {
             if !wanted {
