@@ -85,3 +85,34 @@ async fn only_the_scenarios_asked_for_run() {
     names.sort();
     assert_eq!(names, ["l1_hit", "set_many"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakdown_scenarios_run_when_named() {
+    let breakdown = [
+        "raw_fenced_set",
+        "set_backplane_only",
+        "set_bare",
+        "set_fence_only",
+        "set_many_bare",
+        "set_many_plain",
+        "set_many_untracked",
+        "set_untracked",
+    ];
+    let report = run(
+        LoadParams {
+            run: Duration::from_millis(30),
+            repeats: 1,
+            concurrencies: vec![2],
+            only: breakdown.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let mut names: Vec<_> = report.scenarios.iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, breakdown);
+    for s in &report.scenarios {
+        assert!(s.ops_per_sec > 0.0 && s.baseline_ops_per_sec > 0.0, "{s:?}");
+    }
+}
