@@ -7,9 +7,14 @@
 //! `set_if_not_exist`, a value loaded before a write stored over it). Run the
 //! suite in your backend's tests:
 //!
-//! ```ignore
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use resilient_cache::testing::conformance::{self, Options};
+//! # async fn your_backend_test() {
+//! # let my_backend = resilient_cache::testing::MemoryL2::new();
 //! let report = conformance::check(Arc::new(my_backend), Options::default(), |i| i.to_be_bytes().to_vec()).await;
 //! report.assert_ok(); // panics with every broken rule, each with what was seen
+//! # }
 //! ```
 //!
 //! The suite **clears the backend** before each rule: give it a namespace of
