@@ -344,6 +344,39 @@ async fn an_instance_without_tracking_asks_for_per_key_messages_and_hears_every_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_asking_for_one_namespace_leaves_the_others_unannounced() {
+    let redis = RedisServer::start();
+    let a = CacheService::new(redis.config()).await.unwrap();
+    let quiet = a.create_cache::<String>(both("one-quiet")).unwrap();
+    let loud = a.create_cache::<String>(both("one-loud")).unwrap();
+    // C tracks nothing: it asks for per-key messages of `one-loud` only.
+    let c = CacheService::new(redis.config()).await.unwrap();
+    let cl = c.create_cache::<String>(opts("one-loud")).unwrap();
+    let settled = eventually(Duration::from_secs(10), async || {
+        cl.backplane_stats().is_some_and(|b| b.connected)
+    })
+    .await;
+    assert!(settled, "{:?}", cl.backplane_stats());
+
+    // A announces its writes to `one-loud`: C hears of each.
+    loud.set("k", "first".into()).await;
+    assert!(sees(&cl, "k", Some("first")).await);
+    let sent = loud.backplane_stats().unwrap().messages_sent;
+    loud.set("k", "second".into()).await;
+    assert!(sees(&cl, "k", Some("second")).await, "C heard of the write");
+    assert!(loud.backplane_stats().unwrap().messages_sent > sent);
+
+    // Its writes to `one-quiet`, which nobody asks for, go unannounced.
+    write_unannounced(&quiet, "k", "q").await;
+
+    // And the namespace asked for still is announced.
+    let sent = loud.backplane_stats().unwrap().messages_sent;
+    loud.set("k", "third".into()).await;
+    assert!(sees(&cl, "k", Some("third")).await);
+    assert!(loud.backplane_stats().unwrap().messages_sent > sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_refuses_tracking_gets_per_key_messages_instead() {
     const USER: &str = "no-tracking";
     const PASSWORD: &str = "pw";
