@@ -20,11 +20,13 @@
 //! `--only l1_hit,set,…` (those scenarios only). Breakdown scenarios run
 //! only when named there: `set_fence_only`, `set_backplane_only` (`set`
 //! with one of its two guarantees), `set_untracked` (fence, no backplane,
-//! no tracking), `set_bare` (none of the three), `raw_fenced_set` (a raw
-//! pipeline of lease `DEL` + `SET PX` against the raw `SET PX`), and
-//! `set_many_plain` (no fence, no backplane), `set_many_untracked` (fence,
-//! no backplane, no tracking) and `set_many_bare` (none of the three):
-//! `set`'s and `set_many`'s cost piece by piece.
+//! no tracking), `set_via_backplane` (fence, other instances told by
+//! per-key backplane messages instead of tracking), `set_bare` (none of
+//! the three), `raw_fenced_set` (a raw pipeline of lease `DEL` + `SET PX`
+//! against the raw `SET PX`), and `set_many_plain` (no fence, no
+//! backplane), `set_many_untracked` (fence, no backplane, no tracking) and
+//! `set_many_bare` (none of the three): `set`'s and `set_many`'s cost
+//! piece by piece.
 
 use resilient_cache_testkit as common;
 

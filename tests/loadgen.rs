@@ -97,6 +97,7 @@ async fn breakdown_scenarios_run_when_named() {
         "set_many_plain",
         "set_many_untracked",
         "set_untracked",
+        "set_via_backplane",
     ];
     let report = run(
         LoadParams {

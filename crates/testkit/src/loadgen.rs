@@ -489,6 +489,7 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
     let fence_only = write_cache("lg-fence", InvalidationSources::Tracking, true);
     let backplane_only = write_cache("lg-bp", InvalidationSources::Both, false);
     let untracked = write_cache("lg-untracked", InvalidationSources::None, true);
+    let via_backplane = write_cache("lg-via-bp", InvalidationSources::Backplane, true);
     let bare = write_cache("lg-bare", InvalidationSources::None, false);
     let raw_l1: &'static quick_cache::sync::Cache<String, Arc<User>> =
         Box::leak(Box::new(quick_cache::sync::Cache::new(2000)));
@@ -500,7 +501,14 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
     // holding the hot keys: a write then overwrites an entry made here in
     // every one of them, and the breakdown measures the guarantees, not
     // where each cache's entries were made.
-    for cache in [&plain, &fence_only, &backplane_only, &untracked, &bare] {
+    for cache in [
+        &plain,
+        &fence_only,
+        &backplane_only,
+        &untracked,
+        &via_backplane,
+        &bare,
+    ] {
         for (i, k) in hot.iter().enumerate() {
             cache.set(k, user(i as u64)).await;
         }
@@ -602,8 +610,9 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
 
         // `set` as configured by default (backplane announcement + lease fence),
         // then `set_plain` without either: what those two cost; when asked,
-        // each guarantee alone, the fence without tracking and none of the
-        // three. The raw writes go to keys no cache tracks: Redis would
+        // each guarantee alone, the fence without tracking, the default
+        // with the backplane's per-key messages instead of tracking, and
+        // none of the three. The raw writes go to keys no cache tracks: Redis would
         // otherwise announce each of them to this process (tracking),
         // slowing the baseline.
         let writes = [
@@ -616,6 +625,11 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
                 p.asked("set_backplane_only"),
             ),
             ("set_untracked", untracked.clone(), p.asked("set_untracked")),
+            (
+                "set_via_backplane",
+                via_backplane.clone(),
+                p.asked("set_via_backplane"),
+            ),
             ("set_bare", bare.clone(), p.asked("set_bare")),
         ];
         for (name, cache, wanted) in writes {
