@@ -777,12 +777,21 @@ mod tests {
         assert_eq!(target.clears.load(Relaxed), 1, "once per flood");
     }
 
-    #[tokio::test]
-    async fn a_namespace_added_is_announced_until_writers_ask_about_it() {
+    /// A backplane (on a connection never used) with `prefixes` registered
+    /// as namespaces with a tracked L1, and the cache they stand for.
+    fn backplane_of(prefixes: &[&str]) -> (Arc<Backplane>, Arc<dyn Invalidate>) {
         let conn = RedisConnection::new(&crate::backend::RedisConfig::default()).unwrap();
         let bp = Backplane::new(conn);
         let target: Arc<dyn Invalidate> = Arc::new(Target::default());
-        bp.register("a", Arc::downgrade(&target), true, true);
+        for p in prefixes {
+            bp.register(p, Arc::downgrade(&target), true, true);
+        }
+        (bp, target)
+    }
+
+    #[tokio::test]
+    async fn a_namespace_added_is_announced_until_writers_ask_about_it() {
+        let (bp, target) = backplane_of(&["a"]);
         bp.skip_keys_until.store(u64::MAX, Relaxed);
         assert!(bp.keys_unwanted("a"));
         bp.register("a", Arc::downgrade(&target), true, true);
@@ -799,11 +808,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_namespaces_someone_asks_for_are_announced() {
-        let conn = RedisConnection::new(&crate::backend::RedisConfig::default()).unwrap();
-        let bp = Backplane::new(conn);
-        let target: Arc<dyn Invalidate> = Arc::new(Target::default());
-        bp.register("a", Arc::downgrade(&target), true, true);
-        bp.register("b", Arc::downgrade(&target), true, true);
+        let (bp, target) = backplane_of(&["a", "b"]);
         let prefixes = lock(&bp.keyed).0.clone();
         let now = now_ms();
         bp.answered(&prefixes, Some(vec![0, 0]), now);
