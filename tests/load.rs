@@ -582,10 +582,7 @@ async fn a_value_loaded_before_a_delete_or_set_is_not_stored_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_on_another_instance_fences_the_load_too() {
     let redis = RedisServer::start();
-    let a = CacheService::new(redis.config()).await.unwrap();
-    let b = CacheService::new(redis.config()).await.unwrap();
-    let ca = a.create_cache::<String>(opts("xfence")).unwrap();
-    let cb = b.create_cache::<String>(opts("xfence")).unwrap();
+    let (_a, ca, _b, cb) = common::service_pair::<String>(&redis.config(), opts("xfence")).await;
     let gate = Arc::new(Notify::new());
     let load = gated_load(&ca, "k", "old", &gate).await;
     cb.delete("k").await;
@@ -613,12 +610,8 @@ async fn a_delete_on_another_instance_fences_the_load_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_fences_a_load_on_an_instance_that_hears_nothing() {
     let redis = RedisServer::start();
-    let a = CacheService::new(redis.config()).await.unwrap();
-    let b = CacheService::new(redis.config()).await.unwrap();
-    let loading = a
-        .create_cache::<String>(opts("deaf").invalidation(InvalidationSources::None))
-        .unwrap();
-    let other = b.create_cache::<String>(opts("deaf")).unwrap();
+    let deaf = opts("deaf").invalidation(InvalidationSources::None);
+    let (_a, loading, _b, other) = common::service_pair::<String>(&redis.config(), deaf).await;
     let gate = Arc::new(Notify::new());
 
     let load = gated_load(&loading, "k", "loaded-before-delete", &gate).await;
@@ -645,12 +638,8 @@ async fn a_delete_fences_a_load_on_an_instance_that_hears_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_fences_a_load_on_an_instance_that_hears_nothing() {
     let redis = RedisServer::start();
-    let a = CacheService::new(redis.config()).await.unwrap();
-    let b = CacheService::new(redis.config()).await.unwrap();
-    let loading = a
-        .create_cache::<String>(fail_safe_opts("deafset").invalidation(InvalidationSources::None))
-        .unwrap();
-    let other = b.create_cache::<String>(opts("deafset")).unwrap();
+    let deaf = fail_safe_opts("deafset").invalidation(InvalidationSources::None);
+    let (_a, loading, _b, other) = common::service_pair::<String>(&redis.config(), deaf).await;
     loading.set("k", "v0".into()).await;
     until_stale(&loading, "k").await;
     let gate = Arc::new(Notify::new());
