@@ -126,16 +126,26 @@ fn lease_of<'a>(namespace: &'a [u8], key: &'a [u8]) -> Stored<'a, 4> {
     Stored([LEASE_PREFIX.as_bytes(), namespace, key, b"}"])
 }
 
-/// `DEL` of `keys`, its buffer sized once: built key by key, it would grow
-/// with each doubling, each a reallocation.
+/// `DEL` of `keys`, its buffer sized once (see [`key_list_cmd`]).
 fn del_cmd<'a, const N: usize>(keys: impl Iterator<Item = Stored<'a, N>> + Clone) -> redis::Cmd {
+    key_list_cmd("DEL", keys)
+}
+
+/// `name key…` (`DEL`, `UNLINK`, `MGET`), each key written from its parts
+/// into a buffer sized once: built key by key, it would grow with each
+/// doubling, each a reallocation, and a `String` per key would be one
+/// allocation more each.
+fn key_list_cmd<'a, const N: usize>(
+    name: &'static str,
+    keys: impl Iterator<Item = Stored<'a, N>> + Clone,
+) -> redis::Cmd {
     let (count, bytes) = keys.clone().fold((0, 0), |(n, b), k| (n + 1, b + k.len()));
-    let mut del = redis::Cmd::with_capacity(count + 1, 3 + bytes);
-    del.arg("DEL");
+    let mut cmd = redis::Cmd::with_capacity(count + 1, name.len() + bytes);
+    cmd.arg(name);
     for key in keys {
-        del.arg(key);
+        cmd.arg(key);
     }
-    del
+    cmd
 }
 
 /// The `redis` / `valkey` L2 backend of one cache: keys are `"{prefix}:{key}"`.
@@ -376,11 +386,8 @@ impl CacheBackend for RedisBackend {
             return Ok(Vec::new());
         }
         if !with_ttl && self.conn.mode() != RedisMode::Cluster {
-            let mut c = redis::cmd("MGET");
-            keys.iter().for_each(|k| {
-                c.arg(self.redis_key(k));
-            });
-            let values: Vec<Option<Vec<u8>>> = self.conn.query(&c).await?;
+            let mget = key_list_cmd("MGET", keys.iter().map(|k| self.key_arg(k)));
+            let values: Vec<Option<Vec<u8>>> = self.conn.query(&mget).await?;
             return Ok(values.into_iter().map(|v| v.map(|v| (v, None))).collect());
         }
         let per_key = if with_ttl { 2 } else { 1 };
@@ -449,18 +456,18 @@ impl CacheBackend for RedisBackend {
         if keys.is_empty() {
             return Ok(0);
         }
-        let raw: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
         if self.conn.mode() != RedisMode::Cluster {
             // One server: the leases in one `DEL`, the keys in one `UNLINK`.
-            let mut p = redis::pipe();
+            let mut p = redis::Pipeline::with_capacity(2);
             if self.fence {
                 let leases = keys.iter().filter_map(|k| self.lease_key(k));
                 p.add_command(del_cmd(leases));
             }
-            p.cmd("UNLINK").arg(&raw);
+            p.add_command(key_list_cmd("UNLINK", keys.iter().map(|k| self.key_arg(k))));
             let mut replies: Vec<redis::Value> = self.conn.query_pipeline(&p).await?;
             return reply(replies.pop());
         }
+        let raw: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
         let per_key = if self.fence { 2 } else { 1 };
         let replies = self
             .conn
