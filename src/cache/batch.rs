@@ -239,8 +239,8 @@ where
             return None;
         };
         let keys: Vec<&str> = direct.iter().map(|(k, _)| *k).collect();
-        let mut sets = Vec::new();
-        let mut deadlines = Vec::new();
+        let mut sets = Vec::with_capacity(direct.len());
+        let mut deadlines = Vec::with_capacity(direct.len());
         let mut deletes = Vec::new();
         for (key, op) in direct {
             match op {
