@@ -33,7 +33,7 @@ use std::time::Duration;
 use redis::FromRedisValue;
 use tokio::sync::oneshot;
 
-use super::{del_cmd, lease_of, lock, reply};
+use super::{key_list_cmd, lease_of, lock, reply};
 use crate::error::{ConnectionErrorKind as Kind, Error, Result};
 
 /// What the writes go out on: the service's shared connection.
@@ -204,7 +204,7 @@ fn key_of(set: &redis::Cmd) -> &[u8] {
 async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
     let mut p = redis::Pipeline::with_capacity(batch.len() + 1);
     let leases = batch.iter().map(|w| lease_of(b"", key_of(&w.set)));
-    p.add_command(del_cmd(leases));
+    p.add_command(key_list_cmd("DEL", leases));
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {
         p.add_command(w.set);

@@ -126,11 +126,6 @@ fn lease_of<'a>(namespace: &'a [u8], key: &'a [u8]) -> Stored<'a, 4> {
     Stored([LEASE_PREFIX.as_bytes(), namespace, key, b"}"])
 }
 
-/// `DEL` of `keys`, its buffer sized once (see [`key_list_cmd`]).
-fn del_cmd<'a, const N: usize>(keys: impl Iterator<Item = Stored<'a, N>> + Clone) -> redis::Cmd {
-    key_list_cmd("DEL", keys)
-}
-
 /// `name key…` (`DEL`, `UNLINK`, `MGET`), each key written from its parts
 /// into a buffer sized once: built key by key, it would grow with each
 /// doubling, each a reallocation, and a `String` per key would be one
@@ -210,7 +205,7 @@ impl RedisBackend {
     /// as many replies).
     fn end_lease_on_node(&self, p: &mut redis::Pipeline, key: &str) {
         if let Some(lease) = self.lease_key(key) {
-            p.add_command(del_cmd(std::iter::once(lease)));
+            p.add_command(key_list_cmd("DEL", std::iter::once(lease)));
         } else if self.fence {
             p.cmd("PING");
         }
@@ -275,7 +270,7 @@ impl CacheBackend for RedisBackend {
         // its conditional store can no longer land over this value.
         let alone = |set| {
             let mut p = redis::Pipeline::with_capacity(2);
-            p.add_command(del_cmd(std::iter::once(lease)));
+            p.add_command(key_list_cmd("DEL", std::iter::once(lease)));
             p.add_command(set);
             p
         };
@@ -298,7 +293,7 @@ impl CacheBackend for RedisBackend {
             return Ok(n > 0);
         };
         let mut p = redis::Pipeline::with_capacity(2);
-        p.add_command(del_cmd(std::iter::once(lease)));
+        p.add_command(key_list_cmd("DEL", std::iter::once(lease)));
         p.add_command(self.key_cmd("UNLINK", key));
         let ((), removed): ((), u64) = self.conn.query_pipeline(&p).await?;
         Ok(removed > 0)
@@ -426,7 +421,7 @@ impl CacheBackend for RedisBackend {
             let mut p = redis::Pipeline::with_capacity(entries.len() + 1);
             if self.fence {
                 let leases = entries.iter().filter_map(|e| self.lease_key(e.0));
-                p.add_command(del_cmd(leases));
+                p.add_command(key_list_cmd("DEL", leases));
             }
             for (key, value, ttl) in &entries {
                 p.add_command(self.set_cmd(key, value, *ttl));
@@ -461,7 +456,7 @@ impl CacheBackend for RedisBackend {
             let mut p = redis::Pipeline::with_capacity(2);
             if self.fence {
                 let leases = keys.iter().filter_map(|k| self.lease_key(k));
-                p.add_command(del_cmd(leases));
+                p.add_command(key_list_cmd("DEL", leases));
             }
             p.add_command(key_list_cmd("UNLINK", keys.iter().map(|k| self.key_arg(k))));
             let mut replies: Vec<redis::Value> = self.conn.query_pipeline(&p).await?;
