@@ -273,6 +273,19 @@ async fn write_unannounced(c: &Cache<String>, key: &str, tag: &str) -> String {
     }
 }
 
+/// `writer` sets `key` to `value` and announces it on the backplane, and
+/// `reader` sees it.
+async fn write_announced(writer: &Cache<String>, reader: &Cache<String>, key: &str, value: &str) {
+    let sent = writer.backplane_stats().unwrap().messages_sent;
+    writer.set(key, value.into()).await;
+    assert!(sees(reader, key, Some(value)).await, "{value} reached the reader");
+    assert!(
+        writer.backplane_stats().unwrap().messages_sent > sent,
+        "{value} was announced: {:?}",
+        writer.backplane_stats()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tracking_everywhere_writes_go_unannounced_and_every_l1_still_hears_of_them() {
     let redis = RedisServer::start();
@@ -327,14 +340,11 @@ async fn an_instance_without_tracking_asks_for_per_key_messages_and_hears_every_
     assert!(settled && sc.subscribe_clears >= 1, "{sc:?}");
 
     // From now on A announces: C hears of each write from the backplane.
-    let sent = ca.backplane_stats().unwrap().messages_sent;
     assert_eq!(
         cc.get("k").await.as_deref().map(String::as_str),
         Some("while-asking")
     );
-    ca.set("k", "announced".into()).await;
-    assert!(sees(&cc, "k", Some("announced")).await);
-    assert!(ca.backplane_stats().unwrap().messages_sent > sent);
+    write_announced(&ca, &cc, "k", "announced").await;
     assert!(cc.backplane_stats().unwrap().messages_applied >= 1);
 
     // C leaves: A stops announcing again.
@@ -358,22 +368,16 @@ async fn an_instance_asking_for_one_namespace_leaves_the_others_unannounced() {
     .await;
     assert!(settled, "{:?}", cl.backplane_stats());
 
-    // A announces its writes to `one-loud`: C hears of each.
+    // A announces its writes to `one-loud`: C, holding the key, hears of each.
     loud.set("k", "first".into()).await;
     assert!(sees(&cl, "k", Some("first")).await);
-    let sent = loud.backplane_stats().unwrap().messages_sent;
-    loud.set("k", "second".into()).await;
-    assert!(sees(&cl, "k", Some("second")).await, "C heard of the write");
-    assert!(loud.backplane_stats().unwrap().messages_sent > sent);
+    write_announced(&loud, &cl, "k", "second").await;
 
     // Its writes to `one-quiet`, which nobody asks for, go unannounced.
     write_unannounced(&quiet, "k", "q").await;
 
     // And the namespace asked for still is announced.
-    let sent = loud.backplane_stats().unwrap().messages_sent;
-    loud.set("k", "third".into()).await;
-    assert!(sees(&cl, "k", Some("third")).await);
-    assert!(loud.backplane_stats().unwrap().messages_sent > sent);
+    write_announced(&loud, &cl, "k", "third").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
