@@ -51,12 +51,13 @@
 //! publisher and, with the echo of its own message, this instance's
 //! subscriber: at one task writing in a loop, that put the default `set`'s
 //! p50 at 80–100 µs against ~30–35 µs without it (load generator, same
-//! binary with and without a subscriber asking for messages). Before the
-//! answer was read namespace by namespace, one namespace asked for put
-//! every other namespace's writes back on that path: with an untracked
-//! cache in the same service, the default `set` ran at 0.57–0.73× of a
-//! raw `SET` at one task and allocated 22 times per write instead of 18
-//! (load generator, `set_via_backplane` beside `set`). The question
+//! binary with and without a subscriber asking for messages). That is why
+//! the answer is kept namespace by namespace: read as one "none or not"
+//! for the whole service, one namespace asked for puts every other
+//! namespace's writes on that path (with an untracked cache in the same
+//! service, the default `set` ran at 0.57–0.73× of a raw `SET` at one task
+//! and allocated 22 times per write instead of 18; load generator,
+//! `set_via_backplane` beside `set`). The question
 //! writers ask costs one `PUBSUB NUMSUB` per service every [`POLL`].
 
 use std::collections::{HashMap, HashSet};
