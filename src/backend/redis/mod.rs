@@ -211,14 +211,9 @@ impl RedisBackend {
         }
     }
 
-    /// `name key` (`GET`, `EXISTS`, …), its buffer sized once: built
-    /// argument by argument, a command's buffer is allocated for the name
-    /// and grown for the key.
+    /// `name key` (`GET`, `EXISTS`, …): [`key_list_cmd`] of one key.
     fn key_cmd(&self, name: &'static str, key: &str) -> redis::Cmd {
-        let stored = self.key_arg(key);
-        let mut cmd = redis::Cmd::with_capacity(2, name.len() + stored.len());
-        cmd.arg(name).arg(stored);
-        cmd
+        key_list_cmd(name, std::iter::once(self.key_arg(key)))
     }
 
     /// `SET key value PX ttl`, its buffer sized once for the key's parts,
