@@ -23,7 +23,10 @@
 //! no tracking), `set_via_backplane` (fence, other instances told by
 //! per-key backplane messages instead of tracking), `set_bare` (none of
 //! the three), `raw_fenced_set` (a raw pipeline of lease `DEL` + `SET PX`
-//! against the raw `SET PX`), and `set_many_plain` (no fence, no
+//! against the raw `SET PX`), `raw_tracked_set` and `raw_tracked_set_many`
+//! (the raw writes on a connection tracking their prefix as this crate
+//! does, against the same writes untracked: what tracking alone costs),
+//! and `set_many_plain` (no fence, no
 //! backplane), `set_many_untracked` (fence, no backplane, no tracking) and
 //! `set_many_bare` (none of the three): `set`'s and `set_many`'s cost
 //! piece by piece.

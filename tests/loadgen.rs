@@ -90,6 +90,8 @@ async fn only_the_scenarios_asked_for_run() {
 async fn breakdown_scenarios_run_when_named() {
     let breakdown = [
         "raw_fenced_set",
+        "raw_tracked_set",
+        "raw_tracked_set_many",
         "set_backplane_only",
         "set_bare",
         "set_fence_only",

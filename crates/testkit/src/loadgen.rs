@@ -360,6 +360,8 @@ fn keys(n: usize, prefix: &str) -> Arc<Vec<String>> {
 
 /// Keys per `set_many` batch in the `set_many` scenario.
 const SET_MANY: usize = 100;
+/// The prefix of the raw writes that a raw connection tracks.
+const RAW_TRACKED: &str = "raw-tracked:";
 
 /// A Zipf-like index in 0..n (exponent ~1): rank r has weight ~1/r.
 fn zipf(i: u64, n: usize) -> usize {
@@ -513,6 +515,13 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
             cache.set(k, user(i as u64)).await;
         }
     }
+    // Made only when asked: its prefix, tracked, is one more prefix that
+    // every later write is matched against.
+    let raw_tracked = if p.asked("raw_tracked_set") || p.asked("raw_tracked_set_many") {
+        Some(tracked_raw_conn(&client, RAW_TRACKED).await)
+    } else {
+        None
+    };
     let raw_keys = keys(1024, "lg-l2:");
     let absent = keys(1000, "absent-");
     let raw_absent = keys(1000, "lg-l2:absent-");
@@ -695,6 +704,46 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
             );
         }
 
+        // Only when asked: what tracking alone costs, with the `redis` crate
+        // alone: the raw writes (one `SET PX`, or a pipeline of 100) on a
+        // connection tracking their prefix as this crate's data connection
+        // tracks a namespace, against the same writes to an untracked prefix.
+        if let Some((tracked, _target)) = &raw_tracked {
+            let (tk, rk) = (keys(1024, RAW_TRACKED), keys(1024, "raw-set:"));
+            if p.asked("raw_tracked_set") {
+                let (tconn, tk, ser) = (tracked.clone(), tk.clone(), msgpack.clone());
+                let (conn, rk, ser2) = (raw_conn.clone(), rk.clone(), msgpack.clone());
+                scenarios.push(
+                    compare(
+                        &p,
+                        &probe,
+                        "raw_tracked_set",
+                        c,
+                        1,
+                        move |i| raw_write(tconn.clone(), tk.clone(), ser.clone(), i),
+                        move |i| raw_write(conn.clone(), rk.clone(), ser2.clone(), i),
+                    )
+                    .await,
+                );
+            }
+            if p.asked("raw_tracked_set_many") {
+                let (tconn, ser) = (tracked.clone(), msgpack.clone());
+                let (conn, ser2) = (raw_conn.clone(), msgpack.clone());
+                scenarios.push(
+                    compare(
+                        &p,
+                        &probe,
+                        "raw_tracked_set_many",
+                        c,
+                        1,
+                        move |i| raw_write_many(tconn.clone(), tk.clone(), ser.clone(), i),
+                        move |i| raw_write_many(conn.clone(), rk.clone(), ser2.clone(), i),
+                    )
+                    .await,
+                );
+            }
+        }
+
         // `set_many` of 100 keys (default cache: fence, backplane and
         // tracking on) vs one raw pipeline of the same 100 `SET PX`; when
         // asked, the same through caches without some of those guarantees.
@@ -733,23 +782,7 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
                             cache.set_many(entries).await;
                         }
                     },
-                    move |i| {
-                        let (mut conn, rk, ser) = (conn.clone(), rk.clone(), ser.clone());
-                        async move {
-                            let first = (i as usize * SET_MANY) % (rk.len() - SET_MANY);
-                            let mut pipe = redis::pipe();
-                            for n in first..first + SET_MANY {
-                                let bytes = ser.encode(&user(n as u64)).unwrap();
-                                pipe.cmd("SET")
-                                    .arg(&rk[n])
-                                    .arg(bytes)
-                                    .arg("PX")
-                                    .arg(600_000)
-                                    .ignore();
-                            }
-                            let _: () = pipe.query_async(&mut conn).await.unwrap();
-                        }
-                    },
+                    move |i| raw_write_many(conn.clone(), rk.clone(), ser.clone(), i),
                 )
                 .await,
             );
@@ -857,6 +890,73 @@ pub async fn raw_get(conn: &mut redis::aio::ConnectionManager, key: &str) -> Opt
 async fn raw_write(mut conn: redis::aio::ConnectionManager, keys: Arc<Vec<String>>, ser: Serializer, i: u64) {
     let n = i as usize % keys.len();
     raw_set(&mut conn, &keys[n], ser.encode(&user(n as u64)).unwrap()).await;
+}
+
+/// The raw baseline of a cache `set_many`: one pipeline of `SET key bytes
+/// PX 600000` for [`SET_MANY`] consecutive keys.
+async fn raw_write_many(
+    mut conn: redis::aio::ConnectionManager,
+    keys: Arc<Vec<String>>,
+    ser: Serializer,
+    i: u64,
+) {
+    let first = (i as usize * SET_MANY) % (keys.len() - SET_MANY);
+    let mut pipe = redis::pipe();
+    for n in first..first + SET_MANY {
+        let bytes = ser.encode(&user(n as u64)).unwrap();
+        pipe.cmd("SET")
+            .arg(&keys[n])
+            .arg(bytes)
+            .arg("PX")
+            .arg(600_000)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+}
+
+/// A raw connection whose own writes under `prefix` cost Redis what this
+/// crate's data connection's writes to a namespace cost it: the same
+/// `CLIENT TRACKING ON REDIRECT <id> BCAST PREFIX <prefix> NOLOOP`,
+/// redirected to a connection held for it (returned with it). Checked with
+/// `CLIENT TRACKINGINFO`.
+async fn tracked_raw_conn(
+    client: &redis::Client,
+    prefix: &str,
+) -> (redis::aio::ConnectionManager, redis::aio::MultiplexedConnection) {
+    let mut target = client.get_multiplexed_async_connection().await.unwrap();
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut target)
+        .await
+        .unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("REDIRECT")
+        .arg(id)
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(prefix)
+        .arg("NOLOOP")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let info: BTreeMap<String, redis::Value> = redis::cmd("CLIENT")
+        .arg("TRACKINGINFO")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let flags: Vec<String> = redis::from_redis_value(info["flags"].clone()).unwrap();
+    let prefixes: Vec<String> = redis::from_redis_value(info["prefixes"].clone()).unwrap();
+    assert!(
+        ["on", "bcast", "noloop"]
+            .iter()
+            .all(|f| flags.iter().any(|g| g == f))
+            && prefixes == [prefix],
+        "tracking not set up as asked: {info:?}"
+    );
+    (conn, target)
 }
 
 /// The raw baseline of a cache `set`: `SET key bytes PX 600000`.
