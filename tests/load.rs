@@ -499,8 +499,15 @@ async fn a_dead_lock_owner_costs_one_bounded_wait() {
             .lock_wait(Duration::from_millis(200)),
     );
     let c = service.create_cache::<String>(o).unwrap();
-    // An owner that took the lease and died: it would hold it for a minute.
-    let _: () = redis.cmd(&["SET", "rc:lease:{dead:k}", "12345", "PX", "600000"]);
+    // An owner that took the lease and died: it would hold it for ten
+    // minutes (a field of the lease hash: `<token>:<deadline in ms>`).
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 600_000;
+    let held = format!("12345:{deadline}");
+    let _: () = redis.cmd(&["HSET", "rc:leases", "dead:k", &held]);
     redis.reset_stats();
     let calls = Arc::new(AtomicUsize::new(0));
     // The guard is far above the 200 ms bound and far below the owner's
@@ -807,8 +814,8 @@ async fn without_leases_loaded_values_are_written_like_a_set() {
     c.delete("k2").await;
     let calls_by_name = redis.command_calls();
     assert!(
-        !calls_by_name.contains_key("del"),
-        "no lease DEL on writes: {calls_by_name:?}"
+        !calls_by_name.contains_key("del") && !calls_by_name.contains_key("hdel"),
+        "no lease ended on writes: {calls_by_name:?}"
     );
     assert!(redis.keys().iter().all(|k| !k.starts_with("rc:lease")));
 }
@@ -914,4 +921,192 @@ async fn with_a_stale_value_at_hand_the_soft_timeout_leaves_room_for_the_loader(
     redis.thaw();
     assert_eq!(got.unwrap().as_str(), "new");
     assert_eq!(c.get_stats().await.loader.stale_served, 0);
+}
+
+/// The Redis backend of namespace `prefix`, with leases.
+fn leased_backend(redis: &RedisServer, prefix: &str) -> resilient_cache::backend::redis::RedisBackend {
+    use resilient_cache::backend::redis::{RedisBackend, RedisConnection};
+    let conn = RedisConnection::new(&redis.config().redis).unwrap();
+    let l2 = resilient_cache::L2Config {
+        backend: resilient_cache::L2BackendKind::Redis,
+        key_prefix: prefix.into(),
+        ttl: Duration::from_secs(60),
+        lease_fence: true,
+    };
+    RedisBackend::new(conn, &l2, "json")
+}
+
+/// On one server the leases are fields of one hash, `rc:leases`: it exists
+/// only while some lease does, lives as long as its longest lease, and an
+/// expired lease neither blocks an exclusive one nor lets its holder store.
+#[tokio::test]
+async fn one_server_keeps_its_leases_in_one_hash_that_ends_with_them() {
+    use resilient_cache::CacheBackend;
+    let redis = RedisServer::start();
+    let b = leased_backend(&redis, "lh");
+    let hash_exists = || redis.cmd::<u64>(&["EXISTS", "rc:leases"]) == 1;
+
+    // No load in flight: a write's fence touches no key.
+    b.set("k", b"1".to_vec(), None).await.unwrap();
+    assert!(!hash_exists(), "{:?}", redis.keys());
+
+    let hold = Duration::from_secs(30);
+    assert_eq!(b.lease("k", 1, hold, true).await.unwrap(), Some(true));
+    let held: Option<String> = redis.cmd(&["HGET", "rc:leases", "lh:k"]);
+    assert!(held.as_deref().is_some_and(|h| h.starts_with("1:")), "{held:?}");
+    let pttl: i64 = redis.cmd(&["PTTL", "rc:leases"]);
+    assert!(
+        pttl > 20_000 && pttl <= 30_000,
+        "the hash lives as long as its lease: {pttl} ms"
+    );
+    assert_eq!(b.lease("k", 2, hold, true).await.unwrap(), Some(false), "held");
+
+    // A write ends the lease: its holder's store is refused.
+    b.set("k", b"2".to_vec(), None).await.unwrap();
+    assert!(!hash_exists(), "the last lease ended with the write");
+    let stored = b.store_if_leased("k", 1, b"loaded".to_vec(), None, false).await;
+    assert_eq!(stored.unwrap(), Some(false));
+    assert_eq!(redis.get_raw("lh:k"), Some(b"2".to_vec()));
+
+    // An expired lease, in a hash that a longer one keeps alive: taken over
+    // by an exclusive lease; its holder cannot store.
+    assert_eq!(b.lease("other", 9, hold, true).await.unwrap(), Some(true));
+    assert_eq!(
+        b.lease("k", 3, Duration::from_millis(50), true).await.unwrap(),
+        Some(true)
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stored = b.store_if_leased("k", 3, b"late".to_vec(), None, false).await;
+    assert_eq!(stored.unwrap(), Some(false), "an expired lease stores nothing");
+    assert_eq!(
+        b.lease("k", 4, Duration::from_millis(50), true).await.unwrap(),
+        Some(true)
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        b.lease("k", 5, hold, true).await.unwrap(),
+        Some(true),
+        "an expired lease does not block an exclusive one"
+    );
+    assert_eq!(
+        b.store_if_leased("k", 5, b"fresh".to_vec(), None, false)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(redis.get_raw("lh:k"), Some(b"fresh".to_vec()));
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "rc:leases"]);
+    assert_eq!(fields, ["lh:other"], "the store ended its lease");
+    b.release_lease("other", 9).await.unwrap();
+    assert!(!hash_exists(), "released: no lease is left");
+}
+
+/// `clear` ends the leases of its own namespace only, and a batch of writes
+/// ends each of its keys' leases.
+#[tokio::test]
+async fn clear_and_batches_end_their_own_leases() {
+    use resilient_cache::CacheBackend;
+    let redis = RedisServer::start();
+    let (a, other) = (leased_backend(&redis, "la"), leased_backend(&redis, "lb"));
+    let hold = Duration::from_secs(30);
+    for (b, token) in [(&a, 1), (&other, 2)] {
+        assert_eq!(b.lease("x", token, hold, false).await.unwrap(), Some(true));
+        assert_eq!(b.lease("y", token, hold, false).await.unwrap(), Some(true));
+    }
+    a.clear().await.unwrap();
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "rc:leases"]);
+    assert_eq!(
+        sorted(fields),
+        ["lb:x", "lb:y"],
+        "only the cleared namespace's leases ended"
+    );
+
+    other
+        .set_many(vec![("x", b"1".to_vec(), None), ("z", b"1".to_vec(), None)])
+        .await
+        .unwrap();
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "rc:leases"]);
+    assert_eq!(fields, ["lb:y"]);
+    other.delete_many(&["y"]).await.unwrap();
+    assert_eq!(redis.cmd::<u64>(&["EXISTS", "rc:leases"]), 0);
+    for (key, token) in [("x", 2), ("y", 2)] {
+        let stored = other
+            .store_if_leased(key, token, b"old".to_vec(), None, false)
+            .await;
+        assert_eq!(stored.unwrap(), Some(false), "{key}: its lease ended");
+    }
+}
+
+/// Leases whose process died before ending them are dropped once the hash
+/// grows past a thousand fields: it does not grow without bound.
+#[tokio::test]
+async fn expired_leases_are_pruned_when_the_hash_grows() {
+    use resilient_cache::CacheBackend;
+    let redis = RedisServer::start();
+    let b = leased_backend(&redis, "lp");
+    let mut dead = redis::pipe();
+    for i in 0..1500 {
+        dead.cmd("HSET")
+            .arg("rc:leases")
+            .arg(format!("lp:dead{i}"))
+            .arg("7:1000");
+    }
+    let _: () = dead.query(&mut redis.conn()).unwrap();
+    assert_eq!(
+        b.lease("k", 1, Duration::from_secs(30), true).await.unwrap(),
+        Some(true)
+    );
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "rc:leases"]);
+    assert_eq!(fields, ["lp:k"], "the expired leases were dropped");
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A key `rc:leases` of another type (planted by hand) makes every lease
+/// command fail: a fenced write is reported failed (its `SET`, in the same
+/// pipeline, still lands, and the replay writes it again), a load's value
+/// stays in L1, and a stale value can never be stored. Once it is removed,
+/// all is as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_hash_of_the_wrong_type_costs_writes_their_l2_until_removed() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    // The failures open the breaker, as any failing L2 does: a short timeout.
+    let o = opts("wrongtype").circuit_breaker_timeout(Duration::from_secs(1));
+    let c = service.create_cache::<String>(o).unwrap();
+    redis.set_raw("rc:leases", b"not a hash");
+    c.set("k", "v".into()).await;
+    assert_eq!(c.get("k").await.as_deref().map(String::as_str), Some("v"));
+    let failures = c.get_stats().await.errors.l2_connection;
+    assert!(failures >= 1, "the failed fence is counted: {failures}");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let v = c
+        .get_or_load("loaded", counted(&calls, "l", Duration::ZERO))
+        .await;
+    assert_eq!(v.unwrap().as_str(), "l");
+    assert_eq!(
+        redis.get_raw("wrongtype:loaded"),
+        None,
+        "no lease, no store in L2"
+    );
+    assert_eq!(redis.get_raw("rc:leases"), Some(b"not a hash".to_vec()));
+
+    let _: () = redis.cmd(&["DEL", "rc:leases"]);
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            c.set("k2", "v2".into()).await;
+            redis.get_raw("wrongtype:k2").is_some()
+        })
+        .await,
+        "written once the hash was removed"
+    );
+    assert_eq!(redis.get_raw("wrongtype:k"), Some(b"\"v\"".to_vec()));
+    let v = c
+        .get_or_load("loaded2", counted(&calls, "l2", Duration::ZERO))
+        .await;
+    assert_eq!(v.unwrap().as_str(), "l2");
+    assert_eq!(redis.get_raw("wrongtype:loaded2"), Some(b"\"l2\"".to_vec()));
 }

@@ -42,6 +42,15 @@ fn l2_calls_and_loads_are_opentelemetry_client_spans() {
             .create_cache::<String>(CacheOptions::new("spans").l2_ttl(Duration::from_secs(60)))
             .unwrap();
         c.set("k", "v".into()).await;
+        // Without the lease fence a write is one command.
+        let plain = service
+            .create_cache::<String>(
+                CacheOptions::new("spans-plain")
+                    .l2_ttl(Duration::from_secs(60))
+                    .lease_fence(false),
+            )
+            .unwrap();
+        plain.set("k", "v".into()).await;
         // The caller's own span (a request, say): the load is its child.
         let request = tracing::info_span!("request");
         tracing::Instrument::instrument(
@@ -66,7 +75,14 @@ fn l2_calls_and_loads_are_opentelemetry_client_spans() {
         assert!(a["server.address"].contains("127.0.0.1"), "{a:?}");
     }
     let names: Vec<&str> = client.iter().map(|s| s.name.as_ref()).collect();
-    assert!(names.contains(&"SET"), "the write is a SET span: {names:?}");
+    assert_eq!(
+        names[0], "PIPELINE",
+        "a fenced write is one request, its lease's end and its SET: {names:?}"
+    );
+    assert!(
+        names.contains(&"SET"),
+        "a write without the fence is a SET span: {names:?}"
+    );
     let load = spans
         .iter()
         .find(|s| s.name == "resilient_cache.load")
@@ -76,9 +92,10 @@ fn l2_calls_and_loads_are_opentelemetry_client_spans() {
         (a["cache.namespace"].as_str(), a["cache.keys"].as_str()),
         ("spans", "1")
     );
+    // The load's lease and its fenced store are both scripts: the store ends last.
     let store = client
         .iter()
-        .find(|s| s.name == "EVALSHA")
+        .rfind(|s| s.name == "EVALSHA")
         .expect("the load's fenced store is a span");
     assert_eq!(
         store.parent_span_id,

@@ -235,8 +235,8 @@ impl CacheOptions {
     }
 
     /// Whether this namespace uses load leases in L2 (default `true`): every
-    /// `set`/`delete` then also ends the key's lease (one `DEL` pipelined in
-    /// the same round trip; `set`s that overlap on one server share one `DEL`
+    /// `set`/`delete` then also ends the key's lease (one `HDEL` pipelined in
+    /// the same round trip; `set`s that overlap on one server share one `HDEL`
     /// and one request. In the load generator, with and without the fence,
     /// `set` and `set_plain` were within the machine's noise of each other:
     /// 0.67–0.99× against 0.79–0.93× of a raw `SET` at 64 tasks), which is what

@@ -221,7 +221,7 @@ impl RedisConnection {
         self.call(Request::Pipeline(pipe), true).await
     }
 
-    /// `DEL` of the lease of `set`'s key, then `set`, gathered with the
+    /// The end of the lease of `set`'s key, then `set`, gathered with the
     /// fenced writes that overlap it (see `gather`); `alone` is the pipeline
     /// of a write sent by itself, as every fenced write is on a cluster (one
     /// `DEL` of leases of several slots is refused there).
