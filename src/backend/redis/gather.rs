@@ -1,8 +1,9 @@
 //! Fenced writes gathered across tasks.
 //!
-//! A fenced `set` is two commands: `HDEL` of the key's load lease (a field of
-//! the server's lease hash), then the `SET` itself. Sent as one pipeline per write, the fence doubles the
-//! commands Redis dispatches and the replies the client reads: with the
+//! A fenced `set` is two commands: `HDEL` of the key's load lease (a field
+//! of the server's lease hash), then the `SET` itself. Sent as one pipeline
+//! per write, the fence doubles the commands Redis dispatches and the
+//! replies the client reads: with the
 //! `redis` crate alone, a pipeline of `DEL` + `SET` ran at a median 0.76×
 //! of a plain `SET`'s throughput at 64 tasks on our test machine (load
 //! generator, `raw_fenced_set`). So while

@@ -180,9 +180,26 @@ enum LeaseAt<'a> {
     Key(Stored<'a, 4>),
 }
 
-/// The server's clock in milliseconds, in a script (`TIME` is allowed
-/// there: scripts replicate their effects).
-const LUA_NOW: &str = "local t = redis.call('TIME')
+/// The command that ends the lease at `at`: the fence of a write to its key.
+fn end_lease_cmd(at: LeaseAt<'_>) -> redis::Cmd {
+    match at {
+        LeaseAt::Field(field) => end_leases_cmd(std::iter::once(field)),
+        LeaseAt::Key(lease) => key_list_cmd(&["DEL"], std::iter::once(lease)),
+    }
+}
+
+/// The start of every script on [`LEASES`]: the one spelling of a lease
+/// field's value (`lease_value`, and `lease_parts` reading it back as token
+/// and deadline), and `now`, the server's clock in milliseconds (`TIME` is
+/// allowed in a script: scripts replicate their effects).
+const LUA_LEASES: &str = "local function lease_value(token, deadline)
+  return token .. ':' .. string.format('%.0f', deadline)
+end
+local function lease_parts(held)
+  local token, deadline = string.match(held, '^(%d+):(%d+)$')
+  return token, tonumber(deadline)
+end
+local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
@@ -249,21 +266,12 @@ impl RedisBackend {
         Some(LeaseAt::Key(lease_of(self.namespace.as_bytes(), key.as_bytes())))
     }
 
-    /// The command that ends `key`'s lease (the fence of a write to it), or
-    /// `None` when it has none.
-    fn end_lease(&self, key: &str) -> Option<redis::Cmd> {
-        Some(match self.lease_at(key)? {
-            LeaseAt::Field(field) => end_leases_cmd(std::iter::once(field)),
-            LeaseAt::Key(lease) => key_list_cmd(&["DEL"], std::iter::once(lease)),
-        })
-    }
-
     /// A cluster node's pipeline for `key`: with the fence, its lease's
     /// `DEL` first (a `PING` for a key with no lease, so that every key has
     /// as many replies).
     fn end_lease_on_node(&self, p: &mut redis::Pipeline, key: &str) {
-        if let Some(end) = self.end_lease(key) {
-            p.add_command(end);
+        if let Some(at) = self.lease_at(key) {
+            p.add_command(end_lease_cmd(at));
         } else if self.fence {
             p.cmd("PING");
         }
@@ -316,17 +324,15 @@ impl CacheBackend for RedisBackend {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
         let set = self.set_cmd(key, &value, ttl);
-        if self.lease_at(key).is_none() {
+        let Some(at) = self.lease_at(key) else {
             return self.conn.query::<()>(&set).await;
-        }
+        };
         // Ending the lease first (one round trip) fences out a load in flight:
         // its conditional store can no longer land over this value. Built
         // only for a write sent alone: a gathered one's ends with its batch's.
         let alone = |set| {
             let mut p = redis::Pipeline::with_capacity(2);
-            if let Some(end) = self.end_lease(key) {
-                p.add_command(end);
-            }
+            p.add_command(end_lease_cmd(at));
             p.add_command(set);
             p
         };
@@ -344,12 +350,12 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let Some(end) = self.end_lease(key) else {
+        let Some(at) = self.lease_at(key) else {
             let n: u64 = self.conn.query(&self.key_cmd("UNLINK", key)).await?;
             return Ok(n > 0);
         };
         let mut p = redis::Pipeline::with_capacity(2);
-        p.add_command(end);
+        p.add_command(end_lease_cmd(at));
         p.add_command(self.key_cmd("UNLINK", key));
         let ((), removed): ((), u64) = self.conn.query_pipeline(&p).await?;
         Ok(removed > 0)
@@ -554,21 +560,21 @@ return 0",
         // past `ARGV[5]` fields the expired ones go.
         static TAKE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(&format!(
-                r"{LUA_NOW}local ttl = tonumber(ARGV[3])
+                r"{LUA_LEASES}local ttl = tonumber(ARGV[3])
 if ARGV[4] == '1' then
   local held = redis.call('HGET', KEYS[1], ARGV[1])
   if held then
-    local _, deadline = string.match(held, '^(%d+):(%d+)$')
-    if deadline and tonumber(deadline) > now then return 0 end
+    local _, deadline = lease_parts(held)
+    if deadline and deadline > now then return 0 end
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%.0f', now + ttl))
+redis.call('HSET', KEYS[1], ARGV[1], lease_value(ARGV[2], now + ttl))
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[5]) then
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
-    local _, deadline = string.match(all[i + 1], '^(%d+):(%d+)$')
-    if not deadline or tonumber(deadline) <= now then redis.call('HDEL', KEYS[1], all[i]) end
+    local _, deadline = lease_parts(all[i + 1])
+    if not deadline or deadline <= now then redis.call('HDEL', KEYS[1], all[i]) end
   end
 end
 return 1"
@@ -620,12 +626,12 @@ return 1",
         // held until its deadline.
         static STORE_FIELD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(&format!(
-                r"local held = redis.call('HGET', KEYS[2], KEYS[1])
+                r"{LUA_LEASES}local held = redis.call('HGET', KEYS[2], KEYS[1])
 if not held then return 0 end
-local token, deadline = string.match(held, '^(%d+):(%d+)$')
+local token, deadline = lease_parts(held)
 if token ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[2], KEYS[1])
-{LUA_NOW}if tonumber(deadline) <= now then return 0 end
+if deadline <= now then return 0 end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1"
@@ -669,11 +675,11 @@ return 1"
             )
         });
         static RELEASE_FIELD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(
-                r"local held = redis.call('HGET', KEYS[1], ARGV[1])
-if held and string.match(held, '^(%d+):') == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0",
-            )
+            redis::Script::new(&format!(
+                r"{LUA_LEASES}local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and lease_parts(held) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0"
+            ))
         });
         let inv = match self.lease_at(key) {
             None => return Ok(()),
