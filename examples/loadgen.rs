@@ -30,6 +30,12 @@
 //! backplane), `set_many_untracked` (fence, no backplane, no tracking) and
 //! `set_many_bare` (none of the three): `set`'s and `set_many`'s cost
 //! piece by piece.
+//!
+//! `--raw-vs-raw` measures each scenario's raw side against itself, in the
+//! same alternation, with the same medians: the ratios this machine reads
+//! when nothing differs, so the noise floor of every ratio above. Run it
+//! with the same `--only`, `--concurrency`, `--repeats` and `--run-ms` as
+//! the run it qualifies.
 
 use resilient_cache_testkit as common;
 
@@ -48,7 +54,7 @@ fn cpu([client, redis]: [f64; 2]) -> String {
 
 fn main() {
     let mut args =
-        Args::new("loadgen [--json PATH] [--redis-url URL] [--run-ms N] [--repeats N] [--concurrency 1,64] [--only SCENARIO,...]");
+        Args::new("loadgen [--json PATH] [--redis-url URL] [--run-ms N] [--repeats N] [--concurrency 1,64] [--only SCENARIO,...] [--raw-vs-raw]");
     let mut p = LoadParams::default();
     let mut json = None;
     while let Some(flag) = args.next_flag() {
@@ -69,6 +75,7 @@ fn main() {
                     })
                     .collect();
             }
+            "--raw-vs-raw" => p.raw_vs_raw = true,
             "--only" => {
                 p.only = args
                     .value(&flag)
@@ -80,6 +87,9 @@ fn main() {
         }
     }
     let report = cli::run(run(p, Some(&ALLOC)));
+    if report.raw_vs_raw {
+        println!("raw vs raw: each scenario's raw side against itself (this machine's noise floor)");
+    }
     cli::write_json(&args, json.as_deref(), &report);
     println!(
         "{:<9} {:>4} {:>13} {:>9} {:>9} {:>9} {:>13} {:>9} {:>8} {:>8} {:>13} {:>13} {:>6} {:>11}",

@@ -51,6 +51,11 @@ pub struct LoadParams {
     pub bytes_entries: usize,
     /// Scenarios to run (all when empty).
     pub only: Vec<String>,
+    /// Each scenario's raw side measured against itself, in the same
+    /// alternation and with the same medians as a normal run: what the
+    /// ratios read on this machine when nothing differs, the noise floor
+    /// of every ratio a normal run reports.
+    pub raw_vs_raw: bool,
 }
 
 impl LoadParams {
@@ -74,6 +79,7 @@ impl Default for LoadParams {
             mixed_keys: 100_000,
             bytes_entries: 100_000,
             only: Vec::new(),
+            raw_vs_raw: false,
         }
     }
 }
@@ -115,6 +121,9 @@ pub struct LoadReport {
     pub vs_original: BTreeMap<&'static str, f64>,
     pub run_ms: u64,
     pub repeats: usize,
+    /// A run of [`LoadParams::raw_vs_raw`]: the "ours" side of every
+    /// scenario is its raw side, and `vs_original` is empty.
+    pub raw_vs_raw: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -326,16 +335,22 @@ where
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..p.repeats {
         b.push(measure(probe, concurrency, p.run, batch, raw.clone()).await);
-        a.push(measure(probe, concurrency, p.run, batch, ours.clone()).await);
+        a.push(if p.raw_vs_raw {
+            measure(probe, concurrency, p.run, batch, raw.clone()).await
+        } else {
+            measure(probe, concurrency, p.run, batch, ours.clone()).await
+        });
     }
     let (a, b) = (median(a), median(b));
     // Batched ops are tiny: count over as many calls as a batch times ten,
     // shared among the tasks (each making enough to overlap the others').
     let n = ((10 * batch as u64).max(200) / concurrency as u64).max(20);
-    let allocs_per_op = [
-        probe.allocs_per_op(concurrency, n, ours).await,
-        probe.allocs_per_op(concurrency, n, raw).await,
-    ];
+    let first = if p.raw_vs_raw {
+        probe.allocs_per_op(concurrency, n, raw.clone()).await
+    } else {
+        probe.allocs_per_op(concurrency, n, ours).await
+    };
+    let allocs_per_op = [first, probe.allocs_per_op(concurrency, n, raw).await];
     Scenario {
         name,
         concurrency,
@@ -856,6 +871,8 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
             .map(|s| s.ops_per_sec)
     };
     let mut vs_original = BTreeMap::new();
+    // Against the original package, only our own figures mean anything.
+    let find = |name: &str, c: usize| find(name, c).filter(|_| !p.raw_vs_raw);
     if let Some(v) = find("l1_hit", 1) {
         vs_original.insert("l1_hit_c1", v / ORIGINAL_L1_HIT_OPS);
     }
@@ -876,6 +893,7 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
         vs_original,
         run_ms: p.run.as_millis() as u64,
         repeats: p.repeats,
+        raw_vs_raw: p.raw_vs_raw,
     }
 }
 
