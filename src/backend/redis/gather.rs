@@ -204,6 +204,8 @@ fn key_of(set: &redis::Cmd) -> &[u8] {
 /// write is told its own outcome.
 async fn send<C: Channel>(conn: &C, batch: Vec<Waiting>) {
     let mut p = redis::Pipeline::with_capacity(batch.len() + 1);
+    // Each lease's field is its data key as stored (`RedisBackend::lease_field`),
+    // which is the `SET`'s key: nothing else of the write is kept here.
     p.add_command(end_leases_cmd(batch.iter().map(|w| Stored([key_of(&w.set)]))));
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {

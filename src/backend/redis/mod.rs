@@ -249,6 +249,13 @@ impl RedisBackend {
         format!("{MARKS_PREFIX}{}}}", self.prefix)
     }
 
+    /// The field of `key`'s lease in [`LEASES`] (one server): the data key
+    /// as stored. The batch paths end their keys' leases through it, with
+    /// no check of the fence or the mode, which they have made already.
+    fn lease_field<'a>(&'a self, key: &'a str) -> Stored<'a, 2> {
+        self.key_arg(key)
+    }
+
     /// Where `key`'s load lease lives, or `None` when this namespace has no
     /// leases. Outside the namespace either way, so `list_keys` never sees
     /// it. A key with braces of its own gets no lease on a cluster: its
@@ -258,7 +265,7 @@ impl RedisBackend {
             return None;
         }
         if self.conn.mode() != RedisMode::Cluster {
-            return Some(LeaseAt::Field(self.key_arg(key)));
+            return Some(LeaseAt::Field(self.lease_field(key)));
         }
         if key.contains(['{', '}']) {
             return None;
@@ -497,7 +504,7 @@ return 0",
             // one round trip (half the commands of a fence per key).
             let mut p = redis::Pipeline::with_capacity(entries.len() + 1);
             if self.fence {
-                p.add_command(end_leases_cmd(entries.iter().map(|e| self.key_arg(e.0))));
+                p.add_command(end_leases_cmd(entries.iter().map(|e| self.lease_field(e.0))));
             }
             for (key, value, ttl) in &entries {
                 p.add_command(self.set_cmd(key, value, *ttl));
@@ -531,7 +538,7 @@ return 0",
             // One server: the leases in one `HDEL`, the keys in one `UNLINK`.
             let mut p = redis::Pipeline::with_capacity(2);
             if self.fence {
-                p.add_command(end_leases_cmd(keys.iter().map(|k| self.key_arg(k))));
+                p.add_command(end_leases_cmd(keys.iter().map(|k| self.lease_field(k))));
             }
             p.add_command(key_list_cmd(&["UNLINK"], keys.iter().map(|k| self.key_arg(k))));
             let mut replies: Vec<redis::Value> = self.conn.query_pipeline(&p).await?;
