@@ -130,13 +130,22 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
+/// The namespace of the cache's own keys in L2: load leases, the lease
+/// hash and invalidation markers are all named `rc:…`, so no cache may take
+/// it as its namespace. A cache named `rc` would store its key `leases`
+/// over the server's lease hash (every fenced write on the server would
+/// then fail) and its `clear` would remove every namespace's markers.
+pub const RESERVED_NAMESPACE: &str = "rc";
+
 /// A namespace is non-empty, at most 256 bytes, and has no glob characters
 /// (`*?[]\`), no control characters and no `:` (the separator: without it, no
 /// namespace can nest inside another, so `clear` of one never reaches another).
+/// It is not [`RESERVED_NAMESPACE`] (`rc`), which holds the cache's own keys.
 pub fn validate_prefix(prefix: &str) -> Result<()> {
-    const ALLOWED: &str =
-        "a non-empty string of at most 256 bytes without ':', '*', '?', '[', ']', '\\' or control characters";
+    const ALLOWED: &str = "a non-empty string of at most 256 bytes without ':', '*', '?', '[', ']', '\\' or \
+         control characters, other than \"rc\" (reserved for the cache's own keys)";
     let bad = prefix.is_empty()
+        || prefix == RESERVED_NAMESPACE
         || prefix.len() > 256
         || prefix
             .chars()

@@ -113,7 +113,7 @@ async fn a_cache_without_the_backplane_keeps_its_l1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_reconnect_clears_l1() {
     let mut redis = RedisServer::start();
-    let (_a, ca, _b, cb) = pair(&redis, opts("rc")).await;
+    let (_a, ca, _b, cb) = pair(&redis, opts("reconnect")).await;
     ca.set("k", "v1".into()).await;
     // A's announcement must not evict what B reads next.
     assert!(

@@ -129,6 +129,24 @@ async fn namespaces_that_are_prefixes_of_each_other_stay_apart() {
 }
 
 #[tokio::test]
+async fn the_namespace_of_the_cache_own_keys_is_refused() {
+    let redis = RedisServer::start();
+    let service = CacheService::new(redis.config()).await.unwrap();
+    // `rc:leases` and `rc:marks:{…}` would be this cache's keys `leases` and
+    // `marks:{…}`, and its `clear` would remove them.
+    let err = service.create_cache::<u32>(opts("rc")).unwrap_err().to_string();
+    assert!(
+        err.contains("l2_key_prefix=\"rc\"") && err.contains("reserved"),
+        "{err}"
+    );
+    // Keys are case-sensitive: `RC` is a namespace like any other.
+    let upper = service.create_cache::<u32>(opts("RC")).unwrap();
+    upper.set("leases", 1).await;
+    assert_eq!(upper.get("leases").await.as_deref(), Some(&1));
+    assert!(redis.keys().contains(&"RC:leases".to_string()));
+}
+
+#[tokio::test]
 async fn password_and_username_never_show() {
     const PASSWORD: &str = "pw-Zx81-never-print";
     const USER: &str = "acl-user-never-print";

@@ -799,6 +799,17 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_own_keys_live_in_the_reserved_namespace() {
+        // No namespace may be `rc`, so none of these is a cache's data key
+        // and no namespace's `clear` reaches them.
+        let reserved = format!("{}:", crate::keys::RESERVED_NAMESPACE);
+        for own in [LEASE_PREFIX, LEASES, MARKS_PREFIX] {
+            assert!(own.starts_with(&reserved), "{own}");
+        }
+        assert!(crate::keys::validate_prefix(crate::keys::RESERVED_NAMESPACE).is_err());
+    }
+
+    #[test]
     fn glob_characters_are_escaped() {
         assert_eq!(escape_glob("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
         assert_eq!(escape_glob("users"), "users");
