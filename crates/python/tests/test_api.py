@@ -128,8 +128,9 @@ def test_create_cache_refuses_bad_arguments(service):
         make_cache(service, serializer="yaml")
     with pytest.raises(TypeError):
         make_cache(service, serializer=42)
-    # The namespace rule: no glob characters, no empty prefix.
-    for bad in ["", "a*b", "x?", "[y]"]:
+    # The namespace rule: no glob characters, no empty prefix, not "rc"
+    # (the namespace of the cache's own keys).
+    for bad in ["", "a*b", "x?", "[y]", "rc"]:
         with pytest.raises(CacheConfigurationError):
             make_cache(service, prefix=bad)
 
