@@ -316,8 +316,32 @@ fn median(mut v: Vec<Measured>) -> Measured {
     }
 }
 
-/// Alternates ours and the baseline `repeats` times and keeps the medians.
+/// Alternates ours and the baseline `repeats` times and keeps the medians;
+/// with [`LoadParams::raw_vs_raw`], the baseline stands on both sides.
 async fn compare<F1, Fut1, F2, Fut2>(
+    p: &LoadParams,
+    probe: &Probe,
+    name: &'static str,
+    concurrency: usize,
+    batch: usize,
+    ours: F1,
+    raw: F2,
+) -> Scenario
+where
+    F1: Fn(u64) -> Fut1 + Send + Sync + Clone + 'static,
+    Fut1: Future<Output = ()> + Send,
+    F2: Fn(u64) -> Fut2 + Send + Sync + Clone + 'static,
+    Fut2: Future<Output = ()> + Send,
+{
+    if p.raw_vs_raw {
+        compare_sides(p, probe, name, concurrency, batch, raw.clone(), raw).await
+    } else {
+        compare_sides(p, probe, name, concurrency, batch, ours, raw).await
+    }
+}
+
+/// [`compare`] of the two sides it is given: `a` is reported as ours.
+async fn compare_sides<F1, Fut1, F2, Fut2>(
     p: &LoadParams,
     probe: &Probe,
     name: &'static str,
@@ -335,22 +359,16 @@ where
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..p.repeats {
         b.push(measure(probe, concurrency, p.run, batch, raw.clone()).await);
-        a.push(if p.raw_vs_raw {
-            measure(probe, concurrency, p.run, batch, raw.clone()).await
-        } else {
-            measure(probe, concurrency, p.run, batch, ours.clone()).await
-        });
+        a.push(measure(probe, concurrency, p.run, batch, ours.clone()).await);
     }
     let (a, b) = (median(a), median(b));
     // Batched ops are tiny: count over as many calls as a batch times ten,
     // shared among the tasks (each making enough to overlap the others').
     let n = ((10 * batch as u64).max(200) / concurrency as u64).max(20);
-    let first = if p.raw_vs_raw {
-        probe.allocs_per_op(concurrency, n, raw.clone()).await
-    } else {
-        probe.allocs_per_op(concurrency, n, ours).await
-    };
-    let allocs_per_op = [first, probe.allocs_per_op(concurrency, n, raw).await];
+    let allocs_per_op = [
+        probe.allocs_per_op(concurrency, n, ours).await,
+        probe.allocs_per_op(concurrency, n, raw).await,
+    ];
     Scenario {
         name,
         concurrency,
@@ -864,27 +882,23 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
         Some(counter) if p.only.is_empty() => bytes_per_entry(&service, counter, p.bytes_entries).await,
         _ => (f64::NAN, f64::NAN),
     };
-    let find = |name: &str, c: usize| {
+    // Against the original package, only our own figures mean anything:
+    // none in a raw-vs-raw run.
+    let ours = |name: &str, c: usize| {
         scenarios
             .iter()
-            .find(|s| s.name == name && s.concurrency == c)
+            .find(|s| !p.raw_vs_raw && s.name == name && s.concurrency == c)
             .map(|s| s.ops_per_sec)
     };
-    let mut vs_original = BTreeMap::new();
-    // Against the original package, only our own figures mean anything.
-    let find = |name: &str, c: usize| find(name, c).filter(|_| !p.raw_vs_raw);
-    if let Some(v) = find("l1_hit", 1) {
-        vs_original.insert("l1_hit_c1", v / ORIGINAL_L1_HIT_OPS);
-    }
-    if let Some(v) = find("l2_hit", 1) {
-        vs_original.insert("l2_hit_c1", v / ORIGINAL_L2_HIT_OPS);
-    }
-    if let Some(v) = find("l2_hit", 64) {
-        vs_original.insert("l2_hit_c64", v / ORIGINAL_L2_HIT_OPS);
-    }
-    if let Some(v) = find("set", 1) {
-        vs_original.insert("set_c1", v / ORIGINAL_SET_OPS);
-    }
+    let vs_original: BTreeMap<&'static str, f64> = [
+        ("l1_hit_c1", "l1_hit", 1, ORIGINAL_L1_HIT_OPS),
+        ("l2_hit_c1", "l2_hit", 1, ORIGINAL_L2_HIT_OPS),
+        ("l2_hit_c64", "l2_hit", 64, ORIGINAL_L2_HIT_OPS),
+        ("set_c1", "set", 1, ORIGINAL_SET_OPS),
+    ]
+    .into_iter()
+    .filter_map(|(label, name, c, original)| ours(name, c).map(|v| (label, v / original)))
+    .collect();
     LoadReport {
         scenarios,
         l2_commands_per_get,
