@@ -333,57 +333,74 @@ where
     F2: Fn(u64) -> Fut2 + Send + Sync + Clone + 'static,
     Fut2: Future<Output = ()> + Send,
 {
+    let at = Setting {
+        p,
+        probe,
+        name,
+        concurrency,
+        batch,
+    };
     if p.raw_vs_raw {
-        compare_sides(p, probe, name, concurrency, batch, raw.clone(), raw).await
+        at.sides(raw.clone(), raw).await
     } else {
-        compare_sides(p, probe, name, concurrency, batch, ours, raw).await
+        at.sides(ours, raw).await
     }
 }
 
-/// [`compare`] of the two sides it is given: `a` is reported as ours.
-async fn compare_sides<F1, Fut1, F2, Fut2>(
-    p: &LoadParams,
-    probe: &Probe,
+/// What a [`compare`] measures with, whichever two sides it measures.
+struct Setting<'a> {
+    p: &'a LoadParams,
+    probe: &'a Probe,
     name: &'static str,
     concurrency: usize,
     batch: usize,
-    ours: F1,
-    raw: F2,
-) -> Scenario
-where
-    F1: Fn(u64) -> Fut1 + Send + Sync + Clone + 'static,
-    Fut1: Future<Output = ()> + Send,
-    F2: Fn(u64) -> Fut2 + Send + Sync + Clone + 'static,
-    Fut2: Future<Output = ()> + Send,
-{
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..p.repeats {
-        b.push(measure(probe, concurrency, p.run, batch, raw.clone()).await);
-        a.push(measure(probe, concurrency, p.run, batch, ours.clone()).await);
-    }
-    let (a, b) = (median(a), median(b));
-    // Batched ops are tiny: count over as many calls as a batch times ten,
-    // shared among the tasks (each making enough to overlap the others').
-    let n = ((10 * batch as u64).max(200) / concurrency as u64).max(20);
-    let allocs_per_op = [
-        probe.allocs_per_op(concurrency, n, ours).await,
-        probe.allocs_per_op(concurrency, n, raw).await,
-    ];
-    Scenario {
-        name,
-        concurrency,
-        ops_per_sec: a.ops_per_sec.round(),
-        p50_us: a.p50_us,
-        p99_us: a.p99_us,
-        p999_us: a.p999_us,
-        baseline_ops_per_sec: b.ops_per_sec.round(),
-        baseline_p50_us: b.p50_us,
-        ops_ratio: a.ops_per_sec / b.ops_per_sec,
-        p50_ratio: a.p50_us / b.p50_us,
-        cpu_us_per_op: a.cpu_us_per_op,
-        baseline_cpu_us_per_op: b.cpu_us_per_op,
-        cpu_ratio: b.cpu_us_per_op.iter().sum::<f64>() / a.cpu_us_per_op.iter().sum::<f64>(),
-        allocs_per_op,
+}
+
+impl Setting<'_> {
+    /// The scenario, `ours` reported as ours and `raw` as the baseline.
+    async fn sides<F1, Fut1, F2, Fut2>(self, ours: F1, raw: F2) -> Scenario
+    where
+        F1: Fn(u64) -> Fut1 + Send + Sync + Clone + 'static,
+        Fut1: Future<Output = ()> + Send,
+        F2: Fn(u64) -> Fut2 + Send + Sync + Clone + 'static,
+        Fut2: Future<Output = ()> + Send,
+    {
+        let Setting {
+            p,
+            probe,
+            name,
+            concurrency,
+            batch,
+        } = self;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..p.repeats {
+            b.push(measure(probe, concurrency, p.run, batch, raw.clone()).await);
+            a.push(measure(probe, concurrency, p.run, batch, ours.clone()).await);
+        }
+        let (a, b) = (median(a), median(b));
+        // Batched ops are tiny: count over as many calls as a batch times ten,
+        // shared among the tasks (each making enough to overlap the others').
+        let n = ((10 * batch as u64).max(200) / concurrency as u64).max(20);
+        let allocs_per_op = [
+            probe.allocs_per_op(concurrency, n, ours).await,
+            probe.allocs_per_op(concurrency, n, raw).await,
+        ];
+        Scenario {
+            name,
+            concurrency,
+            ops_per_sec: a.ops_per_sec.round(),
+            p50_us: a.p50_us,
+            p99_us: a.p99_us,
+            p999_us: a.p999_us,
+            baseline_ops_per_sec: b.ops_per_sec.round(),
+            baseline_p50_us: b.p50_us,
+            ops_ratio: a.ops_per_sec / b.ops_per_sec,
+            p50_ratio: a.p50_us / b.p50_us,
+            cpu_us_per_op: a.cpu_us_per_op,
+            baseline_cpu_us_per_op: b.cpu_us_per_op,
+            cpu_ratio: b.cpu_us_per_op.iter().sum::<f64>() / a.cpu_us_per_op.iter().sum::<f64>(),
+            allocs_per_op,
+        }
     }
 }
 
