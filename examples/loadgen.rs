@@ -22,11 +22,14 @@
 //! with one of its two guarantees), `set_untracked` (fence, no backplane,
 //! no tracking), `set_via_backplane` (fence, other instances told by
 //! per-key backplane messages instead of tracking), `set_bare` (none of
-//! the three), `raw_fenced_set` (a raw pipeline of lease `DEL` + `SET PX`
+//! the three), `raw_fenced_set` (a raw pipeline of lease `HDEL` + `SET PX`
 //! against the raw `SET PX`), `raw_tracked_set` and `raw_tracked_set_many`
 //! (the raw writes on a connection tracking their prefix as this crate
 //! does, against the same writes untracked: what tracking alone costs),
-//! and `set_many_plain` (no fence, no
+//! `set_vs_tracked` and `set_many_vs_tracked` (the default `set` and
+//! `set_many` against those tracked raw writes: both sides pay Redis's
+//! tracking, so the ratio is this crate's own cost), and
+//! `set_many_plain` (no fence, no
 //! backplane), `set_many_untracked` (fence, no backplane, no tracking) and
 //! `set_many_bare` (none of the three): `set`'s and `set_many`'s cost
 //! piece by piece.

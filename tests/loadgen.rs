@@ -105,8 +105,10 @@ async fn breakdown_scenarios_run_when_named() {
         "set_many_bare",
         "set_many_plain",
         "set_many_untracked",
+        "set_many_vs_tracked",
         "set_untracked",
         "set_via_backplane",
+        "set_vs_tracked",
     ];
     let report = run(
         LoadParams {
@@ -170,4 +172,45 @@ async fn raw_vs_raw_measures_the_raw_side_on_both_sides() {
     for s in &noise.scenarios {
         assert!(s.ops_per_sec > 0.0 && s.baseline_ops_per_sec > 0.0, "{s:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vs_tracked_scenarios_write_their_baseline_on_the_tracked_prefix() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = common::RedisServer::start();
+    let report = run(
+        LoadParams {
+            redis_url: Some(server.url()),
+            run: Duration::from_millis(30),
+            repeats: 1,
+            concurrencies: vec![1],
+            only: vec!["set_vs_tracked".into(), "set_many_vs_tracked".into()],
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let mut names: Vec<_> = report.scenarios.iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, ["set_many_vs_tracked", "set_vs_tracked"]);
+    // The baseline is the raw writes on the connection that tracks
+    // `raw-tracked:`, never the untracked `raw-set:` writes of `set`.
+    let client = redis::Client::open(server.url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let count = |pattern: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.len()
+        }
+    };
+    assert!(
+        count("raw-tracked:*").await > 0,
+        "no baseline write on the tracked prefix"
+    );
+    assert_eq!(count("raw-set:*").await, 0, "a baseline wrote untracked keys");
 }

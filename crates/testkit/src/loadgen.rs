@@ -412,6 +412,13 @@ fn keys(n: usize, prefix: &str) -> Arc<Vec<String>> {
 const SET_MANY: usize = 100;
 /// The prefix of the raw writes that a raw connection tracks.
 const RAW_TRACKED: &str = "raw-tracked:";
+/// The scenarios that write on the tracked raw connection.
+const TRACKED_BASELINE: [&str; 4] = [
+    "raw_tracked_set",
+    "raw_tracked_set_many",
+    "set_vs_tracked",
+    "set_many_vs_tracked",
+];
 
 /// A Zipf-like index in 0..n (exponent ~1): rank r has weight ~1/r.
 fn zipf(i: u64, n: usize) -> usize {
@@ -567,7 +574,7 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
     }
     // Made only when asked: its prefix, tracked, is one more prefix that
     // every later write is matched against.
-    let raw_tracked = if p.asked("raw_tracked_set") || p.asked("raw_tracked_set_many") {
+    let raw_tracked = if TRACKED_BASELINE.iter().any(|s| p.asked(s)) {
         Some(tracked_raw_conn(&client, RAW_TRACKED).await)
     } else {
         None
@@ -674,7 +681,24 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
         // none of the three. The raw writes go to keys no cache tracks: Redis would
         // otherwise announce each of them to this process (tracking),
         // slowing the baseline.
-        let mut writes = vec![
+        //
+        // When asked, `set_vs_tracked` and `set_many_vs_tracked` measure
+        // the default cache against the raw writes on a connection tracking
+        // their prefix as this crate's data connection does: both sides pay
+        // Redis's tracking, so what is left is this crate's own cost.
+        let untracked_raw = (raw_conn.clone(), keys(1024, "raw-set:"));
+        let tracked_raw = raw_tracked
+            .as_ref()
+            .map(|(tracked, _target)| (tracked.clone(), keys(1024, RAW_TRACKED)));
+        let vs_tracked = |name: &'static str| tracked_raw.clone().filter(|_| p.asked(name));
+        // The scenarios wanted, each with the untracked raw writes as its baseline.
+        let against_untracked = |all: Vec<(&'static str, Cache<User>, bool)>| {
+            all.into_iter()
+                .filter(|(_, _, wanted)| *wanted)
+                .map(|(name, cache, _)| (name, cache, untracked_raw.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut writes = against_untracked(vec![
             ("set", l1.clone(), p.wants("set")),
             ("set_plain", plain.clone(), p.wants("set_plain")),
             ("set_fence_only", fence_only.clone(), p.asked("set_fence_only")),
@@ -685,20 +709,15 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
             ),
             ("set_untracked", untracked.clone(), p.asked("set_untracked")),
             ("set_bare", bare.clone(), p.asked("set_bare")),
-        ];
+        ]);
         if let Some(cache) = &via_backplane {
-            writes.push(("set_via_backplane", cache.clone(), true));
+            writes.push(("set_via_backplane", cache.clone(), untracked_raw.clone()));
         }
-        for (name, cache, wanted) in writes {
-            if !wanted {
-                continue;
-            }
-            let (ks, conn, rk, ser) = (
-                hot.clone(),
-                raw_conn.clone(),
-                keys(1024, "raw-set:"),
-                msgpack.clone(),
-            );
+        if let Some(raw) = vs_tracked("set_vs_tracked") {
+            writes.push(("set_vs_tracked", l1.clone(), raw));
+        }
+        for (name, cache, (conn, rk)) in writes {
+            let (ks, ser) = (hot.clone(), msgpack.clone());
             scenarios.push(
                 compare(
                     &p,
@@ -796,7 +815,7 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
         // `set_many` of 100 keys (default cache: fence, backplane and
         // tracking on) vs one raw pipeline of the same 100 `SET PX`; when
         // asked, the same through caches without some of those guarantees.
-        let batches = [
+        let mut batches = against_untracked(vec![
             ("set_many", l1.clone(), p.wants("set_many")),
             ("set_many_plain", plain.clone(), p.asked("set_many_plain")),
             (
@@ -805,17 +824,12 @@ pub async fn run(p: LoadParams, allocated: Option<&'static CountingAlloc>) -> Lo
                 p.asked("set_many_untracked"),
             ),
             ("set_many_bare", bare.clone(), p.asked("set_many_bare")),
-        ];
-        for (name, cache, wanted) in batches {
-            if !wanted {
-                continue;
-            }
-            let (ks, conn, rk, ser) = (
-                hot.clone(),
-                raw_conn.clone(),
-                keys(1024, "raw-set:"),
-                msgpack.clone(),
-            );
+        ]);
+        if let Some(raw) = vs_tracked("set_many_vs_tracked") {
+            batches.push(("set_many_vs_tracked", l1.clone(), raw));
+        }
+        for (name, cache, (conn, rk)) in batches {
+            let (ks, ser) = (hot.clone(), msgpack.clone());
             scenarios.push(
                 compare(
                     &p,
