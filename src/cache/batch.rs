@@ -125,14 +125,17 @@ where
         if self.check_ttl(ttl).is_err() {
             return;
         }
-        let entries: Vec<(K, Arc<V>)> = entries.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let owned: Vec<(K, Arc<V>)> = entries.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         // Each entry with its own TTLs (they differ when the cache spreads
-        // expiries with a jitter).
-        let entries: Vec<(&str, Arc<V>, Ttls)> = entries
-            .iter()
-            .filter(|(k, _)| self.check_key(k.as_ref()).is_ok())
-            .map(|(k, v)| (k.as_ref(), v.clone(), self.physical_ttls(ttl)))
-            .collect();
+        // expiries with a jitter). Sized once: the filter's unknown count
+        // would make the vector grow (and copy itself) a few times.
+        let mut entries: Vec<(&str, Arc<V>, Ttls)> = Vec::with_capacity(owned.len());
+        entries.extend(
+            owned
+                .iter()
+                .filter(|(k, _)| self.check_key(k.as_ref()).is_ok())
+                .map(|(k, v)| (k.as_ref(), v.clone(), self.physical_ttls(ttl))),
+        );
         let _writes: Vec<_> = entries.iter().map(|(k, ..)| self.inner.guard.write(k)).collect();
         let since = self.early_since();
         // The entries that cannot be stored (their value does not encode).
