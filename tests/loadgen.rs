@@ -4,7 +4,7 @@ use resilient_cache_testkit as common;
 
 use std::time::Duration;
 
-use common::loadgen::{run, CountingAlloc, LoadParams};
+use common::loadgen::{run, CountingAlloc, LoadParams, LoadReport};
 
 // Counts only while the load generator switches it on.
 #[global_allocator]
@@ -13,6 +13,31 @@ static ALLOC: CountingAlloc = CountingAlloc;
 /// Taken by every test here: the counter counts the whole process, so a
 /// test reading allocations per op must not run beside another.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A short run of the scenarios `only` names at `concurrency` tasks
+/// (against `redis_url`, or a server of the run's own), with the names of
+/// the scenarios that ran, sorted.
+async fn run_only(
+    only: &[&str],
+    concurrency: usize,
+    redis_url: Option<String>,
+) -> (LoadReport, Vec<&'static str>) {
+    let report = run(
+        LoadParams {
+            redis_url,
+            run: Duration::from_millis(30),
+            repeats: 1,
+            concurrencies: vec![concurrency],
+            only: only.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let mut names: Vec<_> = report.scenarios.iter().map(|s| s.name).collect();
+    names.sort();
+    (report, names)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_smoke() {
@@ -76,19 +101,7 @@ async fn loadgen_smoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_scenarios_asked_for_run() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let report = run(
-        LoadParams {
-            run: Duration::from_millis(30),
-            repeats: 1,
-            concurrencies: vec![2],
-            only: vec!["set_many".into(), "l1_hit".into()],
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
-    let mut names: Vec<_> = report.scenarios.iter().map(|s| s.name).collect();
-    names.sort();
+    let (_, names) = run_only(&["set_many", "l1_hit"], 2, None).await;
     assert_eq!(names, ["l1_hit", "set_many"]);
 }
 
@@ -110,19 +123,7 @@ async fn breakdown_scenarios_run_when_named() {
         "set_via_backplane",
         "set_vs_tracked",
     ];
-    let report = run(
-        LoadParams {
-            run: Duration::from_millis(30),
-            repeats: 1,
-            concurrencies: vec![2],
-            only: breakdown.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
-    let mut names: Vec<_> = report.scenarios.iter().map(|s| s.name).collect();
-    names.sort();
+    let (report, names) = run_only(&breakdown, 2, None).await;
     assert_eq!(names, breakdown);
     for s in &report.scenarios {
         assert!(s.ops_per_sec > 0.0 && s.baseline_ops_per_sec > 0.0, "{s:?}");
@@ -178,20 +179,7 @@ async fn raw_vs_raw_measures_the_raw_side_on_both_sides() {
 async fn the_vs_tracked_scenarios_write_their_baseline_on_the_tracked_prefix() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let server = common::RedisServer::start();
-    let report = run(
-        LoadParams {
-            redis_url: Some(server.url()),
-            run: Duration::from_millis(30),
-            repeats: 1,
-            concurrencies: vec![1],
-            only: vec!["set_vs_tracked".into(), "set_many_vs_tracked".into()],
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
-    let mut names: Vec<_> = report.scenarios.iter().map(|s| s.name).collect();
-    names.sort();
+    let (_, names) = run_only(&["set_vs_tracked", "set_many_vs_tracked"], 1, Some(server.url())).await;
     assert_eq!(names, ["set_many_vs_tracked", "set_vs_tracked"]);
     // The baseline is the raw writes on the connection that tracks
     // `raw-tracked:`, never the untracked `raw-set:` writes of `set`.
